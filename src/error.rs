@@ -1,0 +1,154 @@
+//! Error values. Every failure the crate can detect in its inputs is one of
+//! these, and each names the offending argument, what it got and what was
+//! expected: the kernels never panic on bad input.
+
+use std::fmt;
+
+/// A shape, printed as `(2, 3, 4)`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Shape(pub Vec<usize>);
+
+impl fmt::Debug for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "(")?;
+        for (k, d) in self.0.iter().enumerate() {
+            if k > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{d}")?;
+        }
+        if self.0.len() == 1 {
+            write!(f, ",")?;
+        }
+        write!(f, ")")
+    }
+}
+
+impl From<&[usize]> for Shape {
+    fn from(s: &[usize]) -> Self {
+        Shape(s.to_vec())
+    }
+}
+
+/// Everything that can go wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tensor has the wrong number of elements for the shape it must have.
+    #[error("{arg}: expected shape {expected} ({} elements), got {got} elements{}", expected.0.iter().product::<usize>(), if note.is_empty() { String::new() } else { format!(" ({note})") })]
+    Shape {
+        /// The argument or tensor name.
+        arg: String,
+        /// The shape that was expected.
+        expected: Shape,
+        /// The number of elements received.
+        got: usize,
+        /// What the expected shape follows from, e.g. "N = 12, I = 7".
+        note: String,
+    },
+    /// A tensor read from a file has a different shape than required.
+    #[error("{arg}: expected shape {expected}, got shape {got}")]
+    ShapeMismatch {
+        /// The argument or tensor name.
+        arg: String,
+        /// The shape that was expected.
+        expected: Shape,
+        /// The shape received.
+        got: Shape,
+    },
+    /// A size or count that must be positive is zero.
+    #[error("{arg} must be at least 1, got 0")]
+    Empty {
+        /// The argument.
+        arg: String,
+    },
+    /// A scalar value is outside its allowed range.
+    #[error("{arg} = {value} is out of range: expected {expected}")]
+    Range {
+        /// The argument.
+        arg: String,
+        /// The offending value.
+        value: f64,
+        /// The allowed range, in words.
+        expected: String,
+    },
+    /// A tensor holds NaN or ±∞ where the caller asked for a finiteness check.
+    #[error("{arg}: element {index} is not finite ({value})")]
+    NonFinite {
+        /// The tensor.
+        arg: String,
+        /// Flat index of the first offending element.
+        index: usize,
+        /// The value found.
+        value: f64,
+    },
+    /// Options that cannot go together, or a configuration the layer does not support.
+    #[error("{arg}: {message}")]
+    Config {
+        /// The option or argument.
+        arg: String,
+        /// What is wrong and what would be accepted.
+        message: String,
+    },
+    /// A backend, library or device is not available on this machine.
+    #[error("{backend} backend unavailable: {reason}")]
+    Unavailable {
+        /// The backend asked for.
+        backend: String,
+        /// Why, and what to install.
+        reason: String,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file is readable but its contents are not what was expected.
+    #[error("{path}: {message}")]
+    Format {
+        /// The file.
+        path: String,
+        /// What is wrong, naming the tensor or metadata key.
+        message: String,
+    },
+}
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Checks that `data` has exactly the number of elements of `expected`.
+pub(crate) fn check_len(arg: &str, len: usize, expected: &[usize], note: impl FnOnce() -> String) -> Result<()> {
+    let want: usize = expected.iter().product();
+    if len != want {
+        return Err(Error::Shape { arg: arg.to_string(), expected: Shape(expected.to_vec()), got: len, note: note() });
+    }
+    Ok(())
+}
+
+/// Checks that every element of `data` is finite.
+pub(crate) fn check_finite<F: Copy + Into<f64>>(arg: &str, data: &[F]) -> Result<()> {
+    for (index, &v) in data.iter().enumerate() {
+        let v: f64 = v.into();
+        if !v.is_finite() {
+            return Err(Error::NonFinite { arg: arg.to_string(), index, value: v });
+        }
+    }
+    Ok(())
+}
+
+/// Checks that a learning-rate–like scalar lies in `[0, 1]`.
+pub(crate) fn check_unit(arg: &str, value: f64) -> Result<()> {
+    if !(0.0..=1.0).contains(&value) {
+        return Err(Error::Range { arg: arg.to_string(), value, expected: "a number in [0, 1]".into() });
+    }
+    Ok(())
+}
