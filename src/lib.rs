@@ -63,14 +63,22 @@ pub mod config;
 pub mod cpu;
 pub mod engine;
 pub mod error;
+#[cfg(feature = "io")]
+pub mod io;
+pub mod model;
 pub mod params;
 pub mod reference;
+#[cfg(feature = "train")]
+pub mod tasks;
+#[cfg(feature = "train")]
+pub mod train;
 
 pub use config::{
     Activation, AlphaShape, EtaMode, InputMap, LayerConfig, ModActivation, ModulatorConfig, Rule, Topology,
 };
 pub use engine::{Checkpoint, Device, Engine, Forward, Options};
 pub use error::{Error, Result, Shape};
+pub use model::{Episode, Head, Model, ModelGrads};
 pub use params::{Gradients, Params, Seq, State, Truncation, param_shapes, state_shapes};
 
 /// The SIMD instruction sets this build of the crate was compiled with

@@ -1,4 +1,45 @@
-//! The `neuroplastic` command-line program.
-fn main() {
-    println!("neuroplastic {}", env!("CARGO_PKG_VERSION"));
+//! The `neuroplastic` command-line program: train plastic networks, compute
+//! and check gradients, and benchmark the kernels. `neuroplastic --help`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+/// Differentiable plasticity and neuromodulation kernels, with a trainer.
+#[derive(Parser)]
+#[command(name = "neuroplastic", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train a network on a task (e.g. `neuroplastic train pattern`).
+    Train(cli::train::Args),
+    /// Loss and gradients of a model (safetensors) on an episode (safetensors).
+    Grad(cli::grad::Args),
+    /// Finite-difference checks of every rule on every available backend.
+    Gradcheck(cli::gradcheck::Args),
+    /// Time forward + backward + Adam per episode on the standard workloads.
+    Bench(cli::bench::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Train(a) => cli::train::run(a),
+        Cmd::Grad(a) => cli::grad::run(a),
+        Cmd::Gradcheck(a) => cli::gradcheck::run(a),
+        Cmd::Bench(a) => cli::bench::run(a),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

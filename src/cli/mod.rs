@@ -1,0 +1,10 @@
+//! Subcommands of the `neuroplastic` program, one module each. Each exposes
+//! `Args` (clap) and `run(Args) -> Result<ExitCode, Box<dyn Error>>`.
+
+pub mod bench;
+pub mod grad;
+pub mod gradcheck;
+pub mod train;
+
+/// The error type of a subcommand.
+pub type CliResult = Result<std::process::ExitCode, Box<dyn std::error::Error>>;

@@ -1,0 +1,1 @@
+//! Tasks that generate episodes procedurally (seeded).
