@@ -68,6 +68,7 @@ pub mod io;
 pub mod model;
 pub mod params;
 pub mod reference;
+pub mod stream;
 #[cfg(feature = "train")]
 pub mod tasks;
 #[cfg(feature = "train")]
@@ -80,6 +81,7 @@ pub use engine::{Checkpoint, Device, Engine, Forward, Options};
 pub use error::{Error, Result, Shape};
 pub use model::{Episode, Head, Model, ModelGrads};
 pub use params::{Gradients, Params, Seq, State, Truncation, param_shapes, state_shapes};
+pub use stream::Stream;
 
 /// The SIMD instruction sets this build of the crate was compiled with
 /// (e.g. `["avx2", "fma"]`). The CPU backend's speed depends on them: build
