@@ -20,6 +20,9 @@
 //!
 //! The clip's derivative is 1 where `−c_max ≤ z ≤ c_max` and 0 outside.
 
+// Index loops on purpose: the reference reads like the equations it implements.
+#![allow(clippy::needless_range_loop)]
+
 use crate::config::{Activation, AlphaShape, LayerConfig, ModActivation, Rule, Topology};
 use crate::error::{Result, check_finite, check_len};
 use crate::params::{Gradients, Params, Seq, State, Truncation, eta_learned};
@@ -209,8 +212,11 @@ fn check_inputs(cfg: &LayerConfig, p: &Params<f64>, xs: &Seq<'_, f64>, init: Opt
     Ok(())
 }
 
+/// One episode's state: `(h, hebb, elig)`.
+type EpisodeState = (Vec<f64>, Vec<f64>, Vec<f64>);
+
 /// Slices of batch element `b` of a state.
-fn state_of(s: &State<f64>, b: usize, n: usize, ni: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+fn state_of(s: &State<f64>, b: usize, n: usize, ni: usize) -> EpisodeState {
     let take = |v: &Vec<f64>, len: usize| if v.is_empty() { Vec::new() } else { v[b * len..(b + 1) * len].to_vec() };
     (take(&s.h, n), take(&s.hebb, n * ni), take(&s.elig, n * ni))
 }
@@ -222,8 +228,8 @@ fn trajectory(
     p: &Params<f64>,
     xs: &Seq<'_, f64>,
     b: usize,
-    init: (Vec<f64>, Vec<f64>, Vec<f64>),
-) -> (Vec<StepRecord>, Vec<(Vec<f64>, Vec<f64>, Vec<f64>)>) {
+    init: EpisodeState,
+) -> (Vec<StepRecord>, Vec<EpisodeState>) {
     let (x, t_len) = (cfg.inputs, xs.steps);
     let mut states = vec![init];
     let mut recs = Vec::with_capacity(t_len);
