@@ -91,7 +91,17 @@ impl Default for PatternTask {
     /// patterns, 2 cycles, 6 steps shown + 4 blank, 6 test steps, half of the
     /// test pattern zeroed, inputs ×20.
     fn default() -> Self {
-        PatternTask { bits: 1000, patterns: 5, cycles: 2, show: 6, blank: 4, test: 6, degrade: 0.5, scale: 20.0, extra: 0 }
+        PatternTask {
+            bits: 1000,
+            patterns: 5,
+            cycles: 2,
+            show: 6,
+            blank: 4,
+            test: 6,
+            degrade: 0.5,
+            scale: 20.0,
+            extra: 0,
+        }
     }
 }
 
@@ -140,7 +150,11 @@ impl PatternTask {
         self.validate()?;
         crate::error::check_unit("eta", eta)?;
         if !(init_std.is_finite() && init_std >= 0.0) {
-            return Err(Error::Range { arg: "init_std".into(), value: init_std, expected: "a finite number ≥ 0".into() });
+            return Err(Error::Range {
+                arg: "init_std".into(),
+                value: init_std,
+                expected: "a finite number ≥ 0".into(),
+            });
         }
         let n = self.neurons();
         let mut cfg = LayerConfig::recurrent(Rule::Hebb, n, n);
@@ -177,15 +191,16 @@ impl PatternTask {
     /// Reads the settings written by [`Task::to_json`]; `path` names the file in errors.
     pub fn from_json(v: &Value, path: &str) -> Result<Self> {
         let u = |k: &str| -> Result<usize> {
-            json_get(v, k, path)?
-                .as_u64()
-                .map(|x| x as usize)
-                .ok_or_else(|| Error::Format { path: path.into(), message: format!("task setting `{k}` is not an integer") })
+            json_get(v, k, path)?.as_u64().map(|x| x as usize).ok_or_else(|| Error::Format {
+                path: path.into(),
+                message: format!("task setting `{k}` is not an integer"),
+            })
         };
         let f = |k: &str| -> Result<f64> {
-            json_get(v, k, path)?
-                .as_f64()
-                .ok_or_else(|| Error::Format { path: path.into(), message: format!("task setting `{k}` is not a number") })
+            json_get(v, k, path)?.as_f64().ok_or_else(|| Error::Format {
+                path: path.into(),
+                message: format!("task setting `{k}` is not a number"),
+            })
         };
         let t = PatternTask {
             bits: u("bits")?,

@@ -36,7 +36,7 @@ enum TaskCmd {
     /// small comparison of plastic and non-plastic networks is e.g.
     /// `--bits 50 --patterns 2 --cycles 1 --show 3 --blank 1 --test 3`,
     /// once with `--net plastic` and once with `--net nonplastic`.
-    Pattern(PatternArgs),
+    Pattern(Box<PatternArgs>),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -63,8 +63,8 @@ enum OptArg {
     Sgd,
 }
 
-/// Settings that define a run. They are stored in the checkpoint, so they
-/// cannot be given together with `--resume`; the defaults are in the help.
+/// Settings that define a run. They are stored in the checkpoint: with
+/// `--resume` they may be repeated but not changed.
 #[derive(clap::Args)]
 struct RunOpts {
     /// Seed of every random draw (episodes, evaluation, initial weights) [default: 0]
@@ -195,32 +195,54 @@ struct PatternArgs {
 /// Runs the subcommand.
 pub fn run(args: Args) -> CliResult {
     match args.task {
-        TaskCmd::Pattern(a) => pattern(a),
+        TaskCmd::Pattern(a) => pattern(*a),
     }
 }
 
-/// The names of the options in `given` that were set, as `--name`.
-fn given(opts: &[(&str, bool)]) -> Vec<String> {
-    opts.iter().filter(|(_, set)| *set).map(|(n, _)| format!("--{n}")).collect()
+/// Notes `--name given` in `out` when the option was given with another value
+/// than the saved run's (`saved = None`: the run has no such setting).
+fn differs<T: PartialEq + std::fmt::Display>(out: &mut Vec<String>, name: &str, given: Option<T>, saved: Option<T>) {
+    match (given, saved) {
+        (Some(g), Some(s)) if g != s => out.push(format!("--{name} {g} (the run has {s})")),
+        (Some(g), None) => out.push(format!("--{name} {g} (the run has no such setting)")),
+        _ => {}
+    }
 }
 
 impl RunOpts {
-    fn set(&self) -> Vec<String> {
-        given(&[
-            ("seed", self.seed.is_some()),
-            ("batch", self.batch.is_some()),
-            ("optimizer", self.optimizer.is_some()),
-            ("lr", self.lr.is_some()),
-            ("beta1", self.beta1.is_some()),
-            ("beta2", self.beta2.is_some()),
-            ("eps", self.eps.is_some()),
-            ("momentum", self.momentum.is_some()),
-            ("weight-decay", self.weight_decay.is_some()),
-            ("adamw", self.adamw),
-            ("clip-norm", self.clip_norm.is_some()),
-            ("lr-decay", self.lr_decay.is_some()),
-            ("lr-decay-every", self.lr_decay_every.is_some()),
-        ])
+    /// The options given here that contradict the saved run `c`.
+    fn conflicts(&self, c: &TrainConfig) -> Vec<String> {
+        let mut v = Vec::new();
+        let o = &c.optim;
+        differs(&mut v, "seed", self.seed, Some(c.seed));
+        differs(&mut v, "batch", self.batch, Some(c.batch));
+        let opt_name = |m: OptArg| match m {
+            OptArg::Adam => "adam",
+            OptArg::Sgd => "sgd",
+        };
+        differs(&mut v, "optimizer", self.optimizer.map(opt_name), Some(o.method.name()));
+        differs(&mut v, "lr", self.lr, Some(o.lr));
+        let (b1, b2, eps, mom) = match o.method {
+            Method::Adam { beta1, beta2, eps } => (Some(beta1), Some(beta2), Some(eps), None),
+            Method::Sgd { momentum, .. } => (None, None, None, Some(momentum)),
+        };
+        differs(&mut v, "beta1", self.beta1, b1);
+        differs(&mut v, "beta2", self.beta2, b2);
+        differs(&mut v, "eps", self.eps, eps);
+        differs(&mut v, "momentum", self.momentum, mom);
+        let (wd, decoupled) = match o.weight_decay {
+            WeightDecay::None => (0.0, false),
+            WeightDecay::L2(l) => (l, false),
+            WeightDecay::Decoupled(l) => (l, true),
+        };
+        differs(&mut v, "weight-decay", self.weight_decay, Some(wd));
+        if self.adamw && !decoupled {
+            v.push("--adamw (the run's weight decay is not decoupled)".into());
+        }
+        differs(&mut v, "clip-norm", self.clip_norm, o.clip_norm);
+        differs(&mut v, "lr-decay", self.lr_decay, o.decay.map(|d| d.gamma));
+        differs(&mut v, "lr-decay-every", self.lr_decay_every, o.decay.map(|d| d.every));
+        v
     }
 
     fn optim(&self) -> Result<OptimConfig, String> {
@@ -244,10 +266,12 @@ impl RunOpts {
             }
         };
         let wd = self.weight_decay.unwrap_or(0.0);
-        let weight_decay = match (wd, self.adamw) {
-            (w, _) if w == 0.0 => WeightDecay::None,
-            (w, false) => WeightDecay::L2(w),
-            (w, true) => WeightDecay::Decoupled(w),
+        let weight_decay = if wd == 0.0 {
+            WeightDecay::None
+        } else if self.adamw {
+            WeightDecay::Decoupled(wd)
+        } else {
+            WeightDecay::L2(wd)
         };
         if self.adamw && self.weight_decay.is_none() {
             return Err("--adamw needs --weight-decay".into());
@@ -268,21 +292,29 @@ impl RunOpts {
 }
 
 impl PatternOpts {
-    fn set(&self) -> Vec<String> {
-        given(&[
-            ("bits", self.bits.is_some()),
-            ("patterns", self.patterns.is_some()),
-            ("cycles", self.cycles.is_some()),
-            ("show", self.show.is_some()),
-            ("blank", self.blank.is_some()),
-            ("test", self.test.is_some()),
-            ("degrade", self.degrade.is_some()),
-            ("scale", self.scale.is_some()),
-            ("net", self.net.is_some()),
-            ("extra-neurons", self.extra_neurons.is_some()),
-            ("eta", self.eta.is_some()),
-            ("init-std", self.init_std.is_some()),
-        ])
+    /// The options given here that contradict the saved run.
+    fn conflicts(&self, t: &PatternTask, ck: &TrainCheckpoint) -> Vec<String> {
+        let mut v = Vec::new();
+        differs(&mut v, "bits", self.bits, Some(t.bits));
+        differs(&mut v, "patterns", self.patterns, Some(t.patterns));
+        differs(&mut v, "cycles", self.cycles, Some(t.cycles));
+        differs(&mut v, "show", self.show, Some(t.show));
+        differs(&mut v, "blank", self.blank, Some(t.blank));
+        differs(&mut v, "test", self.test, Some(t.test));
+        differs(&mut v, "degrade", self.degrade, Some(t.degrade));
+        differs(&mut v, "scale", self.scale, Some(t.scale));
+        differs(&mut v, "extra-neurons", self.extra_neurons, Some(t.extra));
+        let frozen_alpha = ck.config.optim.is_frozen("alpha");
+        let net_name = |n: NetArg| match n {
+            NetArg::Plastic => "plastic",
+            NetArg::Nonplastic => "nonplastic",
+        };
+        differs(&mut v, "net", self.net.map(net_name), Some(if frozen_alpha { "nonplastic" } else { "plastic" }));
+        differs(&mut v, "eta", self.eta.map(|e| e as f32), ck.model.params.eta.first().copied());
+        if self.init_std.is_some() {
+            v.push("--init-std (it sets the initial weights of a new run)".into());
+        }
+        v
     }
 
     fn task(&self) -> PatternTask {
@@ -310,20 +342,21 @@ fn pattern(a: PatternArgs) -> CliResult {
     let opts = Options { threads: s.threads, ..Options::default() };
     let mut trainer = match &s.resume {
         Some(file) => {
-            let fixed: Vec<String> = a.task.set().into_iter().chain(a.run.set()).collect();
-            if !fixed.is_empty() {
-                return Err(format!(
-                    "{} cannot be given with --resume: a resumed run keeps the settings saved in {}",
-                    fixed.join(", "),
-                    file.display()
-                )
-                .into());
-            }
             let mut ck = TrainCheckpoint::read(file)?;
             if ck.task != "pattern" {
                 return Err(format!("{} is a checkpoint of task `{}`, not `pattern`", file.display(), ck.task).into());
             }
             let task = PatternTask::from_json(&ck.task_config, &file.display().to_string())?;
+            let clash: Vec<String> =
+                a.task.conflicts(&task, &ck).into_iter().chain(a.run.conflicts(&ck.config)).collect();
+            if !clash.is_empty() {
+                return Err(format!(
+                    "a resumed run keeps the settings saved in {}; these options contradict them: {}",
+                    file.display(),
+                    clash.join(", ")
+                )
+                .into());
+            }
             if let Some(e) = s.eval_every {
                 ck.config.eval_every = e;
             }
@@ -340,8 +373,7 @@ fn pattern(a: PatternArgs) -> CliResult {
                 NetArg::Nonplastic => Net::NonPlastic,
             };
             let seed = a.run.seed.unwrap_or(0);
-            let (model, frozen) =
-                task.model(net, a.task.eta.unwrap_or(0.01), a.task.init_std.unwrap_or(0.01), seed)?;
+            let (model, frozen) = task.model(net, a.task.eta.unwrap_or(0.01), a.task.init_std.unwrap_or(0.01), seed)?;
             let mut optim = a.run.optim()?;
             optim.frozen = frozen;
             let cfg = TrainConfig {
@@ -447,7 +479,6 @@ fn train<T: Task>(trainer: &mut Trainer<T>, s: &SessionOpts) -> CliResult {
     let result = trainer.run(total, Some((&ckpt, s.checkpoint_every)), &mut on);
     bar.finish_and_clear();
     result?;
-    drop(on);
     let done = trainer.step_count() - start;
     if let Some(r) = trainer.log().last().filter(|_| !s.quiet) {
         let per = if done > 0 { format!(" ({:.4} s each)", update_secs / done as f64) } else { String::new() };
@@ -485,79 +516,63 @@ fn write_log(path: &Path, rows: &[LogRow]) -> neuroplastic::Result<()> {
     write_atomic(path, s.as_bytes())
 }
 
-/// Draws the learning curve: error rate (left) and loss per episode on a log
-/// scale (right), training means and evaluations, against episodes seen.
+/// Draws the learning curve: error rate (left) and loss per episode
+/// (right), training means and evaluations, against episodes seen.
 fn write_plot(path: &Path, rows: &[LogRow], title: &str) -> neuroplastic::Result<()> {
     use plotters::prelude::*;
-    let mut svg = String::new();
-    let err = |e: String| neuroplastic::Error::Format { path: path.display().to_string(), message: e };
+    let err = |e: &dyn std::fmt::Display| neuroplastic::Error::Format {
+        path: path.display().to_string(),
+        message: format!("cannot draw the learning curve: {e}"),
+    };
     let xmax = rows.iter().map(|r| r.episodes).max().unwrap_or(0).max(1) as f64;
+    let series = |g: fn(&LogRow) -> f64, scale: f64| -> Vec<(f64, f64)> {
+        rows.iter().map(|r| (r.episodes as f64, scale * g(r))).filter(|p| p.1.is_finite()).collect()
+    };
     let tick = |v: &f64| {
         let s = format!("{v:.3}");
         s.trim_end_matches('0').trim_end_matches('.').to_string()
     };
-    let series = |g: fn(&LogRow) -> f64, scale: f64| -> Vec<(f64, f64)> {
-        rows.iter().map(|r| (r.episodes as f64, scale * g(r))).filter(|p| p.1.is_finite()).collect()
-    };
+    let panels = [
+        ("error rate (%)", series(|r| r.train_err, 100.0), series(|r| r.eval_err, 100.0)),
+        ("loss per episode", series(|r| r.train_loss, 1.0), series(|r| r.eval_loss, 1.0)),
+    ];
+    let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (1100, 420)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-        let root = root.titled(title, ("sans-serif", 18)).map_err(|e| err(e.to_string()))?;
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let root = root.titled(title, ("sans-serif", 18)).map_err(|e| err(&e))?;
         let (left, right) = root.split_horizontally(550);
-        let panels: [(&DrawingArea<_, _>, &str, bool, [(Vec<(f64, f64)>, &str, RGBColor); 2]); 2] = [
-            (
-                &left,
-                "error rate (%)",
-                false,
-                [
-                    (series(|r| r.train_err, 100.0), "train (mean since last point)", RED),
-                    (series(|r| r.eval_err, 100.0), "eval (fresh episodes)", BLUE),
-                ],
-            ),
-            (
-                &right,
-                "loss per episode",
-                true,
-                [
-                    (series(|r| r.train_loss, 1.0), "train (mean since last point)", RED),
-                    (series(|r| r.eval_loss, 1.0), "eval (fresh episodes)", BLUE),
-                ],
-            ),
-        ];
-        for (area, ylabel, log, lines) in panels {
-            let ys: Vec<f64> = lines.iter().flat_map(|l| l.0.iter().map(|p| p.1)).collect();
-            let ymax = ys.iter().cloned().fold(0.0f64, f64::max).max(1e-9) * 1.05;
-            let mut b = ChartBuilder::on(area);
-            b.margin(12).x_label_area_size(36).y_label_area_size(60);
-            if log {
-                let lines: Vec<(Vec<(f64, f64)>, &str, RGBColor)> = lines
-                    .into_iter()
-                    .map(|(v, n, c)| (v.into_iter().filter(|p| p.1 > 0.0).collect(), n, c))
-                    .collect();
-                let ymin = lines.iter().flat_map(|l| l.0.iter().map(|p| p.1)).fold(f64::INFINITY, f64::min);
-                let ymin = if ymin.is_finite() { ymin / 1.5 } else { ymax / 10.0 };
-                let mut c = b.build_cartesian_2d(0.0..xmax, (ymin..ymax).log_scale()).map_err(|e| err(e.to_string()))?;
-                c.configure_mesh().x_desc("episodes").y_desc(ylabel).x_label_formatter(&tick).y_label_formatter(&tick).draw().map_err(|e| err(e.to_string()))?;
-                for (pts, name, color) in lines {
-                    c.draw_series(LineSeries::new(pts, color.stroke_width(2)))
-                        .map_err(|e| err(e.to_string()))?
-                        .label(name)
-                        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
-                }
-                c.configure_series_labels().border_style(BLACK).draw().map_err(|e| err(e.to_string()))?;
-            } else {
-                let mut c = b.build_cartesian_2d(0.0..xmax, 0.0..ymax).map_err(|e| err(e.to_string()))?;
-                c.configure_mesh().x_desc("episodes").y_desc(ylabel).x_label_formatter(&tick).y_label_formatter(&tick).draw().map_err(|e| err(e.to_string()))?;
-                for (pts, name, color) in lines {
-                    c.draw_series(LineSeries::new(pts, color.stroke_width(2)))
-                        .map_err(|e| err(e.to_string()))?
-                        .label(name)
-                        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
-                }
-                c.configure_series_labels().border_style(BLACK).draw().map_err(|e| err(e.to_string()))?;
+        for (area, (ylabel, train, eval)) in [left, right].iter().zip(panels) {
+            let ymax = train.iter().chain(&eval).map(|p| p.1).fold(0.0f64, f64::max).max(1e-9) * 1.05;
+            let mut c = ChartBuilder::on(area)
+                .margin(12)
+                .x_label_area_size(36)
+                .y_label_area_size(60)
+                .build_cartesian_2d(0.0..xmax, 0.0..ymax)
+                .map_err(|e| err(&e))?;
+            c.configure_mesh()
+                .x_desc("episodes")
+                .y_desc(ylabel)
+                .x_label_formatter(&tick)
+                .y_label_formatter(&tick)
+                .draw()
+                .map_err(|e| err(&e))?;
+            for (pts, name, color) in
+                [(train, "train (mean since last point)", RED), (eval, "eval (fresh episodes)", BLUE)]
+            {
+                c.draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                    .map_err(|e| err(&e))?
+                    .label(name)
+                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
             }
+            c.configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .border_style(BLACK)
+                .background_style(WHITE)
+                .draw()
+                .map_err(|e| err(&e))?;
         }
-        root.present().map_err(|e| err(e.to_string()))?;
+        root.present().map_err(|e| err(&e))?;
     }
     write_atomic(path, svg.as_bytes())
 }

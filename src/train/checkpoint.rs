@@ -323,8 +323,7 @@ impl TrainCheckpoint {
                 f.put_f32(name, &shape, v.clone());
             }
         }
-        let mut shapes: BTreeMap<&str, Vec<usize>> =
-            param_shapes(cfg).into_iter().map(|(n, s)| (n, s)).collect::<BTreeMap<_, _>>();
+        let mut shapes: BTreeMap<&str, Vec<usize>> = param_shapes(cfg).into_iter().collect::<BTreeMap<_, _>>();
         if let Some(h) = &self.model.head {
             let o = h.bias.len();
             f.put_f32(HEAD_NAMES[0], &[o, cfg.n], h.weight.clone());
@@ -400,7 +399,10 @@ impl TrainCheckpoint {
             None => None,
             Some((s, bias)) => {
                 if s.len() != 1 {
-                    return Err(fmt_err(&path, format!("tensor `{}` must be a vector, got shape {s:?}", HEAD_NAMES[1])));
+                    return Err(fmt_err(
+                        &path,
+                        format!("tensor `{}` must be a vector, got shape {s:?}", HEAD_NAMES[1]),
+                    ));
                 }
                 let weight = f.take_f32(HEAD_NAMES[0], Some(&[bias.len(), cfg.n]))?.1;
                 Some(Head { weight, bias })
