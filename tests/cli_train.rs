@@ -150,6 +150,9 @@ fn bad_arguments_are_clear_errors() {
     args.extend(["--episodes", "3", "--eval-every", "0", "--eval-episodes", "1", "--quiet", "--out", o]);
     ok(&args);
     let ck = out.join("checkpoint.safetensors");
+    // A new run does not overwrite another run's checkpoint.
+    let e = fails(&args);
+    assert!(e.contains("checkpoint.safetensors exists") && e.contains("--resume"), "{e}");
     let e = fails(&["--resume", ck.to_str().unwrap(), "--bits", "60", "--lr", "0.1", "--out", o]);
     assert!(e.contains("--bits 60 (the run has 50), --lr 0.1 (the run has 0.0003)"), "{e}");
     let e = fails(&["--resume", ck.to_str().unwrap(), "--net", "nonplastic", "--init-std", "0.1", "--out", o]);

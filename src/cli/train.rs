@@ -165,7 +165,8 @@ struct SessionOpts {
     /// Save a checkpoint every this many updates (0: at the end only)
     #[arg(long, default_value_t = 1000)]
     checkpoint_every: u64,
-    /// Folder for checkpoint.safetensors, log.csv and curve.svg
+    /// Folder for checkpoint.safetensors, log.csv (step, episodes, train_loss,
+    /// train_err, eval_loss, eval_err, lr, seconds) and curve.svg
     #[arg(long, default_value = "runs/pattern")]
     out: PathBuf,
     /// Continue the run saved in this checkpoint (the run's settings come from it)
@@ -397,6 +398,13 @@ fn train<T: Task>(trainer: &mut Trainer<T>, s: &SessionOpts) -> CliResult {
     }
     std::fs::create_dir_all(&s.out).map_err(|e| format!("--out {}: cannot create the folder: {e}", s.out.display()))?;
     let ckpt = s.out.join("checkpoint.safetensors");
+    if s.resume.is_none() && ckpt.exists() {
+        return Err(format!(
+            "{} exists: continue that run with --resume {0}, or choose another --out (a new run would overwrite it)",
+            ckpt.display()
+        )
+        .into());
+    }
     let (csv, svg) = (s.out.join("log.csv"), s.out.join("curve.svg"));
     let start = trainer.step_count();
     let total = s.episodes.max(start);
@@ -411,7 +419,9 @@ fn train<T: Task>(trainer: &mut Trainer<T>, s: &SessionOpts) -> CliResult {
     bar.set_position(start);
     let say = |msg: String| {
         if s.quiet {
-        } else if terminal {
+            return;
+        }
+        if terminal {
             bar.println(msg);
         } else {
             eprintln!("{msg}");
