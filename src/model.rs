@@ -142,6 +142,13 @@ impl Model {
     /// The loss of the model on `ep` and the gradients of every parameter
     /// (layer and head), of the inputs and of the initial state.
     pub fn loss_and_grad(&self, engine: &mut Engine, ep: &Episode) -> Result<ModelGrads> {
+        self.loss_grad_output(engine, ep).map(|(g, _)| g)
+    }
+
+    /// Like [`Model::loss_and_grad`], also returning the model's output `ŷ`
+    /// `(B, T, O)`, so a caller can score the episode (e.g. an error rate)
+    /// without a second forward pass.
+    pub fn loss_grad_output(&self, engine: &mut Engine, ep: &Episode) -> Result<(ModelGrads, Vec<f32>)> {
         self.validate(engine.options().check_finite)?;
         self.validate_episode(ep, engine.options().check_finite)?;
         let seq = Seq::new(&ep.inputs, ep.batch, ep.steps);
@@ -187,7 +194,7 @@ impl Model {
             }
         };
         let layer = engine.backward(&self.params, seq, &fwd, &dy, None)?;
-        Ok(ModelGrads { loss, layer, head })
+        Ok((ModelGrads { loss, layer, head }, yhat))
     }
 }
 
