@@ -422,7 +422,9 @@ pub fn put_model(file: &mut TensorFile, model: &Model) -> Result<()> {
 /// The configuration comes from the metadata keys ([`MODEL_KEYS`]) and the
 /// tensors' shapes: N from `w`, X from `u` (or X = N when `u` is absent,
 /// [`InputMap::Direct`]), K from `mod.v`, and the presence of `b`, `mod.c`,
-/// `mod.fanout`, `mod.fanout_bias`, `head.out.*`.
+/// `mod.fanout`, `mod.fanout_bias`, `head.out.*`. Fields the rule does not
+/// use (the modulator and `clip` of Hebb and Oja, the rate mode of
+/// Modulated) come back with the defaults of [`LayerConfig::recurrent`].
 pub fn take_model(file: &mut TensorFile) -> Result<Model> {
     let f = file;
     let topology = f.meta_enum(KEY_TOPOLOGY, "recurrent, feedforward", topology_parse)?.unwrap_or(Topology::Recurrent);
@@ -475,7 +477,8 @@ pub fn take_model(file: &mut TensorFile) -> Result<Model> {
     let (input_map, inputs, u) = match topology {
         Topology::FeedForward => {
             f.forbid("u", "a feed-forward layer's input is its pre-synaptic vector (`w` is (N, X)); it has no `u`")?;
-            (InputMap::Direct, pre, Vec::new())
+            // The input map means nothing here; Linear is what LayerConfig::feed_forward sets.
+            (InputMap::Linear, pre, Vec::new())
         }
         Topology::Recurrent => match f.take_finite_opt("u")? {
             None => (InputMap::Direct, n, Vec::new()),

@@ -60,7 +60,8 @@ pub fn run(args: Args) -> CliResult {
     let grads = model.loss_and_grad(&mut engine, &ep)?;
     let secs = start.elapsed().as_secs_f64();
     save_gradients(&args.out, grads.loss, &grads, &model)?;
-    println!("loss = {:.17e}", grads.loss);
+    // `{}` prints the shortest decimal that reads back to the same f64.
+    println!("loss = {}", grads.loss);
     eprintln!(
         "{}: rule {}, N = {}, B = {}, T = {}, forward + backward in {:.3} s on {}",
         args.out.display(),
