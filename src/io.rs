@@ -1,6 +1,13 @@
 //! Safetensors interchange (DESIGN.md §5): a small typed layer over the
-//! `safetensors` crate ([`TensorFile`]) and atomic writes ([`write_atomic`]).
-//! Model, episode and gradient files are built on it.
+//! `safetensors` crate ([`TensorFile`]) and atomic writes ([`write_atomic`]),
+//! and on top of it the model, episode and gradient files ([`load_model`],
+//! [`save_model`], [`load_episode`], [`save_episode`], [`save_gradients`],
+//! [`load_gradients`]). The formats, their metadata keys and defaults are
+//! documented for users in `docs/formats.md`.
+//!
+//! Files that hold a model among other things (training checkpoints) use the
+//! building blocks [`put_model`] / [`take_model`] and [`put_episode`] /
+//! [`take_episode`], then [`TensorFile::finish`] to reject leftovers.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -399,6 +406,7 @@ pub fn model_metadata(cfg: &LayerConfig) -> BTreeMap<String, String> {
 /// Adds `model`'s tensors and metadata to `file` (for files that hold more,
 /// e.g. training checkpoints). Checks the model first.
 pub fn put_model(file: &mut TensorFile, model: &Model) -> Result<()> {
+    // w: (N, I)  alpha: (N, I) | (N,) | (1,)  u: (N, X)  mod.v, mod.fanout: (K, N)  head.out.weight: (O, N)
     model.validate(false)?;
     for ((name, v), (_, shape)) in model.params.named().into_iter().zip(param_shapes(&model.cfg)) {
         if !v.is_empty() {
@@ -426,6 +434,7 @@ pub fn put_model(file: &mut TensorFile, model: &Model) -> Result<()> {
 /// use (the modulator and `clip` of Hebb and Oja, the rate mode of
 /// Modulated) come back with the defaults of [`LayerConfig::recurrent`].
 pub fn take_model(file: &mut TensorFile) -> Result<Model> {
+    // w: (N, I)  alpha: (N, I) | (N,) | (1,)  u: (N, X)  mod.v, mod.fanout: (K, N)  head.out.weight: (O, N)
     let f = file;
     let topology = f.meta_enum(KEY_TOPOLOGY, "recurrent, feedforward", topology_parse)?.unwrap_or(Topology::Recurrent);
     let rule = match f.metadata.get(KEY_RULE) {
@@ -819,11 +828,13 @@ pub fn save_episode(ep: &Episode, model: &Model, path: impl AsRef<Path>) -> Resu
     f.write(path)
 }
 
-/// Writes a gradients file, atomically: tensor `loss` `(1,)` and, for every
-/// parameter `model` has, its gradient under the parameter's file name
-/// (`w`, `alpha`, …, `head.out.weight`, `head.out.bias`), with the model's
-/// metadata. The gradient of a fixed η / η_e is written as zero.
+/// Writes a gradients file, atomically: tensor `loss` `(1,)` (the value
+/// `loss`, normally `grads.loss`, rounded to f32) and, for every parameter
+/// `model` has, its gradient under the parameter's file name (`w`, `alpha`,
+/// …, `head.out.weight`, `head.out.bias`), with the model's metadata. The
+/// gradient of a fixed η / η_e is written as zero.
 pub fn save_gradients(path: impl AsRef<Path>, loss: f64, grads: &ModelGrads, model: &Model) -> Result<()> {
+    // loss: (1,); every other tensor has the shape of the model's parameter of the same name.
     model.validate(false)?;
     for ((name, v), (_, shape)) in grads.layer.params.named().into_iter().zip(param_shapes(&model.cfg)) {
         let shape = if shape == [0] { vec![0] } else { shape };
@@ -861,6 +872,7 @@ pub fn save_gradients(path: impl AsRef<Path>, loss: f64, grads: &ModelGrads, mod
 /// The result's `layer.inputs` and `layer.init` are empty: the file holds the
 /// loss and the parameter gradients only.
 pub fn load_gradients(path: impl AsRef<Path>, model: &Model) -> Result<ModelGrads> {
+    // loss: (1,); every other tensor has the shape of the model's parameter of the same name.
     let mut f = TensorFile::read(path)?;
     for (k, v) in model_metadata(&model.cfg) {
         if let Some(got) = f.metadata.get(&k) {
