@@ -1,6 +1,13 @@
 //! Safetensors interchange (DESIGN.md §5): a small typed layer over the
-//! `safetensors` crate ([`TensorFile`]) and atomic writes ([`write_atomic`]).
-//! Model, episode and gradient files are built on it.
+//! `safetensors` crate ([`TensorFile`]) and atomic writes ([`write_atomic`]),
+//! and on top of it the model, episode and gradient files ([`load_model`],
+//! [`save_model`], [`load_episode`], [`save_episode`], [`save_gradients`],
+//! [`load_gradients`]). The formats, their metadata keys and defaults are
+//! documented for users in `docs/formats.md`.
+//!
+//! Files that hold a model among other things (training checkpoints) use the
+//! building blocks [`put_model`] / [`take_model`] and [`put_episode`] /
+//! [`take_episode`], then [`TensorFile::finish`] to reject leftovers.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -8,7 +15,12 @@ use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
-use crate::error::{Error, Result, Shape};
+use crate::config::{
+    Activation, AlphaShape, EtaMode, InputMap, LayerConfig, ModActivation, ModulatorConfig, Rule, Topology,
+};
+use crate::error::{Error, Result, Shape, check_len};
+use crate::model::{Episode, Head, Model, ModelGrads};
+use crate::params::{Gradients, Params, State, param_shapes, state_shapes};
 
 /// The element data of one tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -244,4 +256,658 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     res.map_err(io)
+}
+
+// ---------------------------------------------------------------------------
+// Model, episode and gradient files (DESIGN.md §5; the format is documented
+// for users in docs/formats.md, which must change with this code).
+// ---------------------------------------------------------------------------
+
+/// Metadata key: the trace rule (`hebb`, `oja`, `modulated`, `retroactive`). Required.
+pub const KEY_RULE: &str = "neuroplastic.rule";
+/// Metadata key: the granularity of `alpha` (`connection`, `neuron`, `scalar`).
+/// Optional: inferred from the shape of `alpha`; must agree with it when present.
+pub const KEY_ALPHA: &str = "neuroplastic.alpha";
+/// Metadata key: the layer's non-linearity (`tanh`, `identity`). Default `tanh`.
+pub const KEY_ACTIVATION: &str = "neuroplastic.activation";
+/// Metadata key: the modulator's non-linearity (`tanh`, `sigmoid`, `identity`). Default `tanh`.
+pub const KEY_MODULATOR: &str = "neuroplastic.modulator";
+/// Metadata key: `c_max`, a decimal number > 0. Required by `modulated` and `retroactive`.
+pub const KEY_CLIP: &str = "neuroplastic.clip";
+/// Metadata key: whether η / η_e is learned (`learned`, `fixed`). Default `learned`.
+pub const KEY_ETA: &str = "neuroplastic.eta";
+/// Metadata key: `recurrent` (default) or `feedforward`.
+pub const KEY_TOPOLOGY: &str = "neuroplastic.topology";
+/// Every metadata key a model file may hold; any other `neuroplastic.*` key
+/// is an error (a misspelt key would otherwise be silently ignored). Keys
+/// outside the `neuroplastic.` prefix (e.g. `format` written by other tools)
+/// are ignored.
+pub const MODEL_KEYS: [&str; 7] = [KEY_RULE, KEY_ALPHA, KEY_ACTIVATION, KEY_MODULATOR, KEY_CLIP, KEY_ETA, KEY_TOPOLOGY];
+
+/// File names of the head's tensors.
+pub const HEAD_WEIGHT: &str = "head.out.weight";
+/// File name of the head's bias.
+pub const HEAD_BIAS: &str = "head.out.bias";
+
+fn topology_name(t: Topology) -> &'static str {
+    match t {
+        Topology::Recurrent => "recurrent",
+        Topology::FeedForward => "feedforward",
+    }
+}
+
+fn topology_parse(s: &str) -> Option<Topology> {
+    match s {
+        "recurrent" => Some(Topology::Recurrent),
+        "feedforward" => Some(Topology::FeedForward),
+        _ => None,
+    }
+}
+
+fn eta_name(e: EtaMode) -> &'static str {
+    match e {
+        EtaMode::Learned => "learned",
+        EtaMode::Fixed => "fixed",
+    }
+}
+
+fn eta_parse(s: &str) -> Option<EtaMode> {
+    match s {
+        "learned" => Some(EtaMode::Learned),
+        "fixed" => Some(EtaMode::Fixed),
+        _ => None,
+    }
+}
+
+/// A shape `[]` stands for a scalar in PyTorch/numpy; wherever the format
+/// asks for `(1,)` both are accepted.
+fn is_one(shape: &[usize]) -> bool {
+    shape.is_empty() || shape == [1]
+}
+
+impl TensorFile {
+    /// An `F32` tensor that must be present, finite, with any shape.
+    fn take_finite(&mut self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let (shape, v) = self.take_f32(name, None)?;
+        self.check_finite(name, &v)?;
+        Ok((shape, v))
+    }
+
+    fn take_finite_opt(&mut self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
+        if self.has(name) { self.take_finite(name).map(Some) } else { Ok(None) }
+    }
+
+    fn check_finite(&self, name: &str, v: &[f32]) -> Result<()> {
+        match v.iter().position(|x| !x.is_finite()) {
+            Some(k) => Err(self.err(format!("tensor `{name}`: element {k} is not finite ({})", v[k]))),
+            None => Ok(()),
+        }
+    }
+
+    /// Errors unless `got == want`; `why` says where `want` comes from.
+    fn expect_shape(&self, name: &str, got: &[usize], want: &[usize], why: &str) -> Result<()> {
+        if got != want {
+            return Err(self.err(format!(
+                "tensor `{name}` has shape {}; expected {} ({why})",
+                Shape(got.to_vec()),
+                Shape(want.to_vec())
+            )));
+        }
+        Ok(())
+    }
+
+    fn expect_one(&self, name: &str, got: &[usize], why: &str) -> Result<()> {
+        if !is_one(got) {
+            return Err(self.err(format!("tensor `{name}` has shape {}; expected (1,) ({why})", Shape(got.to_vec()))));
+        }
+        Ok(())
+    }
+
+    /// Errors when tensor `name` is present although `why` says it cannot be.
+    fn forbid(&self, name: &str, why: &str) -> Result<()> {
+        if self.has(name) {
+            return Err(self.err(format!("tensor `{name}` is present, but {why}")));
+        }
+        Ok(())
+    }
+
+    /// Parses an optional metadata key with `parse`, naming the accepted values on failure.
+    fn meta_enum<T>(&self, key: &str, accepted: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Option<T>> {
+        match self.metadata.get(key) {
+            None => Ok(None),
+            Some(v) => parse(v)
+                .map(Some)
+                .ok_or_else(|| self.err(format!("metadata `{key}` = \"{v}\" is not one of {accepted}"))),
+        }
+    }
+}
+
+/// The metadata that describes `cfg` (what [`save_model`] writes).
+pub fn model_metadata(cfg: &LayerConfig) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        m.insert(k.to_string(), v);
+    };
+    put(KEY_TOPOLOGY, topology_name(cfg.topology).into());
+    put(KEY_RULE, cfg.rule.name().into());
+    put(KEY_ALPHA, cfg.alpha.name().into());
+    put(KEY_ACTIVATION, cfg.activation.name().into());
+    if matches!(cfg.rule, Rule::Hebb | Rule::Oja | Rule::Retroactive) {
+        put(KEY_ETA, eta_name(cfg.eta).into());
+    }
+    if cfg.rule.is_modulated() {
+        put(KEY_MODULATOR, cfg.modulator.activation.name().into());
+        // `{}` of an f64 prints the shortest decimal that reads back to the same number.
+        put(KEY_CLIP, format!("{}", cfg.clip));
+    }
+    m
+}
+
+/// Adds `model`'s tensors and metadata to `file` (for files that hold more,
+/// e.g. training checkpoints). Checks the model first.
+pub fn put_model(file: &mut TensorFile, model: &Model) -> Result<()> {
+    // w: (N, I)  alpha: (N, I) | (N,) | (1,)  u: (N, X)  mod.v, mod.fanout: (K, N)  head.out.weight: (O, N)
+    model.validate(false)?;
+    for ((name, v), (_, shape)) in model.params.named().into_iter().zip(param_shapes(&model.cfg)) {
+        if !v.is_empty() {
+            file.put_f32(name, &shape, v.clone());
+        }
+    }
+    if let Some(h) = &model.head {
+        let o = h.bias.len();
+        file.put_f32(HEAD_WEIGHT, &[o, model.cfg.n], h.weight.clone());
+        file.put_f32(HEAD_BIAS, &[o], h.bias.clone());
+    }
+    file.metadata.extend(model_metadata(&model.cfg));
+    Ok(())
+}
+
+/// Removes a model's tensors from `file` and builds the [`Model`] they and
+/// the `neuroplastic.*` metadata describe. Other tensors stay in `file`
+/// (call [`TensorFile::finish`] to reject them); metadata is not checked for
+/// unknown keys (see [`load_model`]).
+///
+/// The configuration comes from the metadata keys ([`MODEL_KEYS`]) and the
+/// tensors' shapes: N from `w`, X from `u` (or X = N when `u` is absent,
+/// [`InputMap::Direct`]), K from `mod.v`, and the presence of `b`, `mod.c`,
+/// `mod.fanout`, `mod.fanout_bias`, `head.out.*`. Fields the rule does not
+/// use (the modulator and `clip` of Hebb and Oja, the rate mode of
+/// Modulated) come back with the defaults of [`LayerConfig::recurrent`].
+pub fn take_model(file: &mut TensorFile) -> Result<Model> {
+    // w: (N, I)  alpha: (N, I) | (N,) | (1,)  u: (N, X)  mod.v, mod.fanout: (K, N)  head.out.weight: (O, N)
+    let f = file;
+    let topology = f.meta_enum(KEY_TOPOLOGY, "recurrent, feedforward", topology_parse)?.unwrap_or(Topology::Recurrent);
+    let rule = match f.metadata.get(KEY_RULE) {
+        None => {
+            return Err(f.err(format!(
+                "missing metadata key `{KEY_RULE}` (one of hebb, oja, modulated, retroactive): it cannot be inferred from the tensors"
+            )));
+        }
+        Some(_) => f.meta_enum(KEY_RULE, "hebb, oja, modulated, retroactive", Rule::parse)?.expect("key is present"),
+    };
+    let activation = f.meta_enum(KEY_ACTIVATION, "tanh, identity", Activation::parse)?.unwrap_or(Activation::Tanh);
+    let mod_act =
+        f.meta_enum(KEY_MODULATOR, "tanh, sigmoid, identity", ModActivation::parse)?.unwrap_or(ModActivation::Tanh);
+    let eta_mode = f.meta_enum(KEY_ETA, "learned, fixed", eta_parse)?.unwrap_or(EtaMode::Learned);
+    let alpha_key = f.meta_enum(KEY_ALPHA, "connection, neuron, scalar", AlphaShape::parse)?;
+    let clip = match f.metadata.get(KEY_CLIP) {
+        None if rule.is_modulated() => {
+            return Err(f.err(format!(
+                "missing metadata key `{KEY_CLIP}`: rule {} clips the trace to ±c_max and needs its value (e.g. \"2.0\")",
+                rule.name()
+            )));
+        }
+        None => 1.0,
+        Some(s) => match s.trim().parse::<f64>() {
+            Ok(c) if c.is_finite() && c > 0.0 => c,
+            _ => return Err(f.err(format!("metadata `{KEY_CLIP}` = \"{s}\" is not a finite decimal number > 0"))),
+        },
+    };
+
+    // w: (N, I); a recurrent layer's pre-synaptic vector is its own state, so I = N.
+    let (ws, w) = f.take_finite("w")?;
+    let (n, pre) = match ws[..] {
+        [n, i] if n > 0 && i > 0 => (n, i),
+        _ => {
+            return Err(f.err(format!(
+                "tensor `w` has shape {}; expected a 2-D (N, I) matrix with N, I ≥ 1",
+                Shape(ws.clone())
+            )));
+        }
+    };
+    if topology == Topology::Recurrent && n != pre {
+        return Err(f.err(format!(
+            "tensor `w` has shape {}; a recurrent layer's `w` maps h_(t-1) to h_t and must be square (N, N) (set `{KEY_TOPOLOGY}` = \"feedforward\" for a feed-forward layer)",
+            Shape(ws)
+        )));
+    }
+
+    // u: (N, X) or absent (the input is added directly, X = N).
+    let (input_map, inputs, u) = match topology {
+        Topology::FeedForward => {
+            f.forbid("u", "a feed-forward layer's input is its pre-synaptic vector (`w` is (N, X)); it has no `u`")?;
+            // The input map means nothing here; Linear is what LayerConfig::feed_forward sets.
+            (InputMap::Linear, pre, Vec::new())
+        }
+        Topology::Recurrent => match f.take_finite_opt("u")? {
+            None => (InputMap::Direct, n, Vec::new()),
+            Some((us, u)) => match us[..] {
+                [rows, x] if rows == n => (InputMap::Linear, x, u),
+                _ => {
+                    return Err(f.err(format!(
+                        "tensor `u` has shape {}; expected (N, X) = ({n}, X) (N = {n} from `w`)",
+                        Shape(us)
+                    )));
+                }
+            },
+        },
+    };
+
+    // alpha: the shape says the granularity; the key, when present, must agree.
+    let (als, alpha) = f.take_finite("alpha")?;
+    let inferred = if als == [n, pre] {
+        Some(AlphaShape::Connection)
+    } else if is_one(&als) {
+        Some(AlphaShape::Scalar)
+    } else if als == [n] {
+        Some(AlphaShape::Neuron)
+    } else {
+        None
+    };
+    let alpha_shape = match (alpha_key, inferred) {
+        (None, Some(a)) => a,
+        (None, None) => {
+            return Err(f.err(format!(
+                "tensor `alpha` has shape {}; expected ({n}, {pre}) (per connection), ({n},) (per neuron) or (1,) (scalar), with N = {n}, I = {pre} from `w`",
+                Shape(als)
+            )));
+        }
+        (Some(a), _) => {
+            let want = match a {
+                AlphaShape::Connection => vec![n, pre],
+                AlphaShape::Neuron => vec![n],
+                AlphaShape::Scalar => vec![1],
+            };
+            let ok = als == want || (a == AlphaShape::Scalar && als.is_empty());
+            if !ok {
+                return Err(f.err(format!(
+                    "tensor `alpha` has shape {}, but metadata `{KEY_ALPHA}` = \"{}\" requires {} (N = {n}, I = {pre} from `w`)",
+                    Shape(als),
+                    a.name(),
+                    Shape(want)
+                )));
+            }
+            a
+        }
+    };
+
+    // Each rule has exactly the rates it uses.
+    let has_eta = matches!(rule, Rule::Hebb | Rule::Oja);
+    let rname = rule.name();
+    let mut eta = Vec::new();
+    let mut eta_e = Vec::new();
+    if has_eta {
+        if !f.has("eta") {
+            return Err(f.err(format!("missing required tensor `eta` (rule {rname} has a trace rate η, shape (1,))")));
+        }
+        let (s, v) = f.take_finite("eta")?;
+        f.expect_one("eta", &s, "the trace rate η is a scalar")?;
+        eta = v;
+    } else {
+        f.forbid("eta", &format!("rule {rname} has no trace rate η (metadata `{KEY_RULE}` = \"{rname}\")"))?;
+    }
+    if rule.has_eligibility() {
+        if !f.has("eta_e") {
+            return Err(f.err(format!(
+                "missing required tensor `eta_e` (rule {rname} has an eligibility-trace rate η_e, shape (1,))"
+            )));
+        }
+        let (s, v) = f.take_finite("eta_e")?;
+        f.expect_one("eta_e", &s, "the eligibility rate η_e is a scalar")?;
+        eta_e = v;
+    } else {
+        f.forbid(
+            "eta_e",
+            &format!("only rule retroactive has an eligibility rate η_e (metadata `{KEY_RULE}` = \"{rname}\")"),
+        )?;
+    }
+    for (name, v) in [("eta", &eta), ("eta_e", &eta_e)] {
+        if let Some(&e) = v.first() {
+            if !(0.0..=1.0).contains(&e) {
+                return Err(f.err(format!("tensor `{name}` = {e} is out of range: a rate must lie in [0, 1]")));
+            }
+        }
+    }
+
+    let b = match f.take_finite_opt("b")? {
+        None => None,
+        Some((s, v)) => {
+            f.expect_shape("b", &s, &[n], &format!("N = {n} from `w`"))?;
+            Some(v)
+        }
+    };
+
+    // The modulator: K from mod.v; c, F, g optional.
+    let mut modulator = ModulatorConfig { activation: mod_act, ..ModulatorConfig::default() };
+    let (mut mod_v, mut mod_c, mut fanout, mut fanout_bias) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    if rule.is_modulated() {
+        if !f.has("mod.v") {
+            return Err(f.err(format!(
+                "missing required tensor `mod.v` (rule {rname} has a neuromodulator m = μ(V h + c); V is (K, N))"
+            )));
+        }
+        let (vs, v) = f.take_finite("mod.v")?;
+        let k = match vs[..] {
+            [k, cols] if k > 0 && cols == n => k,
+            _ => {
+                return Err(f.err(format!(
+                    "tensor `mod.v` has shape {}; expected (K, N) with K ≥ 1 and N = {n} from `w`",
+                    Shape(vs)
+                )));
+            }
+        };
+        mod_v = v;
+        modulator.k = k;
+        let why_k = format!("K = {k} from `mod.v`");
+        let why_n = format!("N = {n} from `w`");
+        let why_kn = format!("K = {k} from `mod.v`, N = {n} from `w`");
+        modulator.bias = false;
+        if let Some((s, v)) = f.take_finite_opt("mod.c")? {
+            f.expect_shape("mod.c", &s, &[k], &why_k)?;
+            (modulator.bias, mod_c) = (true, v);
+        }
+        modulator.fanout = false;
+        if let Some((s, v)) = f.take_finite_opt("mod.fanout")? {
+            f.expect_shape("mod.fanout", &s, &[k, n], &why_kn)?;
+            (modulator.fanout, fanout) = (true, v);
+        }
+        modulator.fanout_bias = false;
+        if let Some((s, v)) = f.take_finite_opt("mod.fanout_bias")? {
+            f.expect_shape("mod.fanout_bias", &s, &[n], &why_n)?;
+            (modulator.fanout_bias, fanout_bias) = (true, v);
+        }
+    } else {
+        for name in ["mod.v", "mod.c", "mod.fanout", "mod.fanout_bias"] {
+            f.forbid(name, &format!("rule {rname} has no neuromodulator (metadata `{KEY_RULE}` = \"{rname}\")"))?;
+        }
+    }
+
+    // head.out: both tensors or neither.
+    let head = match (f.has(HEAD_WEIGHT), f.has(HEAD_BIAS)) {
+        (false, false) => None,
+        (true, false) => {
+            return Err(
+                f.err(format!("missing tensor `{HEAD_BIAS}`: `{HEAD_WEIGHT}` is present and the head needs both"))
+            );
+        }
+        (false, true) => {
+            return Err(
+                f.err(format!("missing tensor `{HEAD_WEIGHT}`: `{HEAD_BIAS}` is present and the head needs both"))
+            );
+        }
+        (true, true) => {
+            let (bs, bias) = f.take_finite(HEAD_BIAS)?;
+            let o = match bs[..] {
+                [o] if o > 0 => o,
+                _ => {
+                    return Err(
+                        f.err(format!("tensor `{HEAD_BIAS}` has shape {}; expected (O,) with O ≥ 1", Shape(bs)))
+                    );
+                }
+            };
+            let (wsh, weight) = f.take_finite(HEAD_WEIGHT)?;
+            f.expect_shape(HEAD_WEIGHT, &wsh, &[o, n], &format!("O = {o} from `{HEAD_BIAS}`, N = {n} from `w`"))?;
+            Some(Head { weight, bias })
+        }
+    };
+
+    let cfg = LayerConfig {
+        topology,
+        rule,
+        n,
+        inputs,
+        input_map,
+        alpha: alpha_shape,
+        activation,
+        bias: b.is_some(),
+        eta: eta_mode,
+        modulator,
+        clip,
+    };
+    cfg.validate().map_err(|e| f.err(format!("the configuration the file describes is invalid: {e}")))?;
+    let params = Params { w, alpha, eta, eta_e, u, b: b.unwrap_or_default(), mod_v, mod_c, fanout, fanout_bias };
+    let model = Model { cfg, params, head };
+    model.validate(true).map_err(|e| f.err(format!("inconsistent model: {e}")))?;
+    Ok(model)
+}
+
+/// Errors on a `neuroplastic.*` metadata key that model files do not use.
+fn check_model_keys(f: &TensorFile) -> Result<()> {
+    for k in f.metadata.keys() {
+        if k.starts_with("neuroplastic.") && !MODEL_KEYS.contains(&k.as_str()) {
+            return Err(f.err(format!("unknown metadata key `{k}` (model files use {})", MODEL_KEYS.join(", "))));
+        }
+    }
+    Ok(())
+}
+
+/// Reads a model file (DESIGN.md §5, docs/formats.md).
+///
+/// Errors name the tensor or metadata key: unknown tensors or
+/// `neuroplastic.*` keys, missing required tensors, wrong shapes or dtypes,
+/// non-finite values, metadata that contradicts the tensors.
+pub fn load_model(path: impl AsRef<Path>) -> Result<Model> {
+    let mut f = TensorFile::read(path)?;
+    check_model_keys(&f)?;
+    let model = take_model(&mut f)?;
+    f.finish("model")?;
+    Ok(model)
+}
+
+/// Writes `model` as a model file, atomically.
+pub fn save_model(model: &Model, path: impl AsRef<Path>) -> Result<()> {
+    let mut f = TensorFile::new();
+    f.path = path.as_ref().display().to_string();
+    put_model(&mut f, model)?;
+    f.write(path)
+}
+
+/// Names of the episode tensors: `inputs`, `targets`, `mask`, then the
+/// optional initial state.
+pub const EPISODE_NAMES: [&str; 6] = ["inputs", "targets", "mask", "h0", "hebb0", "elig0"];
+
+/// Adds `ep`'s tensors to `file`; `model` fixes the shapes of the state.
+pub fn put_episode(file: &mut TensorFile, ep: &Episode, model: &Model) -> Result<()> {
+    // inputs: (B, T, X)  targets: (B, T, O)  mask: (B, T)  h0: (B, N)  hebb0, elig0: (B, N, I)
+    model.validate_episode(ep, false)?;
+    let (b, t) = (ep.batch, ep.steps);
+    file.put_f32("inputs", &[b, t, model.cfg.inputs], ep.inputs.clone());
+    file.put_f32("targets", &[b, t, model.outputs()], ep.targets.clone());
+    file.put_f32("mask", &[b, t], ep.mask.clone());
+    if let Some(s) = &ep.init {
+        let [h, hebb, elig] = state_shapes(&model.cfg, b);
+        for (name, v, shape) in [("h0", &s.h, h), ("hebb0", &s.hebb, hebb), ("elig0", &s.elig, elig)] {
+            if !v.is_empty() {
+                file.put_f32(name, &shape, v.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes an episode's tensors from `file` and checks them against `model`.
+/// When any of `h0`, `hebb0`, `elig0` is present the episode has an initial
+/// state, and the absent parts are zeros.
+pub fn take_episode(file: &mut TensorFile, model: &Model) -> Result<Episode> {
+    // inputs: (B, T, X)  targets: (B, T, O)  mask: (B, T)  h0: (B, N)  hebb0, elig0: (B, N, I)
+    let f = file;
+    let cfg = &model.cfg;
+    let (x, o, n, pre) = (cfg.inputs, model.outputs(), cfg.n, cfg.pre());
+    let (is, inputs) = f.take_finite("inputs")?;
+    let x_why = match (cfg.topology, cfg.input_map) {
+        (Topology::FeedForward, _) => format!("the model's input size X = I = {x}, from `w`"),
+        (_, InputMap::Linear) => format!("the model's input size X = {x}, from `u`"),
+        (_, InputMap::Direct) => {
+            format!("the model has no `u`, so its input is added to the pre-activation: X = N = {x}")
+        }
+    };
+    let (b, t) = match is[..] {
+        [b, t, xx] if b > 0 && t > 0 && xx == x => (b, t),
+        _ => {
+            return Err(f.err(format!(
+                "tensor `inputs` has shape {}; expected (B, T, {x}) with B, T ≥ 1 ({x_why})",
+                Shape(is)
+            )));
+        }
+    };
+    let (ts, targets) = f.take_finite("targets")?;
+    let o_why = match &model.head {
+        Some(_) => format!("B = {b}, T = {t} from `inputs`; O = {o} rows of the model's `{HEAD_WEIGHT}`"),
+        None => format!("B = {b}, T = {t} from `inputs`; the model has no head, so O = N = {o}"),
+    };
+    f.expect_shape("targets", &ts, &[b, t, o], &o_why)?;
+    let (ms, mask) = f.take_finite("mask")?;
+    f.expect_shape("mask", &ms, &[b, t], &format!("B = {b}, T = {t} from `inputs`"))?;
+
+    let [h_shape, hebb_shape, elig_shape] = state_shapes(cfg, b);
+    let any_init = ["h0", "hebb0", "elig0"].iter().any(|k| f.has(k));
+    let init = if any_init {
+        let mut s = State::<f32>::zeros(cfg, b);
+        if cfg.topology == Topology::Recurrent {
+            if let Some((sh, v)) = f.take_finite_opt("h0")? {
+                f.expect_shape("h0", &sh, &h_shape, &format!("B = {b} from `inputs`, N = {n} from the model"))?;
+                s.h = v;
+            }
+        } else {
+            f.forbid("h0", "the model is feed-forward and has no hidden state h")?;
+        }
+        if let Some((sh, v)) = f.take_finite_opt("hebb0")? {
+            f.expect_shape(
+                "hebb0",
+                &sh,
+                &hebb_shape,
+                &format!("B = {b} from `inputs`, N = {n}, I = {pre} from the model"),
+            )?;
+            s.hebb = v;
+        }
+        if cfg.rule.has_eligibility() {
+            if let Some((sh, v)) = f.take_finite_opt("elig0")? {
+                f.expect_shape(
+                    "elig0",
+                    &sh,
+                    &elig_shape,
+                    &format!("B = {b} from `inputs`, N = {n}, I = {pre} from the model"),
+                )?;
+                s.elig = v;
+            }
+        } else {
+            f.forbid("elig0", &format!("the model's rule {} has no eligibility trace", cfg.rule.name()))?;
+        }
+        Some(s)
+    } else {
+        None
+    };
+    let ep = Episode { batch: b, steps: t, inputs, targets, mask, init };
+    model.validate_episode(&ep, true).map_err(|e| f.err(format!("inconsistent episode: {e}")))?;
+    Ok(ep)
+}
+
+/// Reads an episode file for `model` (docs/formats.md). Errors name the tensor.
+pub fn load_episode(path: impl AsRef<Path>, model: &Model) -> Result<Episode> {
+    let mut f = TensorFile::read(path)?;
+    let ep = take_episode(&mut f, model)?;
+    f.finish("episode")?;
+    Ok(ep)
+}
+
+/// Writes `ep` (an episode for `model`) as an episode file, atomically.
+pub fn save_episode(ep: &Episode, model: &Model, path: impl AsRef<Path>) -> Result<()> {
+    let mut f = TensorFile::new();
+    f.path = path.as_ref().display().to_string();
+    put_episode(&mut f, ep, model)?;
+    f.write(path)
+}
+
+/// Writes a gradients file, atomically: tensor `loss` `(1,)` (the value
+/// `loss`, normally `grads.loss`, rounded to f32) and, for every parameter
+/// `model` has, its gradient under the parameter's file name (`w`, `alpha`,
+/// …, `head.out.weight`, `head.out.bias`), with the model's metadata. The
+/// gradient of a fixed η / η_e is written as zero.
+pub fn save_gradients(path: impl AsRef<Path>, loss: f64, grads: &ModelGrads, model: &Model) -> Result<()> {
+    // loss: (1,); every other tensor has the shape of the model's parameter of the same name.
+    model.validate(false)?;
+    for ((name, v), (_, shape)) in grads.layer.params.named().into_iter().zip(param_shapes(&model.cfg)) {
+        let shape = if shape == [0] { vec![0] } else { shape };
+        check_len(&format!("grads.{name}"), v.len(), &shape, || format!("the shape of the model's `{name}`"))?;
+    }
+    let mut f = TensorFile::new();
+    f.path = path.as_ref().display().to_string();
+    f.put_f32("loss", &[1], vec![loss as f32]);
+    for ((name, v), (_, shape)) in grads.layer.params.named().into_iter().zip(param_shapes(&model.cfg)) {
+        if !v.is_empty() {
+            f.put_f32(name, &shape, v.clone());
+        }
+    }
+    match (&model.head, &grads.head) {
+        (None, _) => {}
+        (Some(h), Some(g)) => {
+            let o = h.bias.len();
+            check_len(&format!("grads.{HEAD_WEIGHT}"), g.weight.len(), &[o, model.cfg.n], String::new)?;
+            check_len(&format!("grads.{HEAD_BIAS}"), g.bias.len(), &[o], String::new)?;
+            f.put_f32(HEAD_WEIGHT, &[o, model.cfg.n], g.weight.clone());
+            f.put_f32(HEAD_BIAS, &[o], g.bias.clone());
+        }
+        (Some(_), None) => {
+            return Err(Error::Config {
+                arg: "grads.head".into(),
+                message: "the model has a head but the gradients have none".into(),
+            });
+        }
+    }
+    f.metadata = model_metadata(&model.cfg);
+    f.write(path)
+}
+
+/// Reads a gradients file written for `model` (see [`save_gradients`]).
+/// The result's `layer.inputs` and `layer.init` are empty: the file holds the
+/// loss and the parameter gradients only.
+pub fn load_gradients(path: impl AsRef<Path>, model: &Model) -> Result<ModelGrads> {
+    // loss: (1,); every other tensor has the shape of the model's parameter of the same name.
+    let mut f = TensorFile::read(path)?;
+    for (k, v) in model_metadata(&model.cfg) {
+        if let Some(got) = f.metadata.get(&k) {
+            if *got != v {
+                return Err(f.err(format!("metadata `{k}` = \"{got}\", but the model has \"{v}\"")));
+            }
+        }
+    }
+    let (ls, loss) = f.take_f32("loss", None)?;
+    f.expect_one("loss", &ls, "the loss is a scalar")?;
+    let mut params = Params::<f32>::default();
+    for ((name, v), (_, shape)) in params.named_mut().into_iter().zip(param_shapes(&model.cfg)) {
+        if shape == [0] {
+            continue;
+        }
+        let (s, g) = f.take_f32(name, None)?;
+        let ok = s == shape || (is_one(&shape) && is_one(&s));
+        if !ok {
+            f.expect_shape(name, &s, &shape, "the shape of the model's parameter")?;
+        }
+        *v = g;
+    }
+    let head = match &model.head {
+        None => None,
+        Some(h) => {
+            let o = h.bias.len();
+            let (_, weight) = f.take_f32(HEAD_WEIGHT, Some(&[o, model.cfg.n]))?;
+            let (_, bias) = f.take_f32(HEAD_BIAS, Some(&[o]))?;
+            Some(Head { weight, bias })
+        }
+    };
+    f.finish("gradients")?;
+    Ok(ModelGrads {
+        loss: loss[0] as f64,
+        layer: Gradients { params, inputs: Vec::new(), init: State::default() },
+        head,
+    })
 }

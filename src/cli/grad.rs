@@ -1,11 +1,76 @@
-//! `neuroplastic grad` (SCAFFOLD: to be written).
+//! `neuroplastic grad`: the loss of a model on an episode and its gradients,
+//! from and to safetensors files (formats in docs/formats.md), so that other
+//! code (e.g. a PyTorch implementation) can be checked against ours.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use neuroplastic::io::{load_episode, load_model, save_gradients};
+use neuroplastic::{Device, Engine, Options};
+
 use super::CliResult;
+
+/// Which backend computes the gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// The f32 SIMD + threads CPU backend.
+    Cpu,
+    /// The f64 scalar reference (slow, the oracle).
+    Reference,
+}
+
+impl Backend {
+    /// The engine device.
+    pub fn device(self) -> Device {
+        match self {
+            Backend::Cpu => Device::Cpu,
+            Backend::Reference => Device::Reference,
+        }
+    }
+}
 
 /// Arguments of `neuroplastic grad`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Model file (safetensors: `w`, `alpha`, …, metadata `neuroplastic.rule`, …).
+    #[arg(long, value_name = "M.safetensors")]
+    pub model: PathBuf,
+    /// Episode file (safetensors: `inputs`, `targets`, `mask`, optional `h0`, `hebb0`, `elig0`).
+    #[arg(long, value_name = "E.safetensors")]
+    pub episode: PathBuf,
+    /// Where to write the gradients (`loss` and one tensor per parameter); written atomically.
+    #[arg(long, value_name = "G.safetensors")]
+    pub out: PathBuf,
+    /// The backend that computes forward and backward passes.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Backend,
+    /// Threads for the CPU backend (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
 
-/// Runs the subcommand.
-pub fn run(_args: Args) -> CliResult {
-    Err("not implemented yet".into())
+/// Runs the subcommand: prints `loss = …` on stdout, then where the gradients went.
+pub fn run(args: Args) -> CliResult {
+    let model = load_model(&args.model)?;
+    let ep = load_episode(&args.episode, &model)?;
+    let opts = Options { threads: args.threads, check_finite: true, ..Options::default() };
+    let mut engine = Engine::new(model.cfg, args.device.device(), opts)?;
+    let start = Instant::now();
+    let grads = model.loss_and_grad(&mut engine, &ep)?;
+    let secs = start.elapsed().as_secs_f64();
+    save_gradients(&args.out, grads.loss, &grads, &model)?;
+    // `{}` prints the shortest decimal that reads back to the same f64.
+    println!("loss = {}", grads.loss);
+    eprintln!(
+        "{}: rule {}, N = {}, B = {}, T = {}, forward + backward in {:.3} s on {}",
+        args.out.display(),
+        model.cfg.rule.name(),
+        model.cfg.n,
+        ep.batch,
+        ep.steps,
+        secs,
+        engine.device().name()
+    );
+    Ok(ExitCode::SUCCESS)
 }
