@@ -1,11 +1,5 @@
-//! Helpers shared by `gradcheck.rs` and `bad_input.rs`: a small seeded
-//! generator (so a proptest case is fully described by its printed seed) and
-//! fillers for parameters and states.
-
-// Each test crate that includes this module uses a different subset of it.
-#![allow(dead_code)]
-
-use neuroplastic::{LayerConfig, Params, State};
+//! Helpers for the integration tests: a small seeded generator, so that a
+//! proptest case is fully described by its printed seed.
 
 /// SplitMix64: tiny, seedable, good enough to draw test values.
 #[derive(Clone, Debug)]
@@ -41,26 +35,4 @@ impl Rng {
     pub fn fill(&mut self, v: &mut [f64], lo: f64, hi: f64) {
         v.iter_mut().for_each(|e| *e = self.uniform(lo, hi));
     }
-}
-
-/// Parameters of `cfg` with every tensor uniform in `[-scale, scale)` and
-/// the rates (η, η_e) in `[0.05, 0.95)`.
-pub fn random_params(cfg: &LayerConfig, rng: &mut Rng, scale: f64) -> Params<f64> {
-    let mut p = Params::<f64>::zeros(cfg);
-    for (name, v) in p.named_mut() {
-        match name {
-            "eta" | "eta_e" => rng.fill(v, 0.05, 0.95),
-            _ => rng.fill(v, -scale, scale),
-        }
-    }
-    p
-}
-
-/// A state of `batch` episodes with every element uniform in `[-scale, scale)`.
-pub fn random_state(cfg: &LayerConfig, batch: usize, rng: &mut Rng, scale: f64) -> State<f64> {
-    let mut s = State::<f64>::zeros(cfg, batch);
-    for v in [&mut s.h, &mut s.hebb, &mut s.elig] {
-        rng.fill(v, -scale, scale);
-    }
-    s
 }
