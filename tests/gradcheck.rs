@@ -60,7 +60,7 @@
 //!
 //! - For the unperturbed problem, `d_min` = min over all z of `| |z| − c_max |`.
 //!   A case with `d_min < D_MIN · c_max` (`D_MIN = 1e-5`) is rejected
-//!   (`prop_assume`-style): with a thousand z per case, about 3 % of the
+//!   (`prop_assume`-style): with hundreds of z per case, about 3 % of the
 //!   clipped-rule cases are, and the tests assert that no more than 15 % are.
 //! - For each element, a stencil is accepted only if at each of its six
 //!   points every z moved from its unperturbed value by less than half its
