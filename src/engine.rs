@@ -91,6 +91,8 @@ pub struct Forward {
     pub last: State<f32>,
     /// Batch and step count the forward pass ran with.
     pub(crate) dims: (usize, usize),
+    /// The layer configuration it ran with.
+    pub(crate) cfg: LayerConfig,
     pub(crate) saved: Saved,
 }
 
@@ -208,13 +210,14 @@ impl Engine {
                     y: y.iter().map(|&v| v as f32).collect(),
                     last: last.map(|v| v as f32),
                     dims,
+                    cfg: *cfg,
                     saved: Saved::Reference { init: init64 },
                 })
             }
             Device::Cpu => {
                 let ws = &mut self.ws;
                 let (y, last, saved) = Self::run(&self.pool, || cpu::forward(cfg, params, inputs, init, opts, ws))?;
-                Ok(Forward { y, last, dims, saved: Saved::Cpu(saved) })
+                Ok(Forward { y, last, dims, cfg: *cfg, saved: Saved::Cpu(saved) })
             }
             Device::Cuda(_) => unreachable!("Engine::new refuses CUDA"),
         }
@@ -244,6 +247,16 @@ impl Engine {
                 message: format!(
                     "the forward pass ran with B = {}, T = {}, but backward got B = {}, T = {}",
                     fwd.dims.0, fwd.dims.1, inputs.batch, inputs.steps
+                ),
+            });
+        }
+        // What the backend saved is laid out for the forward pass's configuration.
+        if fwd.cfg != *cfg {
+            return Err(Error::Config {
+                arg: "fwd".into(),
+                message: format!(
+                    "this Forward was made for another layer configuration ({:?}) than this engine's ({cfg:?})",
+                    fwd.cfg
                 ),
             });
         }
@@ -281,9 +294,16 @@ impl Engine {
                 let ws = &mut self.ws;
                 Self::run(&self.pool, || cpu::backward(cfg, params, inputs, saved, dy, dlast, opts, ws))
             }
-            _ => Err(Error::Config {
+            (saved, device) => Err(Error::Config {
                 arg: "fwd".into(),
-                message: "this Forward was made by another engine's device".into(),
+                message: format!(
+                    "this Forward was made by a {} engine, but this engine runs on {}",
+                    match saved {
+                        Saved::Reference { .. } => "reference",
+                        Saved::Cpu(_) => "cpu",
+                    },
+                    device.name()
+                ),
             }),
         }
     }

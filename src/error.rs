@@ -40,7 +40,7 @@ impl From<&[usize]> for Shape {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A tensor has the wrong number of elements for the shape it must have.
-    #[error("{arg}: expected shape {expected} ({} elements), got {got} elements{}", expected.0.iter().product::<usize>(), if note.is_empty() { String::new() } else { format!(" ({note})") })]
+    #[error("{arg}: expected shape {expected} ({} elements), got {got} elements{}", elements(expected), if note.is_empty() { String::new() } else { format!(" ({note})") })]
     Shape {
         /// The argument or tensor name.
         arg: String,
@@ -122,13 +122,29 @@ pub enum Error {
     },
 }
 
+/// The number of elements of a shape, or `None` when it does not fit in `usize`.
+pub(crate) fn element_count(shape: &[usize]) -> Option<usize> {
+    if shape.contains(&0) {
+        return Some(0);
+    }
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
+
+/// The element count of a shape in words (a shape built from absurd sizes may overflow).
+fn elements(shape: &Shape) -> String {
+    match element_count(&shape.0) {
+        Some(n) => n.to_string(),
+        None => "more than usize::MAX".into(),
+    }
+}
+
 /// Result with the crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Checks that `data` has exactly the number of elements of `expected`.
 pub(crate) fn check_len(arg: &str, len: usize, expected: &[usize], note: impl FnOnce() -> String) -> Result<()> {
-    let want: usize = expected.iter().product();
-    if len != want {
+    // Checked: in release builds a wrapped product of absurd sizes could match `len`.
+    if element_count(expected) != Some(len) {
         return Err(Error::Shape { arg: arg.to_string(), expected: Shape(expected.to_vec()), got: len, note: note() });
     }
     Ok(())

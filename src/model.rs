@@ -106,6 +106,23 @@ impl Model {
         Ok(())
     }
 
+    /// Checks that `engine` runs this model's layer: an engine of another
+    /// configuration whose parameter shapes happen to agree would compute
+    /// something else.
+    fn check_engine(&self, engine: &Engine) -> Result<()> {
+        if engine.config() != &self.cfg {
+            return Err(Error::Config {
+                arg: "engine".into(),
+                message: format!(
+                    "the engine runs another layer configuration ({:?}) than the model's ({:?})",
+                    engine.config(),
+                    self.cfg
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// The head's output for every step, `(B, T, O)` (a copy of `y` without a head).
     pub fn readout(&self, y: &[f32], rows: usize) -> Vec<f32> {
         let n = self.cfg.n;
@@ -133,6 +150,7 @@ impl Model {
     /// The loss of the model on `ep` (forward only).
     pub fn loss(&self, engine: &mut Engine, ep: &Episode) -> Result<f64> {
         self.validate(engine.options().check_finite)?;
+        self.check_engine(engine)?;
         self.validate_episode(ep, engine.options().check_finite)?;
         let fwd = engine.forward(&self.params, Seq::new(&ep.inputs, ep.batch, ep.steps), ep.init.as_ref())?;
         let yhat = self.readout(&fwd.y, ep.batch * ep.steps);
@@ -150,6 +168,7 @@ impl Model {
     /// without a second forward pass.
     pub fn loss_grad_output(&self, engine: &mut Engine, ep: &Episode) -> Result<(ModelGrads, Vec<f32>)> {
         self.validate(engine.options().check_finite)?;
+        self.check_engine(engine)?;
         self.validate_episode(ep, engine.options().check_finite)?;
         let seq = Seq::new(&ep.inputs, ep.batch, ep.steps);
         let fwd = engine.forward(&self.params, seq, ep.init.as_ref())?;

@@ -2,7 +2,7 @@
 //! from a [`LayerConfig`] (the legend is in the crate docs).
 
 use crate::config::{AlphaShape, EtaMode, LayerConfig, Topology};
-use crate::error::{Error, Result, check_finite, check_len, check_unit};
+use crate::error::{Error, Result, check_finite, check_len, check_unit, element_count};
 
 /// The learned tensors of one plastic layer, each a row-major vector.
 /// A tensor the configuration does not use is empty.
@@ -140,16 +140,16 @@ impl<F: Copy + Into<f64>> Params<F> {
     pub fn validate(&self, cfg: &LayerConfig, finite: bool) -> Result<()> {
         cfg.validate()?;
         for ((name, v), (_, s)) in self.named().into_iter().zip(param_shapes(cfg)) {
-            let s = if s == [0] { vec![0] } else { s };
             check_len(&format!("params.{name}"), v.len(), &s, || {
-                format!(
+                let dims = format!(
                     "rule {}, N = {}, I = {}, X = {}, K = {}",
                     cfg.rule.name(),
                     cfg.n,
                     cfg.pre(),
                     cfg.inputs,
                     cfg.k()
-                )
+                );
+                if s == [0] { format!("unused by this configuration, so it must be empty; {dims}") } else { dims }
             })?;
             if finite {
                 check_finite(&format!("params.{name}"), v)?;
@@ -253,6 +253,19 @@ impl<'a, F: Copy + Into<f64>> Seq<'a, F> {
         check_len("inputs", self.data.len(), &[self.batch, self.steps, cfg.inputs], || {
             format!("B = {}, T = {}, X = {}", self.batch, self.steps, cfg.inputs)
         })?;
+        // With X = 0 the inputs are empty for any B and T, so the sizes of the
+        // outputs and traces still need a check before anything is allocated.
+        let (b, t, n, i) = (self.batch, self.steps, cfg.n, cfg.pre());
+        for (what, shape) in [("outputs (B, T, N)", [b, t, n]), ("traces (B, N, I)", [b, n, i])] {
+            if element_count(&shape).is_none() {
+                return Err(Error::Config {
+                    arg: "batch (B), steps (T)".into(),
+                    message: format!(
+                        "B = {b}, T = {t}, N = {n}, I = {i}: the {what} would have more than usize::MAX elements"
+                    ),
+                });
+            }
+        }
         if finite {
             check_finite("inputs", self.data)?;
         }

@@ -20,7 +20,7 @@
 //!
 //! The clip's derivative is 1 where `−c_max ≤ z ≤ c_max` and 0 outside.
 
-// Index loops on purpose: the reference reads like the equations it implements.
+// Indexed loops on purpose: they read like the equations' subscripts.
 #![allow(clippy::needless_range_loop)]
 
 use crate::config::{Activation, AlphaShape, LayerConfig, ModActivation, Rule, Topology};
@@ -132,9 +132,37 @@ pub struct StepRecord {
 /// `input`: `(X)` this step's external input; `h_prev`: `(N)` (recurrent) or
 /// empty; `hebb`, `elig`: `(N, I)` the traces before the step (`elig` empty
 /// unless Retroactive). Writes the traces after the step into `hebb_next`,
-/// `elig_next` and returns the step's record (`y` is `h_t`).
+/// `elig_next` and returns the step's record (`y` is `h_t`). Fails when a
+/// parameter or a slice has the wrong length.
 #[allow(clippy::too_many_arguments)]
 pub fn plastic_step_fwd(
+    cfg: &LayerConfig,
+    p: &Params<f64>,
+    input: &[f64],
+    h_prev: &[f64],
+    hebb: &[f64],
+    elig: &[f64],
+    hebb_next: &mut [f64],
+    elig_next: &mut [f64],
+) -> Result<StepRecord> {
+    // input: (X)  h_prev: (N) or empty  hebb, hebb_next: (N, I)  elig, elig_next: (N, I) or empty
+    p.validate(cfg, false)?;
+    let (n, ni) = (cfg.n, cfg.pre());
+    let h = if cfg.topology == Topology::Recurrent { vec![n] } else { vec![0] };
+    let e = if cfg.rule.has_eligibility() { vec![n, ni] } else { vec![0] };
+    let note = || format!("one step of one episode: N = {n}, I = {ni}, X = {}", cfg.inputs);
+    check_len("input", input.len(), &[cfg.inputs], note)?;
+    check_len("h_prev", h_prev.len(), &h, note)?;
+    check_len("hebb", hebb.len(), &[n, ni], note)?;
+    check_len("hebb_next", hebb_next.len(), &[n, ni], note)?;
+    check_len("elig", elig.len(), &e, note)?;
+    check_len("elig_next", elig_next.len(), &e, note)?;
+    Ok(step_fwd(cfg, p, input, h_prev, hebb, elig, hebb_next, elig_next))
+}
+
+/// [`plastic_step_fwd`] on checked arguments.
+#[allow(clippy::too_many_arguments)]
+fn step_fwd(
     cfg: &LayerConfig,
     p: &Params<f64>,
     input: &[f64],
@@ -212,7 +240,7 @@ fn check_inputs(cfg: &LayerConfig, p: &Params<f64>, xs: &Seq<'_, f64>, init: Opt
     Ok(())
 }
 
-/// One episode's state: `(h, hebb, elig)`.
+/// One episode's state: `h` `(N)` or empty, `hebb` `(N, I)`, `elig` `(N, I)` or empty.
 type EpisodeState = (Vec<f64>, Vec<f64>, Vec<f64>);
 
 /// Slices of batch element `b` of a state.
@@ -238,7 +266,7 @@ fn trajectory(
         let (h, hebb, elig) = states.last().unwrap();
         let mut hebb_next = vec![0.0; hebb.len()];
         let mut elig_next = vec![0.0; elig.len()];
-        let rec = plastic_step_fwd(cfg, p, input, h, hebb, elig, &mut hebb_next, &mut elig_next);
+        let rec = step_fwd(cfg, p, input, h, hebb, elig, &mut hebb_next, &mut elig_next);
         let h_next = if cfg.topology == Topology::Recurrent { rec.y.clone() } else { Vec::new() };
         states.push((h_next, hebb_next, elig_next));
         recs.push(rec);
