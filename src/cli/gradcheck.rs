@@ -386,8 +386,10 @@ fn preclip_magnitudes(cfg: &LayerConfig, pt: &Point, b: usize, t: usize) -> Vec<
         let (mut hebb_next, mut elig_next) = (vec![0.0; hebb.len()], vec![0.0; elig.len()]);
         for s in 0..t {
             let input = &pt.inputs[(e * t + s) * x..(e * t + s + 1) * x];
+            // The problem was drawn with this configuration's shapes, so the step cannot refuse them.
             let rec =
-                reference::plastic_step_fwd(cfg, &pt.params, input, &h, &hebb, &elig, &mut hebb_next, &mut elig_next);
+                reference::plastic_step_fwd(cfg, &pt.params, input, &h, &hebb, &elig, &mut hebb_next, &mut elig_next)
+                    .expect("gradcheck draws consistent shapes");
             for j in 0..n {
                 for i in 0..ni {
                     let o = j * ni + i;
