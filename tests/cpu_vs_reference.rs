@@ -55,12 +55,14 @@ fn compare(name: &str, got: &[f32], want: &[f64]) -> Result<(), String> {
     let mut worst = (0usize, 0.0f64);
     let mut bad = Vec::new();
     for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
+        // NaN counts as a mismatch.
         let e = (g as f64 - w).abs() / scale;
-        if !(e <= TOL) {
+        let e = if e.is_nan() { f64::INFINITY } else { e };
+        if e > TOL {
             if bad.len() < 5 {
                 bad.push(format!("  [{k}] got {g:e}, expected {w:e}"));
             }
-            if !(e <= worst.1) {
+            if e > worst.1 {
                 worst = (k, e);
             }
         }
