@@ -3,22 +3,37 @@
 //! topology, input map, modulator option, fixed or learned rate, truncation,
 //! checkpoint interval, with and without an initial state and `dlast`.
 //!
-//! Each tensor (outputs, final state, every gradient) must satisfy
+//! Each tensor `a` (outputs, final state, every gradient) must match the
+//! reference's `b` in the norm
 //!
 //! ```text
-//! ‖cpu − ref‖∞ / max(‖ref‖∞, 1e−3) ≤ 1e−4
+//! ‖a − b‖∞ ≤ 1e−4 · max(‖b‖∞, 1e−3) + 8 · δ
 //! ```
 //!
-//! Cases where some pre-clip value `z` of a clipped rule lies within
-//! f32 rounding of `±c_max` (relative distance below 1e−5, measured on the
-//! reference's own trajectory) are skipped: there the two precisions may
-//! legitimately take different sides of the clip, whose derivative jumps.
+//! where `δ` is the problem's own sensitivity to storing its data in f32: the
+//! largest change of the reference's tensor (in f64) when every parameter,
+//! input and initial value is multiplied by `1 + 2⁻²⁴·r`, `r` uniform in
+//! `[−1, 1)` (two draws). `δ` is negligible for well-conditioned tensors, so
+//! the bound is a relative error of 1e−4; it matters where a gradient is a
+//! nearly cancelling sum of many terms (a scalar `α`, `η` or `c` gradient that
+//! lands near zero) or where the dynamics amplify rounding, which no f32
+//! implementation can beat.
+//!
+//! Skipped cases: divergent trajectories (`|y| > 1e4`, where f32 overflows
+//! long before the comparison means anything), and cases where a pre-clip
+//! value `z` of a clipped rule lies within rounding of `±c_max` (relative
+//! distance below 1e−5 on the reference trajectory): there the two precisions
+//! may legitimately take different sides of the clip, whose derivative jumps.
 
 use neuroplastic::reference::{self, plastic_step_fwd};
 use neuroplastic::*;
 use proptest::prelude::*;
 
 const TOL: f64 = 1e-4;
+/// Below this magnitude a tensor is compared in absolute terms.
+const FLOOR: f64 = 1e-3;
+/// f32's unit roundoff.
+const EPS32: f64 = 1.0 / (1u64 << 24) as f64;
 
 /// A deterministic generator in `[-1, 1)`.
 struct Lcg(u64);
@@ -45,20 +60,21 @@ struct Case {
     dlast: bool,
 }
 
-/// `‖got − want‖∞ / max(‖want‖∞, 1e−3)`, with a report of the first
-/// mismatching elements and the largest error when it exceeds [`TOL`].
-fn compare(name: &str, got: &[f32], want: &[f64]) -> Result<(), String> {
+/// Checks `‖got − want‖∞ ≤ TOL · max(‖want‖∞, FLOOR) + 8 · delta` and
+/// reports the first mismatching elements and the largest error otherwise.
+fn compare(name: &str, got: &[f32], want: &[f64], delta: f64) -> Result<(), String> {
     if got.len() != want.len() {
         return Err(format!("{name}: length {} vs reference {}", got.len(), want.len()));
     }
-    let scale = want.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+    let scale = want.iter().fold(FLOOR, |m, v| m.max(v.abs()));
+    let bound = TOL * scale + 8.0 * delta;
     let mut worst = (0usize, 0.0f64);
     let mut bad = Vec::new();
     for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
         // NaN counts as a mismatch.
-        let e = (g as f64 - w).abs() / scale;
+        let e = (g as f64 - w).abs();
         let e = if e.is_nan() { f64::INFINITY } else { e };
-        if e > TOL {
+        if e > bound {
             if bad.len() < 5 {
                 bad.push(format!("  [{k}] got {g:e}, expected {w:e}"));
             }
@@ -71,9 +87,10 @@ fn compare(name: &str, got: &[f32], want: &[f64]) -> Result<(), String> {
         return Ok(());
     }
     Err(format!(
-        "{name}: relative error {:.3e} > {TOL:e} at [{}] (scale {scale:.3e}); first mismatches:\n{}",
+        "{name}: error {:.3e} > bound {bound:.3e} at [{}] (relative {:.3e}, scale {scale:.3e}, sensitivity δ {delta:.3e}); first mismatches:\n{}",
         worst.1,
         worst.0,
+        worst.1 / scale,
         bad.join("\n")
     ))
 }
@@ -82,13 +99,18 @@ fn to64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
-/// Random parameters of moderate size (so that `tanh` is not saturated and
-/// identity layers do not explode over a dozen steps).
+/// Random parameters of moderate size, so that `tanh` is not saturated and
+/// the problem stays well conditioned. An identity layer gets a damped `W`
+/// and `α`: with gains near one its state grows over a dozen steps until an
+/// f32-sized perturbation of the inputs moves the exact (f64) result by more
+/// than the tolerance, and the comparison would measure the problem, not the
+/// backend.
 fn params(cfg: &LayerConfig, rng: &mut Lcg) -> Params<f32> {
     let mut p = Params::<f32>::zeros(cfg);
     let (i, n, x) = (cfg.pre() as f64, cfg.n as f64, cfg.inputs.max(1) as f64);
-    p.w = rng.fill(p.w.len(), 1.2 / i.sqrt());
-    p.alpha = rng.fill(p.alpha.len(), 0.8 / i.sqrt().min(2.0));
+    let gain = if cfg.activation == Activation::Identity { 0.5 } else { 1.0 };
+    p.w = rng.fill(p.w.len(), gain * 1.2 / i.sqrt());
+    p.alpha = rng.fill(p.alpha.len(), gain * 0.8 / i.sqrt().min(2.0));
     p.u = rng.fill(p.u.len(), 1.2 / x.sqrt());
     p.b = rng.fill(p.b.len(), 0.3);
     p.mod_v = rng.fill(p.mod_v.len(), 2.0 / n.sqrt());
@@ -174,42 +196,51 @@ fn run_case(case: &Case) -> Result<bool, String> {
     if clip_margin(cfg, &p64, &x64, b, t, &init64) < 1e-5 {
         return Ok(false);
     }
-    let (y64, last64) =
-        reference::forward(cfg, &p64, Seq::new(&x64, b, t), Some(&init64)).map_err(|e| e.to_string())?;
+    let dy64 = to64(&dy);
     let dlast64 = dlast.as_ref().map(|s| s.map(f64::from));
-    let g64 = reference::backward(
-        cfg,
-        &p64,
-        Seq::new(&x64, b, t),
-        Some(&init64),
-        &to64(&dy),
-        dlast64.as_ref(),
-        case.truncate,
-    )
-    .map_err(|e| e.to_string())?;
+    let oracle = |p: &Params<f64>, x: &[f64], init: &State<f64>| -> Result<Vec<Vec<f64>>, String> {
+        let (y, last) = reference::forward(cfg, p, Seq::new(x, b, t), Some(init)).map_err(|e| e.to_string())?;
+        let g = reference::backward(cfg, p, Seq::new(x, b, t), Some(init), &dy64, dlast64.as_ref(), case.truncate)
+            .map_err(|e| e.to_string())?;
+        let mut v = vec![y, last.h, last.hebb, last.elig];
+        v.extend(g.params.named().into_iter().map(|(_, t)| t.clone()));
+        v.extend([g.inputs, g.init.h, g.init.hebb, g.init.elig]);
+        Ok(v)
+    };
+    let want = oracle(&p64, &x64, &init64)?;
+    if want[0].iter().any(|y| !(y.abs() <= 1e4)) {
+        return Ok(false);
+    }
+    let mut delta = vec![0.0f64; want.len()];
+    let mut jitter = Lcg(case.seed ^ 0x5eed);
+    for _ in 0..2 {
+        let mut j = |v: f64| v * (1.0 + EPS32 * jitter.next());
+        let (pp, xp) = (p64.map(&mut j), x64.iter().map(|&v| j(v)).collect::<Vec<f64>>());
+        let ip = init64.map(&mut j);
+        for (d, (a, w)) in delta.iter_mut().zip(oracle(&pp, &xp, &ip)?.iter().zip(&want)) {
+            *d = a.iter().zip(w).fold(*d, |m, (a, w)| m.max((a - w).abs()));
+        }
+    }
 
     let opts = Options { checkpoint: case.checkpoint, truncate: case.truncate, ..Options::default() };
     let mut eng = Engine::new(*cfg, Device::Cpu, opts).map_err(|e| e.to_string())?;
     let fwd = eng.forward(&p, Seq::new(&xs, b, t), init.as_ref()).map_err(|e| e.to_string())?;
     let g = eng.backward(&p, Seq::new(&xs, b, t), &fwd, &dy, dlast.as_ref()).map_err(|e| e.to_string())?;
 
+    let mut got = vec![fwd.y, fwd.last.h, fwd.last.hebb, fwd.last.elig];
+    got.extend(g.params.named().into_iter().map(|(_, t)| t.clone()));
+    got.extend([g.inputs, g.init.h, g.init.hebb, g.init.elig]);
+    let names = ["y", "last.h", "last.hebb", "last.elig"]
+        .into_iter()
+        .map(String::from)
+        .chain(g.params.named().into_iter().map(|(n, _)| format!("grad {n}")))
+        .chain(["grad inputs", "grad init.h", "grad init.hebb", "grad init.elig"].into_iter().map(String::from));
     let mut errs = Vec::new();
-    let mut chk = |name: &str, got: &[f32], want: &[f64]| {
-        if let Err(e) = compare(name, got, want) {
+    for (((name, a), w), d) in names.zip(&got).zip(&want).zip(&delta) {
+        if let Err(e) = compare(&name, a, w, *d) {
             errs.push(e);
         }
-    };
-    chk("y", &fwd.y, &y64);
-    chk("last.h", &fwd.last.h, &last64.h);
-    chk("last.hebb", &fwd.last.hebb, &last64.hebb);
-    chk("last.elig", &fwd.last.elig, &last64.elig);
-    for ((name, got), (_, want)) in g.params.named().into_iter().zip(g64.params.named()) {
-        chk(&format!("grad {name}"), got, want);
     }
-    chk("grad inputs", &g.inputs, &g64.inputs);
-    chk("grad init.h", &g.init.h, &g64.init.h);
-    chk("grad init.hebb", &g.init.hebb, &g64.init.hebb);
-    chk("grad init.elig", &g.init.elig, &g64.init.elig);
     if errs.is_empty() { Ok(true) } else { Err(format!("{case:?}\n{}", errs.join("\n"))) }
 }
 
@@ -369,7 +400,7 @@ fn any_case() -> impl Strategy<Value = Case> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, max_global_rejects: 1000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, max_global_rejects: 2000, ..ProptestConfig::default() })]
 
     #[test]
     fn random_shapes_match_reference(case in any_case()) {

@@ -476,7 +476,8 @@ pub(crate) fn run(
     let carry_first = trunc.flow(first, p.t).1;
     let mut out =
         Gradients { params: Params::zeros(cfg), inputs: vec![0.0; p.b * p.t * p.x], init: State::zeros(cfg, p.b) };
-    let Workspace { seg_h, seg_e, part_a, part_b, ga, gmm, gs, r1, r2, gh, gxa, eta_acc, alpha_acc, .. } = ws;
+    let Workspace { seg_h, seg_e, part_a, part_b, ga, gmm, gs, r1, r2, gh, gxa, eta_acc, alpha_acc, zeros, .. } = ws;
+    let zeros = &*grow(zeros, p.rows * p.i);
     let nseg = (p.c - 1) * sl;
     let seg_h = grow(seg_h, nseg);
     let seg_e = grow(seg_e, if p.elig { nseg } else { 0 });
@@ -508,12 +509,14 @@ pub(crate) fn run(
     let (wh, we) = (Par::new(seg_h), Par::new(seg_e));
     // The state before step t: its snapshot, or its slot in the segment buffer.
     let loc = |t: usize| {
-        if t % p.c == 0 {
-            let off = (t / p.c) * sl;
-            (Loc { buf: sh, off }, Loc { buf: se, off })
+        if t == 0 && saved.zero_init {
+            (Loc::zeros(zeros), Loc::zeros(zeros))
+        } else if t % p.c == 0 {
+            let off = (t / p.c - saved.zero_init as usize) * sl;
+            (Loc::at(sh, off), Loc::at(se, off))
         } else {
             let off = (t % p.c - 1) * sl;
-            (Loc { buf: wh, off }, Loc { buf: we, off })
+            (Loc::at(wh, off), Loc::at(we, off))
         }
     };
     let (h0, y, mm) = (&saved.h0[..], &saved.y[..], &saved.mm[..]);

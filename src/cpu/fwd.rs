@@ -197,14 +197,25 @@ pub(crate) fn row_update<const RULE: u8>(x: &[f32], k: &Coef, mut h: Io<'_>, mut
     });
 }
 
-/// Where a batch of traces `(B, N, I)` lives: a buffer and an offset.
+/// Where a batch of traces `(B, N, I)` lives: a buffer and an offset, or
+/// (`zero`) nowhere: every row is zero, read from one small block of zeros.
 #[derive(Clone, Copy)]
 pub(crate) struct Loc<'a> {
     pub buf: Par<'a, f32>,
     pub off: usize,
+    pub zero: bool,
 }
 
 impl<'a> Loc<'a> {
+    pub(crate) fn at(buf: Par<'a, f32>, off: usize) -> Self {
+        Loc { buf, off, zero: false }
+    }
+
+    /// All-zero traces; `zeros` holds at least one block of rows.
+    pub(crate) fn zeros(zeros: &'a [f32]) -> Self {
+        Loc { buf: Par::shared(zeros), off: 0, zero: true }
+    }
+
     pub(crate) fn same(&self, o: &Loc<'_>) -> bool {
         self.buf.addr(self.off) == o.buf.addr(o.off)
     }
@@ -214,8 +225,14 @@ impl<'a> Loc<'a> {
     /// # Safety
     /// Nobody writes these rows while the slice lives.
     pub(crate) unsafe fn rows(&self, p: &Plan, b: usize, j0: usize, rows: usize) -> &'a [f32] {
-        // SAFETY: forwarded to the caller.
-        unsafe { self.buf.read(self.off + (b * p.n + j0) * p.i, rows * p.i) }
+        // SAFETY: forwarded to the caller; the zero block is never written.
+        unsafe {
+            if self.zero {
+                self.buf.read(0, rows * p.i)
+            } else {
+                self.buf.read(self.off + (b * p.n + j0) * p.i, rows * p.i)
+            }
+        }
     }
 
     /// Rows `[j0, j0 + rows)` of batch element `b`, for writing.
@@ -470,10 +487,11 @@ pub(crate) fn run(
     let mut y = vec![0.0f32; p.b * p.t * p.n];
     let mut mm = some(lazy, p.b * p.t * p.n);
     let mut m = some(lazy, p.b * p.t * p.k);
-    // Zero-filled allocations map the zero page until written, so a zero
-    // initial state costs neither a copy nor memory bandwidth.
-    let mut snap_h = vec![0.0f32; p.snaps * sl];
-    let mut snap_e = some(p.elig, p.snaps * sl);
+    // A zero initial state is not stored: it is read from `ws.zeros`.
+    let zero_init = init.is_none();
+    let stored = (p.snaps - zero_init as usize) * sl;
+    let mut snap_h = ws.pool.take(stored);
+    let mut snap_e = if p.elig { ws.pool.take(stored) } else { Vec::new() };
     let mut h0 = some(p.recurrent, bn);
     let mut last = State { h: some(p.recurrent, bn), hebb: vec![0.0f32; sl], elig: some(p.elig, sl) };
     if let Some(s) = init {
@@ -486,6 +504,7 @@ pub(crate) fn run(
     let drive = grow(&mut ws.drive, p.b * p.t * p.n);
     compute_drive(cfg, &p, prm, inputs, drive);
     let drive = &*drive;
+    let zeros = &*grow(&mut ws.zeros, p.rows * p.i);
 
     {
         let (ph, pe) = (Par::new(&mut snap_h), Par::new(&mut snap_e));
@@ -493,11 +512,13 @@ pub(crate) fn run(
         // The state before step τ: in its snapshot when τ is a multiple of C,
         // else in `last`, which serves as the working buffer.
         let loc = |tau: usize| {
-            if tau < p.t && tau % p.c == 0 {
-                let off = (tau / p.c) * sl;
-                (Loc { buf: ph, off }, Loc { buf: pe, off })
+            if tau == 0 && zero_init {
+                (Loc::zeros(zeros), Loc::zeros(zeros))
+            } else if tau < p.t && tau % p.c == 0 {
+                let off = (tau / p.c - zero_init as usize) * sl;
+                (Loc::at(ph, off), Loc::at(pe, off))
             } else {
-                (Loc { buf: lh, off: 0 }, Loc { buf: le, off: 0 })
+                (Loc::at(lh, 0), Loc::at(le, 0))
             }
         };
         let py = Par::new(&mut y);
@@ -532,7 +553,19 @@ pub(crate) fn run(
             last.h[b * p.n..(b + 1) * p.n].copy_from_slice(&y[o..o + p.n]);
         }
     }
-    let saved =
-        Saved { batch: p.b, steps: p.t, interval: p.c, shape: (p.n, p.i), snap_h, snap_e, h0, y: y.clone(), mm, m };
+    let saved = Saved {
+        batch: p.b,
+        steps: p.t,
+        interval: p.c,
+        shape: (p.n, p.i),
+        zero_init,
+        snap_h,
+        snap_e,
+        h0,
+        y: y.clone(),
+        mm,
+        m,
+        pool: ws.pool.clone(),
+    };
     (y, last, saved)
 }

@@ -47,6 +47,7 @@ mod fwd;
 mod simd;
 
 use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
 
 use crate::config::{Activation, AlphaShape, LayerConfig, ModActivation, Rule, Topology};
 use crate::engine::Options;
@@ -247,6 +248,47 @@ impl<'a, T> Par<'a, T> {
     }
 }
 
+/// Big buffers handed from one call to the next. A [`Saved`] gives its
+/// snapshot buffers back here when dropped, so the next forward pass writes
+/// into memory whose pages are already mapped: a fresh 128 MB buffer costs
+/// 32k page faults, which took as long as the whole time loop.
+#[derive(Clone, Default)]
+pub(crate) struct Pool(Arc<Mutex<Vec<Vec<f32>>>>);
+
+impl Pool {
+    /// Buffers kept at most; the smallest go first.
+    const KEEP: usize = 4;
+
+    /// A buffer of `len` elements with unspecified contents.
+    pub(crate) fn take(&self, len: usize) -> Vec<f32> {
+        if len == 0 {
+            return Vec::new();
+        }
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let best = g.iter().enumerate().filter(|(_, v)| v.capacity() >= len).min_by_key(|(_, v)| v.capacity());
+        match best.map(|(k, _)| k) {
+            Some(k) => {
+                let mut v = g.swap_remove(k);
+                v.resize(len, 0.0);
+                v
+            }
+            None => vec![0.0; len],
+        }
+    }
+
+    pub(crate) fn give(&self, v: Vec<f32>) {
+        if v.capacity() == 0 {
+            return;
+        }
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.push(v);
+        if g.len() > Self::KEEP {
+            let k = g.iter().enumerate().min_by_key(|(_, v)| v.capacity()).map(|(k, _)| k).unwrap_or(0);
+            g.swap_remove(k);
+        }
+    }
+}
+
 /// What the forward pass keeps for the backward pass: trace snapshots every
 /// `C` steps and the small per-step vectors.
 pub struct Saved {
@@ -256,7 +298,10 @@ pub struct Saved {
     pub(crate) interval: usize,
     /// `(N, I)` the forward ran with.
     pub(crate) shape: (usize, usize),
-    /// `H` before steps `0, C, 2C, …`: `(⌈T/C⌉, B, N, I)`.
+    /// Whether the state before step 0 is zero (then not stored).
+    pub(crate) zero_init: bool,
+    /// `H` before steps `0, C, 2C, …` (from `C` on when `zero_init`):
+    /// `(⌈T/C⌉, B, N, I)` or one fewer.
     pub(crate) snap_h: Vec<f32>,
     /// `E` likewise (Retroactive), else empty.
     pub(crate) snap_e: Vec<f32>,
@@ -268,6 +313,15 @@ pub struct Saved {
     pub(crate) mm: Vec<f32>,
     /// `m = μ(s)`: `(B, T, K)` (modulated rules), else empty.
     pub(crate) m: Vec<f32>,
+    /// Where the snapshot buffers go when this is dropped.
+    pub(crate) pool: Pool,
+}
+
+impl Drop for Saved {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.snap_h));
+        self.pool.give(std::mem::take(&mut self.snap_e));
+    }
 }
 
 impl Saved {
@@ -281,6 +335,11 @@ impl Saved {
 /// Buffers only grow.
 #[derive(Default)]
 pub struct Workspace {
+    /// Snapshot buffers of dropped [`Saved`]s.
+    pub(crate) pool: Pool,
+    /// A block of zero rows `(rows, I)`, never written: the source of a zero
+    /// initial state, which then costs no memory traffic.
+    pub(crate) zeros: Vec<f32>,
     /// `b + U·in` (or `b + in`, or `b`): `(B, T, N)`.
     pub(crate) drive: Vec<f32>,
     /// Recomputed traces of one segment: `(C−1, B, N, I)` each.
