@@ -1,47 +1,427 @@
-//! The CPU backend: f32, SIMD through `wide` (see `simd.rs`), threads through
-//! rayon, fused passes, checkpointed back-propagation.
+//! The CPU backend: f32, SIMD through `wide` (only in `simd.rs`), threads
+//! through rayon, fused passes, checkpointed back-propagation. It mirrors
+//! [`crate::reference::forward`] and [`crate::reference::backward`] (same
+//! equations, same [`crate::Truncation`] semantics) and is tested against them.
 //!
-//! SCAFFOLD: this file currently delegates to the reference so the crate
-//! compiles while the real backend is written. Keep the signatures below.
+//! # How a step runs
+//!
+//! Every step is one parallel *pass* over the traces: the rows of `W` are cut
+//! into fixed blocks of [`Plan::rows`] rows (a function of `N` and `I` only,
+//! never of the thread count), and one task runs a block for every batch
+//! element, so the rows of `W` and `α` it needs stay in cache while each
+//! element's trace rows stream through once (read `H`, write `H'`; DESIGN.md
+//! §6). Results are bitwise the same on any number of threads: every sum has a
+//! fixed order (within a row by [`simd::sweep`], across blocks in block order).
+//!
+//! - Hebb and Oja update row `j` of the trace as soon as `y_j` is known
+//!   ("eager": the row is still in L1).
+//! - The modulated rules need the whole of `y_t` for the modulator `M_t`, so the
+//!   update of step `t` is *pending* and applied on the fly by the pass of step
+//!   `t+1`, which reads `H_t`, writes `H_{t+1}` and takes its dot product with
+//!   the fresh value; a last update-only pass produces the final state.
+//!
+//! # Backward
+//!
+//! The forward keeps the small per-step vectors (`y`, `M`, `m`; `x` is the
+//! input or the previous `y`) and a snapshot of the traces every `C` steps
+//! ([`crate::Checkpoint::interval`]). The backward sweeps the segments from the
+//! last: it recomputes a segment's traces from its snapshot into the workspace
+//! (update-only passes, same code as the forward, so the values are bitwise the
+//! forward's), then runs the segment's steps backwards, each one pass that
+//! reads `H_t` and reads and writes the trace adjoint in place. Memory is
+//! `O(B·N·I·(T/C + C))`; the gradients do not depend on `C` at all.
+//!
+//! For the modulated rules the adjoint of the plastic map of step `t+1`
+//! (`ga_{t+1}`, which needs the modulator adjoint of that whole step) is again
+//! pending and completed in the pass of step `t`, which recomputes `H_{t+1}`
+//! from `H_t` in registers. The clip's derivative uses the recomputed
+//! pre-clip value `z`, exactly as the reference does (1 on `[−c, c]`).
+//!
+//! `dW`, `dU`, `db`, the input gradient of a linear input map and the
+//! modulator's parameter gradients are computed after the sweep from the
+//! stored per-step `ga`, `ga`-like vectors (blocked sums of outer products).
+//! The derivation of every adjoint is in `docs/backward.md`.
 
+mod bwd;
+mod fwd;
+mod simd;
+
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+
+use crate::config::{Activation, AlphaShape, LayerConfig, ModActivation, Rule, Topology};
 use crate::engine::Options;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::params::{Gradients, Params, Seq, State};
-use crate::{LayerConfig, reference};
 
-/// What the forward pass keeps for the backward pass.
+/// Rule codes for the kernels' const generics.
+pub(crate) const HEBB: u8 = 0;
+pub(crate) const OJA: u8 = 1;
+pub(crate) const MODU: u8 = 2;
+pub(crate) const RETRO: u8 = 3;
+
+fn rule_code(r: Rule) -> u8 {
+    match r {
+        Rule::Hebb => HEBB,
+        Rule::Oja => OJA,
+        Rule::Modulated => MODU,
+        Rule::Retroactive => RETRO,
+    }
+}
+
+/// Shapes and the fixed partition of one call.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Plan {
+    /// `B`, `T`, `N`, `I`, `X`, `K`.
+    pub b: usize,
+    pub t: usize,
+    pub n: usize,
+    pub i: usize,
+    pub x: usize,
+    pub k: usize,
+    /// Rows per block and number of blocks.
+    pub rows: usize,
+    pub blocks: usize,
+    /// Checkpoint interval `C` and number of snapshots `⌈T/C⌉`.
+    pub c: usize,
+    pub snaps: usize,
+    pub rule: u8,
+    pub conn: bool,
+    pub recurrent: bool,
+    pub elig: bool,
+}
+
+impl Plan {
+    fn new(cfg: &LayerConfig, batch: usize, steps: usize, interval: usize) -> Plan {
+        let (n, i) = (cfg.n, cfg.pre());
+        let rows = rows_per_block(n, i);
+        let c = interval.clamp(1, steps.max(1));
+        Plan {
+            b: batch,
+            t: steps,
+            n,
+            i,
+            x: cfg.inputs,
+            k: cfg.k(),
+            rows,
+            blocks: n.div_ceil(rows),
+            c,
+            snaps: steps.div_ceil(c),
+            rule: rule_code(cfg.rule),
+            conn: cfg.alpha == AlphaShape::Connection,
+            recurrent: cfg.topology == Topology::Recurrent,
+            elig: cfg.rule.has_eligibility(),
+        }
+    }
+
+    /// Rows `[j0, j1)` of block `blk`.
+    pub fn block(&self, blk: usize) -> (usize, usize) {
+        (blk * self.rows, ((blk + 1) * self.rows).min(self.n))
+    }
+
+    /// Elements of a batch of traces, `B·N·I`.
+    pub fn state(&self) -> usize {
+        self.b * self.n * self.i
+    }
+
+    /// Whether the rule's update is applied by the next step's pass.
+    pub fn lazy(&self) -> bool {
+        self.rule == MODU || self.rule == RETRO
+    }
+}
+
+/// Rows per block: the block's rows of `W`, `α` (and `dα` in the backward)
+/// should stay in L2 while the batch streams past (about 64 KiB each), and
+/// there should be about 16 blocks so that two or more threads balance even
+/// at `B = 1`. Depends on the shapes only, which keeps results independent of
+/// the thread count.
+fn rows_per_block(n: usize, i: usize) -> usize {
+    let by_cache = (16384 / i.max(1)).max(1);
+    let by_count = n.div_ceil(16);
+    by_cache.min(by_count).clamp(1, n.max(1))
+}
+
+/// Scalar rates of the trace rules, in f32.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rates {
+    pub eta: f32,
+    pub keep: f32,
+    pub eta_e: f32,
+    pub keep_e: f32,
+    pub clip: f32,
+}
+
+impl Rates {
+    fn new(cfg: &LayerConfig, p: &Params<f32>) -> Rates {
+        let eta = p.eta.first().copied().unwrap_or(0.0);
+        let eta_e = p.eta_e.first().copied().unwrap_or(0.0);
+        Rates { eta, keep: 1.0 - eta, eta_e, keep_e: 1.0 - eta_e, clip: cfg.clip as f32 }
+    }
+}
+
+/// `σ(a)` in f32.
+pub(crate) fn act(f: Activation, a: f32) -> f32 {
+    match f {
+        Activation::Tanh => a.tanh(),
+        Activation::Identity => a,
+    }
+}
+
+/// `σ'(a)` in terms of `y = σ(a)`.
+pub(crate) fn act_grad(f: Activation, y: f32) -> f32 {
+    match f {
+        Activation::Tanh => 1.0 - y * y,
+        Activation::Identity => 1.0,
+    }
+}
+
+/// `μ(s)` in f32.
+pub(crate) fn modact(f: ModActivation, s: f32) -> f32 {
+    match f {
+        ModActivation::Tanh => s.tanh(),
+        ModActivation::Sigmoid => 1.0 / (1.0 + (-s).exp()),
+        ModActivation::Identity => s,
+    }
+}
+
+/// `μ'(s)` in terms of `m = μ(s)`.
+pub(crate) fn modact_grad(f: ModActivation, m: f32) -> f32 {
+    match f {
+        ModActivation::Tanh => 1.0 - m * m,
+        ModActivation::Sigmoid => m * (1.0 - m),
+        ModActivation::Identity => 1.0,
+    }
+}
+
+/// A buffer that the tasks of one parallel pass read and write through raw
+/// pointers, each in its own ranges. The kernels need this because a task owns
+/// rows `[j0, j1)` of *every* batch element of a `(B, N, I)` buffer, ranges
+/// that no safe `split_at_mut` can hand out, and because a pass may update a
+/// trace in place.
+#[derive(Clone, Copy)]
+pub(crate) struct Par<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    writable: bool,
+    _life: PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: `Par` is a `&mut [T]` split by convention; the accessors' contracts
+// make the tasks' ranges disjoint.
+unsafe impl<T: Send> Send for Par<'_, T> {}
+unsafe impl<T: Send> Sync for Par<'_, T> {}
+
+impl<'a, T> Par<'a, T> {
+    pub fn new(v: &'a mut [T]) -> Self {
+        Par { ptr: v.as_mut_ptr(), len: v.len(), writable: true, _life: PhantomData }
+    }
+
+    /// A read-only view (e.g. of the saved snapshots); [`Par::write`] panics.
+    pub fn shared(v: &'a [T]) -> Self {
+        Par { ptr: v.as_ptr() as *mut T, len: v.len(), writable: false, _life: PhantomData }
+    }
+
+    /// The address of element `at`, to tell whether two ranges coincide.
+    pub fn addr(&self, at: usize) -> usize {
+        self.ptr.wrapping_add(at) as usize
+    }
+
+    /// `[at, at + len)` for reading.
+    ///
+    /// # Safety
+    /// Nobody may write the range while the slice lives.
+    pub unsafe fn read(&self, at: usize, len: usize) -> &'a [T] {
+        assert!(at + len <= self.len, "Par::read out of bounds");
+        // SAFETY: in bounds (checked); no writer by the caller's contract.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(at), len) }
+    }
+
+    /// `[at, at + len)` for writing.
+    ///
+    /// # Safety
+    /// Nobody else may read or write the range while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn write(&self, at: usize, len: usize) -> &'a mut [T] {
+        assert!(self.writable && at + len <= self.len, "Par::write out of bounds or on a read-only buffer");
+        // SAFETY: in bounds (checked); exclusive by the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
+    }
+}
+
+/// Big buffers handed from one call to the next. A [`Saved`] gives its
+/// snapshot buffers back here when dropped, so the next forward pass writes
+/// into memory whose pages are already mapped: a fresh 128 MB buffer costs
+/// 32k page faults, which took as long as the whole time loop.
+#[derive(Clone, Default)]
+pub(crate) struct Pool(Arc<Mutex<Vec<Vec<f32>>>>);
+
+impl Pool {
+    /// Buffers kept at most; the smallest go first.
+    const KEEP: usize = 4;
+
+    /// A buffer of `len` elements with unspecified contents.
+    pub(crate) fn take(&self, len: usize) -> Vec<f32> {
+        if len == 0 {
+            return Vec::new();
+        }
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let best = g.iter().enumerate().filter(|(_, v)| v.capacity() >= len).min_by_key(|(_, v)| v.capacity());
+        match best.map(|(k, _)| k) {
+            Some(k) => {
+                let mut v = g.swap_remove(k);
+                v.resize(len, 0.0);
+                v
+            }
+            None => vec![0.0; len],
+        }
+    }
+
+    pub(crate) fn give(&self, v: Vec<f32>) {
+        if v.capacity() == 0 {
+            return;
+        }
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.push(v);
+        if g.len() > Self::KEEP {
+            let k = g.iter().enumerate().min_by_key(|(_, v)| v.capacity()).map(|(k, _)| k).unwrap_or(0);
+            g.swap_remove(k);
+        }
+    }
+}
+
+/// What the forward pass keeps for the backward pass: trace snapshots every
+/// `C` steps and the small per-step vectors.
 pub struct Saved {
-    init: State<f64>,
+    /// `(B, T, C)` and the snapshot interval the forward ran with.
+    pub(crate) batch: usize,
+    pub(crate) steps: usize,
+    pub(crate) interval: usize,
+    /// `(N, I)` the forward ran with.
+    pub(crate) shape: (usize, usize),
+    /// Whether the state before step 0 is zero (then not stored).
+    pub(crate) zero_init: bool,
+    /// `H` before steps `0, C, 2C, …` (from `C` on when `zero_init`):
+    /// `(⌈T/C⌉, B, N, I)` or one fewer.
+    pub(crate) snap_h: Vec<f32>,
+    /// `E` likewise (Retroactive), else empty.
+    pub(crate) snap_e: Vec<f32>,
+    /// `h` before step 0: `(B, N)` (recurrent), else empty.
+    pub(crate) h0: Vec<f32>,
+    /// `y`: `(B, T, N)`.
+    pub(crate) y: Vec<f32>,
+    /// `M`: `(B, T, N)` (modulated rules), else empty.
+    pub(crate) mm: Vec<f32>,
+    /// `m = μ(s)`: `(B, T, K)` (modulated rules), else empty.
+    pub(crate) m: Vec<f32>,
+    /// Where the snapshot buffers go when this is dropped.
+    pub(crate) pool: Pool,
+}
+
+impl Drop for Saved {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.snap_h));
+        self.pool.give(std::mem::take(&mut self.snap_e));
+    }
 }
 
 impl Saved {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        8 * (self.init.h.len() + self.init.hebb.len() + self.init.elig.len())
+        4 * (self.snap_h.len() + self.snap_e.len() + self.h0.len() + self.y.len() + self.mm.len() + self.m.len())
     }
 }
 
 /// Scratch memory reused across calls so that the time loop never allocates.
+/// Buffers only grow.
 #[derive(Default)]
-pub struct Workspace {}
+pub struct Workspace {
+    /// Snapshot buffers of dropped [`Saved`]s.
+    pub(crate) pool: Pool,
+    /// A block of zero rows `(rows, I)`, never written: the source of a zero
+    /// initial state, which then costs no memory traffic.
+    pub(crate) zeros: Vec<f32>,
+    /// `b + U·in` (or `b + in`, or `b`): `(B, T, N)`.
+    pub(crate) drive: Vec<f32>,
+    /// Recomputed traces of one segment: `(C−1, B, N, I)` each.
+    pub(crate) seg_h: Vec<f32>,
+    pub(crate) seg_e: Vec<f32>,
+    /// Per-block partial column sums: `(blocks, B, I)` each.
+    pub(crate) part_a: Vec<f32>,
+    pub(crate) part_b: Vec<f32>,
+    /// `dL/da` of every step: `(B, T, N)`.
+    pub(crate) ga: Vec<f32>,
+    /// `dL/dM` of every step: `(B, T, N)`.
+    pub(crate) gmm: Vec<f32>,
+    /// `dL/ds` of every step: `(B, T, K)`.
+    pub(crate) gs: Vec<f32>,
+    /// Row sums of a pass: `(B, N)` each.
+    pub(crate) r1: Vec<f32>,
+    pub(crate) r2: Vec<f32>,
+    /// Adjoint of the current `h`: `(B, N)`.
+    pub(crate) gh: Vec<f32>,
+    /// The part of a pending step's `dL/dx` known so far: `(B, I)`.
+    pub(crate) gxa: Vec<f32>,
+    /// Per-block sums of the rate's gradient.
+    pub(crate) eta_acc: Vec<f64>,
+    /// Per-row sums of `α`'s gradient (per-neuron and scalar `α`).
+    pub(crate) alpha_acc: Vec<f64>,
+}
+
+/// `v[..len]`, grown (never shrunk) to at least `len` elements.
+pub(crate) fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
+    if v.len() < len {
+        v.resize(len, T::default());
+    }
+    &mut v[..len]
+}
+
+fn check_saved(cfg: &LayerConfig, inputs: &Seq<'_, f32>, saved: &Saved) -> Result<()> {
+    if (saved.batch, saved.steps) != (inputs.batch, inputs.steps) || saved.shape != (cfg.n, cfg.pre()) {
+        return Err(Error::Config {
+            arg: "saved".into(),
+            message: format!(
+                "the forward pass ran with B = {}, T = {}, N = {}, I = {}; backward got B = {}, T = {}, N = {}, I = {}",
+                saved.batch,
+                saved.steps,
+                saved.shape.0,
+                saved.shape.1,
+                inputs.batch,
+                inputs.steps,
+                cfg.n,
+                cfg.pre()
+            ),
+        });
+    }
+    Ok(())
+}
 
 /// Forward over an episode batch. See [`crate::Engine::forward`].
+///
+/// `inputs`: `(B, T, X)`; `init`: the state before step 0 (`None` = zeros).
+/// Returns `y` `(B, T, N)`, the final state and what the backward pass needs.
 pub fn forward(
     cfg: &LayerConfig,
     params: &Params<f32>,
     inputs: Seq<'_, f32>,
     init: Option<&State<f32>>,
-    _opts: &Options,
-    _ws: &mut Workspace,
+    opts: &Options,
+    ws: &mut Workspace,
 ) -> Result<(Vec<f32>, State<f32>, Saved)> {
-    let p = params.map(f64::from);
-    let x: Vec<f64> = inputs.data.iter().map(|&v| v as f64).collect();
-    let init = init.map(|s| s.map(f64::from)).unwrap_or_else(|| State::zeros(cfg, inputs.batch));
-    let (y, last) = reference::forward(cfg, &p, Seq::new(&x, inputs.batch, inputs.steps), Some(&init))?;
-    Ok((y.iter().map(|&v| v as f32).collect(), last.map(|v| v as f32), Saved { init }))
+    opts.validate()?;
+    params.validate(cfg, opts.check_finite)?;
+    inputs.validate(cfg, opts.check_finite)?;
+    if let Some(s) = init {
+        s.validate(cfg, inputs.batch, "init", opts.check_finite)?;
+    }
+    let plan = Plan::new(cfg, inputs.batch, inputs.steps, opts.checkpoint.interval(inputs.steps));
+    Ok(fwd::run(cfg, &plan, params, inputs.data, init, ws))
 }
 
 /// Backward over an episode batch. See [`crate::Engine::backward`].
+///
+/// `dy`: `(B, T, N)`; `dlast`: dL/d(final state) (`None` = zero). Parameter
+/// gradients are assigned; the truncation is `opts.truncate`; the checkpoint
+/// interval is the one the forward pass ran with.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     cfg: &LayerConfig,
@@ -51,24 +431,20 @@ pub fn backward(
     dy: &[f32],
     dlast: Option<&State<f32>>,
     opts: &Options,
-    _ws: &mut Workspace,
+    ws: &mut Workspace,
 ) -> Result<Gradients<f32>> {
-    let p = params.map(f64::from);
-    let x: Vec<f64> = inputs.data.iter().map(|&v| v as f64).collect();
-    let dy: Vec<f64> = dy.iter().map(|&v| v as f64).collect();
-    let dlast = dlast.map(|s| s.map(f64::from));
-    let g = reference::backward(
-        cfg,
-        &p,
-        Seq::new(&x, inputs.batch, inputs.steps),
-        Some(&saved.init),
-        &dy,
-        dlast.as_ref(),
-        opts.truncate,
-    )?;
-    Ok(Gradients {
-        params: g.params.map(|v| v as f32),
-        inputs: g.inputs.iter().map(|&v| v as f32).collect(),
-        init: g.init.map(|v| v as f32),
-    })
+    opts.validate()?;
+    params.validate(cfg, opts.check_finite)?;
+    inputs.validate(cfg, opts.check_finite)?;
+    check_saved(cfg, &inputs, saved)?;
+    let (b, t, n) = (inputs.batch, inputs.steps, cfg.n);
+    crate::error::check_len("dy", dy.len(), &[b, t, n], || format!("B = {b}, T = {t}, N = {n}"))?;
+    if opts.check_finite {
+        crate::error::check_finite("dy", dy)?;
+    }
+    if let Some(s) = dlast {
+        s.validate(cfg, b, "dlast", opts.check_finite)?;
+    }
+    let plan = Plan::new(cfg, b, t, saved.interval);
+    Ok(bwd::run(cfg, &plan, params, inputs.data, saved, dy, dlast, opts.truncate, ws))
 }

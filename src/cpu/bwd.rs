@@ -1,0 +1,853 @@
+//! Backward kernels (`plastic_step_bwd` of the reference, fused per row) and
+//! the checkpointed backward driver. Parameter gradients are accumulated with
+//! `+=` into buffers zeroed once per call; activation gradients are assigned.
+
+use rayon::prelude::*;
+
+use super::fwd::{BlockIo, Coef, Loc, Row, row_update, update};
+use super::simd::{add_assign, axpy, fma, ld, outer_acc, pass_inside, splat, st, sweep, zero};
+use super::{Activation, HEBB, MODU, OJA, Par, Plan, RETRO, Rates, Saved, Workspace, act_grad, grow, modact_grad};
+use crate::config::{AlphaShape, InputMap, LayerConfig};
+use crate::params::{Gradients, Params, State, Truncation, eta_learned};
+
+/// One row of an eager step backwards (Hebb, Oja). `g` holds `dL/dH_{t+1}`
+/// (read only when `GIN`, i.e. when it is carried in) and receives
+/// `dL/dH_t`; `gal` (per-connection `α`) and `gx` (this block's part of
+/// `dL/dx_t`) are accumulated. `gy0` is `dL/dy_j` from the loss and later
+/// steps. Returns `(dL/da_j, the row's part of dL/dη, Σ_i x_i H_ji)`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn row_eager<const RULE: u8, const CONN: bool, const GIN: bool>(
+    r: Row<'_>,
+    x: &[f32],
+    y: f32,
+    gy0: f32,
+    f: Activation,
+    rt: &Rates,
+    h: &[f32],
+    g: &mut [f32],
+    gal: &mut [f32],
+    gx: &mut [f32],
+) -> (f32, f32, f32) {
+    let len = x.len();
+    let yv = splat(y);
+    // dL/dy_j through the trace update: Σ_i gH (∂H'/∂y_j).
+    let [s] = if GIN {
+        sweep(len, |i, n, acc| {
+            let (gv, xv) = (ld(g, i, n), ld(x, i, n));
+            acc[0] = if RULE == HEBB { fma(gv, xv, acc[0]) } else { fma(gv, xv - (yv + yv) * ld(h, i, n), acc[0]) };
+        })
+    } else {
+        [0.0]
+    };
+    let ga = (gy0 + rt.eta * s) * act_grad(f, y);
+    let gav = splat(ga);
+    let keep = splat(if RULE == HEBB { rt.keep } else { 1.0 - rt.eta * y * y });
+    let ey = splat(rt.eta * y);
+    let [geta, sal] = sweep(len, |i, n, acc| {
+        let gv = if GIN { ld(g, i, n) } else { zero() };
+        let (hv, xv, av) = (ld(h, i, n), ld(x, i, n), r.alpha::<CONN>(i, n));
+        let gax = gav * xv;
+        st(g, i, n, fma(av, gax, gv * keep));
+        let wa = fma(av, hv, ld(r.w, i, n));
+        st(gx, i, n, fma(wa, gav, fma(ey, gv, ld(gx, i, n))));
+        acc[0] = if RULE == HEBB { fma(gv, yv * xv - hv, acc[0]) } else { fma(gv * yv, xv - yv * hv, acc[0]) };
+        if CONN {
+            st(gal, i, n, fma(gax, hv, ld(gal, i, n)));
+        } else {
+            acc[1] = fma(xv, hv, acc[1]);
+        }
+    });
+    (ga, geta, sal)
+}
+
+/// One row of a lazy step backwards (Modulated, Retroactive), pass of step
+/// `t`: with `PEND`, first completes the plastic map of step `t+1` (whose
+/// `dL/da` is `gap`, input `xp`), using `H_{t+1}` recomputed from `H_t` in
+/// registers; then the trace update of step `t` with the clip's derivative
+/// taken at the recomputed pre-clip value. `g` holds the pending part of
+/// `dL/dH_{t+1}` (read when `GIN`) and receives that of `dL/dH_t`; `ge` holds
+/// `dL/dE_{t+1}` and receives `dL/dE_t`. `gxn`, `gxt`: this block's parts of
+/// `dL/dx_{t+1}` and `dL/dx_t`. Returns the row sums
+/// `[Σ gz x or Σ gz E, Σ gE x, dL/dη_e part, Σ_i xp_i H_{t+1,ji}]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn row_lazy<const RULE: u8, const CONN: bool, const PEND: bool, const GIN: bool>(
+    r: Row<'_>,
+    h: &[f32],
+    e: &[f32],
+    x: &[f32],
+    k: &Coef,
+    mj: f32,
+    y: f32,
+    rt: &Rates,
+    xp: &[f32],
+    gap: f32,
+    g: &mut [f32],
+    ge: &mut [f32],
+    gal: &mut [f32],
+    gxn: &mut [f32],
+    gxt: &mut [f32],
+) -> [f32; 4] {
+    let (gapv, mjv, yv, keep_e) = (splat(gap), splat(mj), splat(y), splat(rt.keep_e));
+    sweep(x.len(), |i, n, acc| {
+        let hv = ld(h, i, n);
+        let ev = if RULE == RETRO { ld(e, i, n) } else { zero() };
+        let xv = ld(x, i, n);
+        let (z, hn, _) = update::<RULE>(hv, ev, xv, k);
+        let mut ghn = if GIN { ld(g, i, n) } else { zero() };
+        if PEND {
+            let (av, xpv) = (r.alpha::<CONN>(i, n), ld(xp, i, n));
+            let gax = gapv * xpv;
+            if GIN {
+                ghn = fma(av, gax, ghn);
+            }
+            if CONN {
+                st(gal, i, n, fma(gax, hn, ld(gal, i, n)));
+            } else {
+                acc[3] = fma(xpv, hn, acc[3]);
+            }
+            st(gxn, i, n, fma(fma(av, hn, ld(r.w, i, n)), gapv, ld(gxn, i, n)));
+        }
+        let gz = pass_inside(z, k.clip(), ghn);
+        st(g, i, n, gz);
+        if RULE == MODU {
+            acc[0] = fma(gz, xv, acc[0]);
+            st(gxt, i, n, fma(gz, k.q(), ld(gxt, i, n)));
+        } else {
+            acc[0] = fma(gz, ev, acc[0]);
+            let gev = if GIN { ld(ge, i, n) } else { zero() };
+            st(ge, i, n, fma(gz, mjv, gev * keep_e));
+            acc[1] = fma(gev, xv, acc[1]);
+            st(gxt, i, n, fma(gev, k.q(), ld(gxt, i, n)));
+            acc[2] = fma(gev, yv * xv - ev, acc[2]);
+        }
+    })
+}
+
+/// The plastic map of the earliest step `t` of a lazy backward, whose pass
+/// never comes: `dα`, `dL/dx_t`, and (`KEEP`) `dL/dH_t = g + α ga x`.
+/// Returns `Σ_i x_i H_ji`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn row_finish<const CONN: bool, const KEEP: bool>(
+    r: Row<'_>,
+    h: &[f32],
+    x: &[f32],
+    ga: f32,
+    g: &mut [f32],
+    gal: &mut [f32],
+    gx: &mut [f32],
+) -> f32 {
+    let gav = splat(ga);
+    let [s] = sweep(x.len(), |i, n, acc| {
+        let (hv, xv, av) = (ld(h, i, n), ld(x, i, n), r.alpha::<CONN>(i, n));
+        let gax = gav * xv;
+        if CONN {
+            st(gal, i, n, fma(gax, hv, ld(gal, i, n)));
+        } else {
+            acc[0] = fma(xv, hv, acc[0]);
+        }
+        st(gx, i, n, fma(fma(av, hv, ld(r.w, i, n)), gav, ld(gx, i, n)));
+        if KEEP {
+            st(g, i, n, fma(av, gax, ld(g, i, n)));
+        }
+    });
+    s
+}
+
+/// Everything a backward pass touches.
+struct Pass<'a> {
+    p: Plan,
+    rt: Rates,
+    f: Activation,
+    prm: &'a Params<f32>,
+    inputs: &'a [f32],
+    h0: &'a [f32],
+    y: &'a [f32],
+    mm: &'a [f32],
+    dy: &'a [f32],
+    /// The step and whether its `dy` counts.
+    t: usize,
+    use_dy: bool,
+    /// The state before step t (`H_t`, `E_t`).
+    h: Loc<'a>,
+    e: Loc<'a>,
+    /// Trace adjoints `(B, N, I)`.
+    g: Par<'a, f32>,
+    ge: Par<'a, f32>,
+    /// `dα` per connection `(N, I)`.
+    gal: Par<'a, f32>,
+    /// Per-block parts of column sums `(blocks, B, I)`.
+    part_a: Par<'a, f32>,
+    part_b: Par<'a, f32>,
+    /// `dL/da` `(B, T, N)`: written by eager passes, read (step t+1) by lazy ones.
+    ga: Par<'a, f32>,
+    /// Adjoint of `y_t` from later steps `(B, N)` (eager passes).
+    gh: &'a [f32],
+    /// Row sums `(B, N)` (lazy passes).
+    r1: Par<'a, f32>,
+    r2: Par<'a, f32>,
+    /// Per-block rate gradient, per-row `dα` (per-neuron or scalar α).
+    eta_acc: Par<'a, f64>,
+    alpha_acc: Par<'a, f64>,
+}
+
+/// `x_t` of episode `b`: the input (feed-forward), `h0` or `y_{t−1}`.
+fn x_of<'a>(p: &Plan, inputs: &'a [f32], h0: &'a [f32], y: &'a [f32], b: usize, t: usize) -> &'a [f32] {
+    if !p.recurrent {
+        &inputs[(b * p.t + t) * p.x..(b * p.t + t + 1) * p.x]
+    } else if t == 0 {
+        &h0[b * p.n..(b + 1) * p.n]
+    } else {
+        &y[(b * p.t + t - 1) * p.n..(b * p.t + t) * p.n]
+    }
+}
+
+impl<'a> Pass<'a> {
+    fn x(&self, b: usize, t: usize) -> &'a [f32] {
+        x_of(&self.p, self.inputs, self.h0, self.y, b, t)
+    }
+}
+
+/// The task of block `blk` of an eager backward step.
+fn task_eager<const RULE: u8, const CONN: bool, const GIN: bool>(s: &Pass<'_>, blk: usize) {
+    let p = &s.p;
+    let (i, t) = (p.i, s.t);
+    let (j0, j1) = p.block(blk);
+    let rows = j1 - j0;
+    // SAFETY (all accesses below): this task owns rows [j0, j1) of g, gal,
+    // ga (step t), alpha_acc, its own slots of part_a and eta_acc, and only
+    // reads H_t, which no task writes in this pass.
+    let gal = if CONN { unsafe { s.gal.write(j0 * i, rows * i) } } else { &mut [][..] };
+    let alpha_acc = if CONN { &mut [][..] } else { unsafe { s.alpha_acc.write(j0, rows) } };
+    let mut eta = 0.0f64;
+    for b in 0..p.b {
+        let x = s.x(b, t);
+        let (hr, gr, gx, ga) = unsafe {
+            (
+                s.h.rows(p, b, j0, rows),
+                s.g.write((b * p.n + j0) * i, rows * i),
+                s.part_a.write((blk * p.b + b) * i, i),
+                s.ga.write((b * p.t + t) * p.n + j0, rows),
+            )
+        };
+        gx.fill(0.0);
+        for (r, j) in (j0..j1).enumerate() {
+            let o = (b * p.t + t) * p.n + j;
+            let gy0 = if s.use_dy { s.dy[o] } else { 0.0 } + s.gh[b * p.n + j];
+            let gal_r = if CONN { &mut gal[r * i..(r + 1) * i] } else { &mut [][..] };
+            let (a, ge, sa) = row_eager::<RULE, CONN, GIN>(
+                Row::of(p, s.prm, j),
+                x,
+                s.y[o],
+                gy0,
+                s.f,
+                &s.rt,
+                &hr[r * i..(r + 1) * i],
+                &mut gr[r * i..(r + 1) * i],
+                gal_r,
+                gx,
+            );
+            ga[r] = a;
+            eta += ge as f64;
+            if !CONN {
+                alpha_acc[r] += (a * sa) as f64;
+            }
+        }
+    }
+    unsafe { s.eta_acc.write(blk, 1)[0] += eta };
+}
+
+/// The task of block `blk` of a lazy backward step.
+fn task_lazy<const RULE: u8, const CONN: bool, const PEND: bool, const GIN: bool>(s: &Pass<'_>, blk: usize) {
+    let p = &s.p;
+    let (i, t) = (p.i, s.t);
+    let (j0, j1) = p.block(blk);
+    let rows = j1 - j0;
+    // SAFETY (all accesses below): this task owns rows [j0, j1) of g, ge,
+    // gal, r1, r2, alpha_acc and its own slots of part_a, part_b, eta_acc; it
+    // reads H_t, E_t and ga of step t+1, which no task writes in this pass.
+    let gal = if CONN && PEND { unsafe { s.gal.write(j0 * i, rows * i) } } else { &mut [][..] };
+    let alpha_acc = if !CONN && PEND { unsafe { s.alpha_acc.write(j0, rows) } } else { &mut [][..] };
+    let mut eta = 0.0f64;
+    for b in 0..p.b {
+        let x = s.x(b, t);
+        let xp = if PEND { s.x(b, t + 1) } else { x };
+        let (hr, er, gr, ger, gxn, gxt, r1, r2) = unsafe {
+            (
+                s.h.rows(p, b, j0, rows),
+                if p.elig { s.e.rows(p, b, j0, rows) } else { &[][..] },
+                s.g.write((b * p.n + j0) * i, rows * i),
+                if p.elig { s.ge.write((b * p.n + j0) * i, rows * i) } else { &mut [][..] },
+                s.part_a.write((blk * p.b + b) * i, i),
+                s.part_b.write((blk * p.b + b) * i, i),
+                s.r1.write(b * p.n + j0, rows),
+                s.r2.write(b * p.n + j0, rows),
+            )
+        };
+        gxn.fill(0.0);
+        gxt.fill(0.0);
+        for (r, j) in (j0..j1).enumerate() {
+            let o = (b * p.t + t) * p.n + j;
+            let k = Coef::new::<RULE>(&s.rt, s.y[o], s.mm[o]);
+            let gap = if PEND { unsafe { s.ga.read(o + p.n, 1)[0] } } else { 0.0 };
+            let rr = r * i..(r + 1) * i;
+            let [a1, a2, a3, a4] = row_lazy::<RULE, CONN, PEND, GIN>(
+                Row::of(p, s.prm, j),
+                &hr[rr.clone()],
+                if p.elig { &er[rr.clone()] } else { &[][..] },
+                x,
+                &k,
+                s.mm[o],
+                s.y[o],
+                &s.rt,
+                xp,
+                gap,
+                &mut gr[rr.clone()],
+                if p.elig { &mut ger[rr.clone()] } else { &mut [][..] },
+                if CONN && PEND { &mut gal[rr] } else { &mut [][..] },
+                gxn,
+                gxt,
+            );
+            r1[r] = a1;
+            r2[r] = a2;
+            eta += a3 as f64;
+            if !CONN && PEND {
+                alpha_acc[r] += (gap * a4) as f64;
+            }
+        }
+    }
+    unsafe { s.eta_acc.write(blk, 1)[0] += eta };
+}
+
+/// The task of block `blk` of the lazy backward's last step (see [`row_finish`]).
+fn task_finish<const CONN: bool, const KEEP: bool>(s: &Pass<'_>, blk: usize) {
+    let p = &s.p;
+    let (i, t) = (p.i, s.t);
+    let (j0, j1) = p.block(blk);
+    let rows = j1 - j0;
+    // SAFETY: as in `task_lazy`.
+    let gal = if CONN { unsafe { s.gal.write(j0 * i, rows * i) } } else { &mut [][..] };
+    let alpha_acc = if CONN { &mut [][..] } else { unsafe { s.alpha_acc.write(j0, rows) } };
+    for b in 0..p.b {
+        let x = s.x(b, t);
+        let (hr, gr, gx) = unsafe {
+            (s.h.rows(p, b, j0, rows), s.g.write((b * p.n + j0) * i, rows * i), s.part_a.write((blk * p.b + b) * i, i))
+        };
+        gx.fill(0.0);
+        for (r, j) in (j0..j1).enumerate() {
+            let ga = unsafe { s.ga.read((b * p.t + t) * p.n + j, 1)[0] };
+            let rr = r * i..(r + 1) * i;
+            let sa = row_finish::<CONN, KEEP>(
+                Row::of(p, s.prm, j),
+                &hr[rr.clone()],
+                x,
+                ga,
+                &mut gr[rr.clone()],
+                if CONN { &mut gal[rr] } else { &mut [][..] },
+                gx,
+            );
+            if !CONN {
+                alpha_acc[r] += (ga * sa) as f64;
+            }
+        }
+    }
+}
+
+type Task = for<'s, 'a> fn(&'s Pass<'a>, usize);
+
+fn eager_task(rule: u8, conn: bool, gin: bool) -> Task {
+    macro_rules! pick {
+        ($($r:ident),*) => {
+            match (rule, conn, gin) {
+                $(
+                    ($r, true, true) => task_eager::<$r, true, true>,
+                    ($r, true, false) => task_eager::<$r, true, false>,
+                    ($r, false, true) => task_eager::<$r, false, true>,
+                    ($r, false, false) => task_eager::<$r, false, false>,
+                )*
+                _ => unreachable!("eager rules are Hebb and Oja"),
+            }
+        };
+    }
+    pick!(HEBB, OJA)
+}
+
+fn lazy_task(rule: u8, conn: bool, pend: bool, gin: bool) -> Task {
+    macro_rules! pick {
+        ($($r:ident),*) => {
+            match (rule, conn, pend, gin) {
+                $(
+                    ($r, true, true, true) => task_lazy::<$r, true, true, true>,
+                    ($r, true, true, false) => task_lazy::<$r, true, true, false>,
+                    ($r, true, false, true) => task_lazy::<$r, true, false, true>,
+                    ($r, true, false, false) => task_lazy::<$r, true, false, false>,
+                    ($r, false, true, true) => task_lazy::<$r, false, true, true>,
+                    ($r, false, true, false) => task_lazy::<$r, false, true, false>,
+                    ($r, false, false, true) => task_lazy::<$r, false, false, true>,
+                    ($r, false, false, false) => task_lazy::<$r, false, false, false>,
+                )*
+                _ => unreachable!("lazy rules are Modulated and Retroactive"),
+            }
+        };
+    }
+    pick!(MODU, RETRO)
+}
+
+fn finish_task(conn: bool, keep: bool) -> Task {
+    match (conn, keep) {
+        (true, true) => task_finish::<true, true>,
+        (true, false) => task_finish::<true, false>,
+        (false, true) => task_finish::<false, true>,
+        (false, false) => task_finish::<false, false>,
+    }
+}
+
+/// The recomputation of `S_{τ+1}` from `S_τ` (update only).
+struct Recompute<'a> {
+    p: Plan,
+    rt: Rates,
+    inputs: &'a [f32],
+    h0: &'a [f32],
+    y: &'a [f32],
+    mm: &'a [f32],
+    tau: usize,
+    src: (Loc<'a>, Loc<'a>),
+    dst: (Loc<'a>, Loc<'a>),
+}
+
+fn task_recompute<const RULE: u8>(s: &Recompute<'_>, blk: usize) {
+    let p = &s.p;
+    let (j0, j1) = p.block(blk);
+    for b in 0..p.b {
+        let x = x_of(p, s.inputs, s.h0, s.y, b, s.tau);
+        // SAFETY: the task owns rows [j0, j1) of the destination; sources and
+        // destinations are different buffers.
+        let (mut h, mut e) = unsafe {
+            (
+                BlockIo::new(p, &s.src.0, &s.dst.0, b, j0, j1 - j0),
+                if p.elig { BlockIo::new(p, &s.src.1, &s.dst.1, b, j0, j1 - j0) } else { BlockIo::none() },
+            )
+        };
+        for (r, j) in (j0..j1).enumerate() {
+            let o = (b * p.t + s.tau) * p.n + j;
+            let k = Coef::new::<RULE>(&s.rt, s.y[o], if p.lazy() { s.mm[o] } else { 0.0 });
+            row_update::<RULE>(x, &k, h.row(r), e.row(r));
+        }
+    }
+}
+
+fn recompute_task(rule: u8) -> for<'s, 'a> fn(&'s Recompute<'a>, usize) {
+    match rule {
+        HEBB => task_recompute::<HEBB>,
+        OJA => task_recompute::<OJA>,
+        MODU => task_recompute::<MODU>,
+        _ => task_recompute::<RETRO>,
+    }
+}
+
+/// `out = Σ_blk part[blk][b]` in block order.
+fn combine(p: &Plan, part: &[f32], b: usize, out: &mut [f32]) {
+    let (i, stride) = (p.i, p.b * p.i);
+    out.copy_from_slice(&part[b * i..(b + 1) * i]);
+    for blk in 1..p.blocks {
+        add_assign(out, &part[blk * stride + b * i..blk * stride + (b + 1) * i]);
+    }
+}
+
+/// The backward pass of [`super::backward`] (arguments checked).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run(
+    cfg: &LayerConfig,
+    plan: &Plan,
+    prm: &Params<f32>,
+    inputs: &[f32],
+    saved: &Saved,
+    dy: &[f32],
+    dlast: Option<&State<f32>>,
+    trunc: Truncation,
+    ws: &mut Workspace,
+) -> Gradients<f32> {
+    let p = *plan;
+    let rt = Rates::new(cfg, prm);
+    let (sl, lazy) = (p.state(), p.lazy());
+    let first = trunc.first_step(p.t);
+    let carry_first = trunc.flow(first, p.t).1;
+    let mut out =
+        Gradients { params: Params::zeros(cfg), inputs: vec![0.0; p.b * p.t * p.x], init: State::zeros(cfg, p.b) };
+    let Workspace { seg_h, seg_e, part_a, part_b, ga, gmm, gs, r1, r2, gh, gxa, eta_acc, alpha_acc, zeros, .. } = ws;
+    let zeros = &*grow(zeros, p.rows * p.i);
+    let nseg = (p.c - 1) * sl;
+    let seg_h = grow(seg_h, nseg);
+    let seg_e = grow(seg_e, if p.elig { nseg } else { 0 });
+    let part_a = grow(part_a, p.blocks * p.b * p.i);
+    let part_b = grow(part_b, if lazy { p.blocks * p.b * p.i } else { 0 });
+    let ga = grow(ga, p.b * p.t * p.n);
+    let gmm = grow(gmm, if lazy { p.b * p.t * p.n } else { 0 });
+    let gs = grow(gs, p.b * p.t * p.k);
+    let r1 = grow(r1, p.b * p.n);
+    let r2 = grow(r2, p.b * p.n);
+    let gh = grow(gh, p.b * p.n);
+    let gxa = grow(gxa, p.b * p.i);
+    let eta_acc = grow(eta_acc, p.blocks);
+    let alpha_acc = grow(alpha_acc, p.n);
+    gh.fill(0.0);
+    gxa.fill(0.0);
+    eta_acc.fill(0.0);
+    alpha_acc.fill(0.0);
+    if let Some(d) = dlast {
+        // The trace adjoints are built in place in the init-gradient outputs.
+        out.init.hebb.copy_from_slice(&d.hebb);
+        out.init.elig.copy_from_slice(&d.elig);
+        if p.recurrent {
+            gh.copy_from_slice(&d.h);
+        }
+    }
+
+    let (sh, se) = (Par::shared(&saved.snap_h), Par::shared(&saved.snap_e));
+    let (wh, we) = (Par::new(seg_h), Par::new(seg_e));
+    // The state before step t: its snapshot, or its slot in the segment buffer.
+    let loc = |t: usize| {
+        if t == 0 && saved.zero_init {
+            (Loc::zeros(zeros), Loc::zeros(zeros))
+        } else if t % p.c == 0 {
+            let off = (t / p.c - saved.zero_init as usize) * sl;
+            (Loc::at(sh, off), Loc::at(se, off))
+        } else {
+            let off = (t % p.c - 1) * sl;
+            (Loc::at(wh, off), Loc::at(we, off))
+        }
+    };
+    let (h0, y, mm) = (&saved.h0[..], &saved.y[..], &saved.mm[..]);
+    let f = cfg.activation;
+    {
+        let (pg, pge, pgal) =
+            (Par::new(&mut out.init.hebb), Par::new(&mut out.init.elig), Par::new(&mut out.params.alpha));
+        let (ppa, ppb, pga) = (Par::new(part_a), Par::new(part_b), Par::new(ga));
+        let (pr1, pr2, pea, paa) = (Par::new(r1), Par::new(r2), Par::new(eta_acc), Par::new(alpha_acc));
+        let pgh = Par::new(gh);
+        let pgxa = Par::new(gxa);
+        let pin = Par::new(&mut out.inputs);
+        let (pgmm, pgs) = (Par::new(gmm), Par::new(gs));
+        // Whether dL/d(state after step t) is carried into step t's pass.
+        let gin = |t: usize| if t + 1 == p.t { dlast.is_some() } else { trunc.flow(t + 1, p.t).1 };
+
+        for kseg in (first / p.c..=(p.t - 1) / p.c).rev() {
+            let (t0, t1) = (kseg * p.c, ((kseg + 1) * p.c).min(p.t));
+            for tau in t0..t1 - 1 {
+                let rc = Recompute { p, rt, inputs, h0, y, mm, tau, src: loc(tau), dst: loc(tau + 1) };
+                let task = recompute_task(p.rule);
+                (0..p.blocks).into_par_iter().for_each(|blk| task(&rc, blk));
+            }
+            for t in (t0.max(first)..t1).rev() {
+                let (use_dy, carry) = trunc.flow(t, p.t);
+                let (h, e) = loc(t);
+                // SAFETY: no task runs; gh is read-only during the pass.
+                let ghs = unsafe { pgh.read(0, p.b * p.n) };
+                let pass = Pass {
+                    p,
+                    rt,
+                    f,
+                    prm,
+                    inputs,
+                    h0,
+                    y,
+                    mm,
+                    dy,
+                    t,
+                    use_dy,
+                    h,
+                    e,
+                    g: pg,
+                    ge: pge,
+                    gal: pgal,
+                    part_a: ppa,
+                    part_b: ppb,
+                    ga: pga,
+                    gh: ghs,
+                    r1: pr1,
+                    r2: pr2,
+                    eta_acc: pea,
+                    alpha_acc: paa,
+                };
+                let task = if lazy {
+                    lazy_task(p.rule, p.conn, t + 1 < p.t, gin(t))
+                } else {
+                    eager_task(p.rule, p.conn, gin(t))
+                };
+                (0..p.blocks).into_par_iter().for_each(|blk| task(&pass, blk));
+                // Per-episode work between passes; episodes own disjoint ranges.
+                (0..p.b).into_par_iter().for_each(|b| {
+                    // SAFETY: episode b's ranges of gh, gxa, inputs, ga, gmm,
+                    // gs belong to this closure call; part_*, r1, r2 are read.
+                    unsafe {
+                        let parts = (ppa.read(0, p.blocks * p.b * p.i), ppb.read(0, ppb_len(&p, lazy)));
+                        let ghb = pgh.write(b * p.n, p.n);
+                        if !lazy {
+                            let gx = pgxa.write(b * p.i, p.i);
+                            combine(&p, parts.0, b, gx);
+                            if p.recurrent {
+                                if carry { ghb.copy_from_slice(gx) } else { ghb.fill(0.0) }
+                            } else {
+                                pin.write((b * p.t + t) * p.x, p.x).copy_from_slice(gx);
+                            }
+                            return;
+                        }
+                        let gxab = pgxa.write(b * p.i, p.i);
+                        if t + 1 < p.t {
+                            // dL/dx_{t+1} is complete now.
+                            let gxn = pin_or_scratch(&p, pin, b, t + 1, ghb);
+                            complete_gx(&p, parts.0, b, gxab, gxn, trunc.flow(t + 1, p.t).1);
+                        }
+                        combine(&p, parts.1, b, gxab);
+                        let o = (b * p.t + t) * p.n;
+                        lazy_between(
+                            cfg,
+                            &p,
+                            prm,
+                            &rt,
+                            &saved.m[(b * p.t + t) * p.k..(b * p.t + t + 1) * p.k],
+                            &y[o..o + p.n],
+                            &mm[o..o + p.n],
+                            if use_dy { Some(&dy[o..o + p.n]) } else { None },
+                            ghb,
+                            pr1.read(b * p.n, p.n),
+                            pr2.read(b * p.n, p.n),
+                            pgmm.write(o, p.n),
+                            pgs.write((b * p.t + t) * p.k, p.k),
+                            pga.write(o, p.n),
+                        );
+                    }
+                });
+            }
+        }
+        if lazy {
+            let (h, e) = loc(first);
+            // SAFETY: no task runs.
+            let ghs = unsafe { pgh.read(0, p.b * p.n) };
+            let pass = Pass {
+                p,
+                rt,
+                f,
+                prm,
+                inputs,
+                h0,
+                y,
+                mm,
+                dy,
+                t: first,
+                use_dy: false,
+                h,
+                e,
+                g: pg,
+                ge: pge,
+                gal: pgal,
+                part_a: ppa,
+                part_b: ppb,
+                ga: pga,
+                gh: ghs,
+                r1: pr1,
+                r2: pr2,
+                eta_acc: pea,
+                alpha_acc: paa,
+            };
+            let task = finish_task(p.conn, carry_first);
+            (0..p.blocks).into_par_iter().for_each(|blk| task(&pass, blk));
+            (0..p.b).into_par_iter().for_each(|b| unsafe {
+                // SAFETY: as above.
+                let part = ppa.read(0, p.blocks * p.b * p.i);
+                let ghb = pgh.write(b * p.n, p.n);
+                let gxab = pgxa.write(b * p.i, p.i);
+                let gxn = pin_or_scratch(&p, pin, b, first, ghb);
+                complete_gx(&p, part, b, gxab, gxn, carry_first);
+            });
+        }
+    }
+
+    // The initial state's gradient.
+    if !carry_first {
+        out.init.hebb.fill(0.0);
+        out.init.elig.fill(0.0);
+        gh.fill(0.0);
+    }
+    if p.recurrent {
+        out.init.h.copy_from_slice(gh);
+    }
+    finish_params(cfg, &p, prm, inputs, saved, ga, gmm, gs, eta_acc, alpha_acc, first, &mut out);
+    out
+}
+
+fn ppb_len(p: &Plan, lazy: bool) -> usize {
+    if lazy { p.blocks * p.b * p.i } else { 0 }
+}
+
+/// Where the complete `dL/dx_t` of episode `b` goes: the input gradient of a
+/// feed-forward layer, or the adjoint of `h_{t−1}` (`gh`) of a recurrent one.
+///
+/// # Safety
+/// The caller owns episode `b`'s rows of the input gradient.
+unsafe fn pin_or_scratch<'a>(p: &Plan, pin: Par<'a, f32>, b: usize, t: usize, gh: &'a mut [f32]) -> &'a mut [f32] {
+    if p.recurrent {
+        gh
+    } else {
+        // SAFETY: forwarded to the caller.
+        unsafe { pin.write((b * p.t + t) * p.x, p.x) }
+    }
+}
+
+/// `out = gxa + Σ_blk part[blk][b]`: the trace part of `dL/dx` found by the
+/// pass of its own step plus the plastic-map part found by the next pass.
+/// For a recurrent layer `out` is the adjoint of `h`, zeroed when `carry` is off.
+fn complete_gx(p: &Plan, part: &[f32], b: usize, gxa: &[f32], out: &mut [f32], carry: bool) {
+    if p.recurrent && !carry {
+        out.fill(0.0);
+        return;
+    }
+    combine(p, part, b, out);
+    add_assign(out, gxa);
+}
+
+/// Between two lazy passes, for episode `b` at step `t`: the modulator's
+/// adjoint and `dL/da_t`. `gh`: adjoint of `y_t` from step t+1 (or `dlast`);
+/// `r1`, `r2`: the pass's row sums. Writes `dL/dM_t`, `dL/ds_t`, `dL/da_t`.
+#[allow(clippy::too_many_arguments)]
+fn lazy_between(
+    cfg: &LayerConfig,
+    p: &Plan,
+    prm: &Params<f32>,
+    rt: &Rates,
+    m: &[f32],
+    y: &[f32],
+    mm: &[f32],
+    dy: Option<&[f32]>,
+    gh: &[f32],
+    r1: &[f32],
+    r2: &[f32],
+    gmm: &mut [f32],
+    gs: &mut [f32],
+    ga: &mut [f32],
+) {
+    let (n, mc) = (p.n, &cfg.modulator);
+    let retro = p.rule == RETRO;
+    for j in 0..n {
+        gmm[j] = if retro { r1[j] } else { y[j] * r1[j] };
+    }
+    for (q, gsq) in gs.iter_mut().enumerate() {
+        let gm = if mc.fanout { super::simd::dot(&prm.fanout[q * n..(q + 1) * n], gmm) } else { gmm.iter().sum() };
+        *gsq = gm * modact_grad(mc.activation, m[q]);
+    }
+    for j in 0..n {
+        let mut gy = gh[j] + dy.map_or(0.0, |d| d[j]);
+        gy += if retro { rt.eta_e * r2[j] } else { mm[j] * r1[j] };
+        for (q, &gsq) in gs.iter().enumerate() {
+            gy += gsq * prm.mod_v[q * n + j];
+        }
+        ga[j] = gy * act_grad(cfg.activation, y[j]);
+    }
+}
+
+/// The parameter gradients that are sums over steps of small vectors, after
+/// the sweep: `dW`, `dU`, `db`, the input gradient of the input map, the
+/// modulator's parameters, `dη`, and `dα` of per-neuron or scalar `α`.
+#[allow(clippy::too_many_arguments)]
+fn finish_params(
+    cfg: &LayerConfig,
+    p: &Plan,
+    prm: &Params<f32>,
+    inputs: &[f32],
+    saved: &Saved,
+    ga: &[f32],
+    gmm: &[f32],
+    gs: &[f32],
+    eta_acc: &[f64],
+    alpha_acc: &[f64],
+    first: usize,
+    out: &mut Gradients<f32>,
+) {
+    let (n, i, x, k) = (p.n, p.i, p.x, p.k);
+    // The steps that took part, episode by episode, in time order.
+    let steps: Vec<(usize, usize)> = (0..p.b).flat_map(|b| (first..p.t).map(move |t| (b, t))).collect();
+    let ga_rows: Vec<&[f32]> = steps.iter().map(|&(b, t)| &ga[(b * p.t + t) * n..(b * p.t + t + 1) * n]).collect();
+    let x_rows: Vec<&[f32]> = steps.iter().map(|&(b, t)| x_of(p, inputs, &saved.h0, &saved.y, b, t)).collect();
+    let g = &mut out.params;
+    g.w.par_chunks_mut(p.rows * i)
+        .enumerate()
+        .for_each(|(blk, c)| outer_acc(c, blk * p.rows, i, &x_rows, |kk, m| ga_rows[kk][m]));
+    if cfg.bias {
+        for r in &ga_rows {
+            add_assign(&mut g.b, r);
+        }
+    }
+    if p.recurrent {
+        let in_rows: Vec<&[f32]> =
+            steps.iter().map(|&(b, t)| &inputs[(b * p.t + t) * x..(b * p.t + t + 1) * x]).collect();
+        match cfg.input_map {
+            InputMap::Linear => {
+                if x > 0 {
+                    g.u.par_chunks_mut(p.rows * x)
+                        .enumerate()
+                        .for_each(|(blk, c)| outer_acc(c, blk * p.rows, x, &in_rows, |kk, m| ga_rows[kk][m]));
+                    let u = &prm.u;
+                    out.inputs.par_chunks_mut(p.t * x).enumerate().for_each(|(b, gin)| {
+                        for t in first..p.t {
+                            let gi = &mut gin[t * x..(t + 1) * x];
+                            let gar = &ga[(b * p.t + t) * n..(b * p.t + t + 1) * n];
+                            for (j, &a) in gar.iter().enumerate() {
+                                axpy(gi, a, &u[j * x..(j + 1) * x]);
+                            }
+                        }
+                    });
+                }
+            }
+            InputMap::Direct => {
+                for &(b, t) in &steps {
+                    let o = (b * p.t + t) * n;
+                    out.inputs[o..o + n].copy_from_slice(&ga[o..o + n]);
+                }
+            }
+        }
+    }
+    if p.lazy() {
+        let mc = &cfg.modulator;
+        let gs_rows: Vec<&[f32]> = steps.iter().map(|&(b, t)| &gs[(b * p.t + t) * k..(b * p.t + t + 1) * k]).collect();
+        let y_rows: Vec<&[f32]> =
+            steps.iter().map(|&(b, t)| &saved.y[(b * p.t + t) * n..(b * p.t + t + 1) * n]).collect();
+        let gmm_rows: Vec<&[f32]> =
+            steps.iter().map(|&(b, t)| &gmm[(b * p.t + t) * n..(b * p.t + t + 1) * n]).collect();
+        outer_acc(&mut g.mod_v, 0, n, &y_rows, |kk, q| gs_rows[kk][q]);
+        if mc.bias {
+            for r in &gs_rows {
+                add_assign(&mut g.mod_c, r);
+            }
+        }
+        if mc.fanout {
+            let m_rows: Vec<&[f32]> =
+                steps.iter().map(|&(b, t)| &saved.m[(b * p.t + t) * k..(b * p.t + t + 1) * k]).collect();
+            outer_acc(&mut g.fanout, 0, n, &gmm_rows, |kk, q| m_rows[kk][q]);
+        }
+        if mc.fanout_bias {
+            for r in &gmm_rows {
+                add_assign(&mut g.fanout_bias, r);
+            }
+        }
+    }
+    if eta_learned(cfg) {
+        let s = eta_acc.iter().sum::<f64>() as f32;
+        if let Some(e) = g.eta.first_mut() {
+            *e = s;
+        }
+        if let Some(e) = g.eta_e.first_mut() {
+            *e = s;
+        }
+    }
+    match cfg.alpha {
+        AlphaShape::Connection => {}
+        AlphaShape::Neuron => {
+            for (a, &s) in g.alpha.iter_mut().zip(alpha_acc) {
+                *a = s as f32;
+            }
+        }
+        AlphaShape::Scalar => g.alpha[0] = alpha_acc.iter().sum::<f64>() as f32,
+    }
+}

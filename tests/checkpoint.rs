@@ -1,0 +1,117 @@
+//! Checkpointed back-propagation: every checkpoint interval gives the same
+//! gradients, bit for bit (the backward recomputes a segment's traces with
+//! the forward's own update code), and the memory kept between the forward
+//! and the backward pass grows sub-linearly in T with `Checkpoint::Auto`
+//! (snapshots every ⌈√T⌉ steps) and linearly with `Checkpoint::All`.
+
+use neuroplastic::*;
+
+fn lcg(s: &mut u64) -> f32 {
+    *s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (((*s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0) as f32
+}
+
+fn fill(len: usize, scale: f32, s: &mut u64) -> Vec<f32> {
+    (0..len).map(|_| lcg(s) * scale).collect()
+}
+
+struct Problem {
+    cfg: LayerConfig,
+    p: Params<f32>,
+    xs: Vec<f32>,
+    dy: Vec<f32>,
+    init: State<f32>,
+    dlast: State<f32>,
+    b: usize,
+    t: usize,
+}
+
+fn problem(cfg: LayerConfig, b: usize, t: usize, seed: u64) -> Problem {
+    let mut s = seed;
+    let mut p = Params::<f32>::zeros(&cfg);
+    let i = cfg.pre() as f32;
+    for (name, v) in p.named_mut() {
+        let scale = if name == "w" || name == "alpha" { 1.5 / i.sqrt() } else { 0.5 };
+        *v = fill(v.len(), scale, &mut s);
+    }
+    for e in p.eta.iter_mut().chain(p.eta_e.iter_mut()) {
+        *e = 0.4;
+    }
+    let xs = fill(b * t * cfg.inputs, 1.0, &mut s);
+    let dy = fill(b * t * cfg.n, 1.0, &mut s);
+    let mut init = State::<f32>::zeros(&cfg, b);
+    init.h = fill(init.h.len(), 0.5, &mut s);
+    init.hebb = fill(init.hebb.len(), 0.3, &mut s);
+    init.elig = fill(init.elig.len(), 0.3, &mut s);
+    let mut dlast = State::<f32>::zeros(&cfg, b);
+    dlast.h = fill(dlast.h.len(), 1.0, &mut s);
+    dlast.hebb = fill(dlast.hebb.len(), 1.0, &mut s);
+    dlast.elig = fill(dlast.elig.len(), 1.0, &mut s);
+    Problem { cfg, p, xs, dy, init, dlast, b, t }
+}
+
+/// (forward outputs, gradients flattened, saved bytes) under `checkpoint`.
+fn grads(pb: &Problem, checkpoint: Checkpoint, truncate: Truncation) -> (Vec<Vec<f32>>, usize) {
+    let opts = Options { checkpoint, truncate, ..Options::default() };
+    let mut eng = Engine::new(pb.cfg, Device::Cpu, opts).unwrap();
+    let seq = Seq::new(&pb.xs, pb.b, pb.t);
+    let fwd = eng.forward(&pb.p, seq, Some(&pb.init)).unwrap();
+    let g = eng.backward(&pb.p, seq, &fwd, &pb.dy, Some(&pb.dlast)).unwrap();
+    let mut v = vec![fwd.y.clone(), fwd.last.hebb.clone(), g.inputs, g.init.h, g.init.hebb, g.init.elig];
+    v.extend(g.params.named().into_iter().map(|(_, t)| t.clone()));
+    (v, fwd.saved_bytes())
+}
+
+#[test]
+fn every_interval_gives_the_same_gradients_bitwise() {
+    let t = 11;
+    for rule in Rule::ALL {
+        for recurrent in [true, false] {
+            let mut cfg =
+                if recurrent { LayerConfig::recurrent(rule, 13, 6) } else { LayerConfig::feed_forward(rule, 10, 13) };
+            cfg.clip = 0.4;
+            let pb = problem(cfg, 2, t, 7 + rule as u64);
+            for truncate in [Truncation::None, Truncation::Last(5), Truncation::Windows(3)] {
+                let (all, _) = grads(&pb, Checkpoint::All, truncate);
+                assert!(all[7].iter().any(|v| *v != 0.0), "the gradient of W is zero: a vacuous comparison");
+                let intervals = (1..=t + 2).map(Checkpoint::Every).chain([Checkpoint::Auto]);
+                for ck in intervals {
+                    let (g, _) = grads(&pb, ck, truncate);
+                    for (k, (a, b)) in all.iter().zip(&g).enumerate() {
+                        let same = a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                        assert!(
+                            same,
+                            "{} recurrent={recurrent} {truncate:?} {ck:?}: tensor #{k} differs from Checkpoint::All",
+                            rule.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn saved_memory_is_sublinear_with_auto_and_linear_with_all() {
+    for rule in [Rule::Hebb, Rule::Retroactive] {
+        let bytes = |t: usize, ck: Checkpoint| {
+            let pb = problem(LayerConfig::recurrent(rule, 48, 3), 2, t, 3);
+            grads(&pb, ck, Truncation::None).1
+        };
+        let trace = 2 * 48 * 48 * 4 * if rule == Rule::Retroactive { 2 } else { 1 };
+        let (a16, a64, a256) = (bytes(16, Checkpoint::Auto), bytes(64, Checkpoint::Auto), bytes(256, Checkpoint::Auto));
+        let (l16, l64) = (bytes(16, Checkpoint::All), bytes(64, Checkpoint::All));
+        // All: every step's traces, so ×4 the steps is ×4 the memory.
+        assert!(l16 >= 16 * trace && l64 >= 64 * trace, "All keeps every step: {l16} {l64}");
+        let r = l64 as f64 / l16 as f64;
+        assert!((3.8..=4.2).contains(&r), "All: ×4 steps gave ×{r:.2} memory");
+        // Auto: √T snapshots, so ×4 the steps is about ×2 the memory.
+        // ⌈T/⌈√T⌉⌉ snapshots plus per-step vectors (y: B·N floats per step).
+        assert!(a16 < 6 * trace && a64 < 10 * trace && a256 < 24 * trace, "Auto: {a16} {a64} {a256} (trace {trace})");
+        assert!(a256 * 10 < bytes(256, Checkpoint::All), "Auto at T = 256 should hold a tenth of All");
+        for (lo, hi) in [(a16, a64), (a64, a256)] {
+            let r = hi as f64 / lo as f64;
+            assert!(r < 2.6, "Auto: ×4 steps gave ×{r:.2} memory");
+        }
+    }
+}
