@@ -140,7 +140,7 @@ fn clip_margin(cfg: &LayerConfig, p: &Params<f64>, xs: &[f64], b: usize, t: usiz
         for s in 0..t {
             let input = &xs[(e * t + s) * x..(e * t + s + 1) * x];
             let (mut hn, mut en) = (vec![0.0; hebb.len()], vec![0.0; elig.len()]);
-            let r = plastic_step_fwd(cfg, p, input, &h, &hebb, &elig, &mut hn, &mut en);
+            let r = plastic_step_fwd(cfg, p, input, &h, &hebb, &elig, &mut hn, &mut en).unwrap();
             for j in 0..n {
                 for q in 0..ni {
                     let o = j * ni + q;
