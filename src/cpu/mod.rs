@@ -354,6 +354,8 @@ pub struct Workspace {
     pub(crate) gmm: Vec<f32>,
     /// `dL/ds` of every step: `(B, T, K)`.
     pub(crate) gs: Vec<f32>,
+    /// `dL/da` transposed, `(N, B·T)`, for the blocked `dW`.
+    pub(crate) gat: Vec<f32>,
     /// Row sums of a pass: `(B, N)` each.
     pub(crate) r1: Vec<f32>,
     pub(crate) r2: Vec<f32>,
