@@ -415,6 +415,7 @@ fn task_lazy<const RULE: u8, const CONN: bool, const PEND: bool>(s: &Pass<'_>, b
             let (h, e) = if PEND { s.io(b, j0, j1 - j0) } else { s.read_only(b, j0, j1 - j0) };
             (s.x(b, s.t), s.y.write((b * p.t + s.t) * p.n + j0, j1 - j0), h, e)
         };
+        // SAFETY: y of step t − 1 is not written in this pass.
         let xp = if PEND { unsafe { s.x(b, s.t - 1) } } else { x };
         let drive = &s.drive[(b * p.t + s.t) * p.n..];
         for (r, j) in (j0..j1).enumerate() {
@@ -586,7 +587,7 @@ pub(crate) fn run(
         batch: p.b,
         steps: p.t,
         interval: p.c,
-        shape: (p.n, p.i),
+        cfg: *cfg,
         zero_init,
         snap_h,
         snap_e,
