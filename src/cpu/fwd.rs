@@ -539,13 +539,18 @@ pub(crate) fn run(
     {
         let (ph, pe) = (Par::new(&mut snap_h), Par::new(&mut snap_e));
         let (lh, le) = (Par::new(&mut last.hebb), Par::new(&mut last.elig));
-        // The state before step τ: in its snapshot when τ is a multiple of C,
-        // else in `last`, which serves as the working buffer.
+        // Where the state before step τ is written: the states of
+        // (kC − C, kC] are computed in place in snapshot slot k, which ends
+        // up holding S_kC; those after the last snapshot in `last`. Only the
+        // first pass of each segment reads and writes different buffers
+        // (costlier: the destination is read for ownership), and the fresh
+        // `last` output is touched only by the final segment.
         let loc = |tau: usize| {
+            let slot = tau.div_ceil(p.c);
             if tau == 0 && zero_init {
                 (Loc::zeros(zeros), Loc::zeros(zeros))
-            } else if tau < p.t && tau % p.c == 0 {
-                let off = (tau / p.c - zero_init as usize) * sl;
+            } else if slot < p.snaps {
+                let off = (slot - zero_init as usize) * sl;
                 (Loc::at(ph, off), Loc::at(pe, off))
             } else {
                 (Loc::at(lh, 0), Loc::at(le, 0))
@@ -559,7 +564,11 @@ pub(crate) fn run(
                 (loc(t), loc(t + 1), eager_task(p.rule, p.conn))
             };
             let pass = Pass { p, rt, f: cfg.activation, prm, inputs, h0: &h0, drive, mm: &mm, y: py, t, src, dst };
+            let tp = std::time::Instant::now();
             (0..p.blocks).into_par_iter().for_each(|blk| task(&pass, blk));
+            if std::env::var("NP_PROF").is_ok() {
+                eprint!("{:.1} ", tp.elapsed().as_secs_f64() * 1e3);
+            }
             if lazy {
                 for b in 0..p.b {
                     let o = (b * p.t + t) * p.n;
@@ -575,6 +584,9 @@ pub(crate) fn run(
             let pass = Pass { p, rt, f: cfg.activation, prm, inputs, h0: &h0, drive, mm: &mm, y: py, t: p.t, src, dst };
             let task = final_task(p.rule);
             (0..p.blocks).into_par_iter().for_each(|blk| task(&pass, blk));
+        }
+        if std::env::var("NP_PROF").is_ok() {
+            eprintln!();
         }
     }
     if p.recurrent {
