@@ -509,7 +509,24 @@ pub(crate) fn run(
     let mut out =
         Gradients { params: Params::zeros(cfg), inputs: vec![0.0; p.b * p.t * p.x], init: State::zeros(cfg, p.b) };
     let Workspace {
-        seg_h, seg_e, part_a, part_b, ga, gmm, gs, gat, r1, r2, gh, gxa, eta_acc, alpha_acc, zeros, ..
+        seg_h,
+        seg_e,
+        part_a,
+        part_b,
+        ga,
+        gmm,
+        gs,
+        gat,
+        r1,
+        r2,
+        gh,
+        gxa,
+        eta_acc,
+        alpha_acc,
+        zeros,
+        adj_h,
+        adj_e,
+        ..
     } = ws;
     let zeros = &*grow(zeros, p.rows * p.i);
     let nseg = (p.c - 1) * sl;
@@ -530,10 +547,17 @@ pub(crate) fn run(
     gxa.fill(0.0);
     eta_acc.fill(0.0);
     alpha_acc.fill(0.0);
+    // The trace adjoints are built in place in the init-gradient outputs, or,
+    // when the truncation makes those zero, in the workspace (a fresh zero
+    // output that is never touched costs no page faults).
+    let (adj_h, adj_e) = if carry_first {
+        (&mut out.init.hebb[..], &mut out.init.elig[..])
+    } else {
+        (grow(adj_h, sl), grow(adj_e, if p.elig { sl } else { 0 }))
+    };
     if let Some(d) = dlast {
-        // The trace adjoints are built in place in the init-gradient outputs.
-        out.init.hebb.copy_from_slice(&d.hebb);
-        out.init.elig.copy_from_slice(&d.elig);
+        adj_h.copy_from_slice(&d.hebb);
+        adj_e.copy_from_slice(&d.elig);
         if p.recurrent {
             gh.copy_from_slice(&d.h);
         }
@@ -556,8 +580,7 @@ pub(crate) fn run(
     let (h0, y, mm) = (&saved.h0[..], &saved.y[..], &saved.mm[..]);
     let f = cfg.activation;
     {
-        let (pg, pge, pgal) =
-            (Par::new(&mut out.init.hebb), Par::new(&mut out.init.elig), Par::new(&mut out.params.alpha));
+        let (pg, pge, pgal) = (Par::new(adj_h), Par::new(adj_e), Par::new(&mut out.params.alpha));
         let (ppa, ppb, pga) = (Par::new(part_a), Par::new(part_b), Par::new(ga));
         let (pr1, pr2, pea, paa) = (Par::new(r1), Par::new(r2), Par::new(eta_acc), Par::new(alpha_acc));
         let pgh = Par::new(gh);
@@ -701,8 +724,6 @@ pub(crate) fn run(
 
     // The initial state's gradient.
     if !carry_first {
-        out.init.hebb.fill(0.0);
-        out.init.elig.fill(0.0);
         gh.fill(0.0);
     }
     if p.recurrent {

@@ -360,6 +360,9 @@ pub struct Workspace {
     /// Recomputed traces of one segment: `(C−1, B, N, I)` each.
     pub(crate) seg_h: Vec<f32>,
     pub(crate) seg_e: Vec<f32>,
+    /// Trace adjoints when the initial state gets no gradient: `(B, N, I)` each.
+    pub(crate) adj_h: Vec<f32>,
+    pub(crate) adj_e: Vec<f32>,
     /// Per-block partial column sums: `(blocks, B, I)` each.
     pub(crate) part_a: Vec<f32>,
     pub(crate) part_b: Vec<f32>,
