@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 use super::fwd::{BlockIo, Coef, Loc, Row, row_update, update};
-use super::simd::{add_assign, axpy, fma, ld, outer_acc, pass_inside, splat, st, sweep, zero};
+use super::simd::{add_assign, axpy, fma, ld, outer_acc, pass_inside, prefetch_at, splat, st, sweep, zero};
 use super::{Activation, HEBB, MODU, OJA, Par, Plan, RETRO, Rates, Saved, Workspace, act_grad, grow, modact_grad};
 use crate::config::{AlphaShape, InputMap, LayerConfig};
 use crate::params::{Gradients, Params, State, Truncation, eta_learned};
@@ -28,12 +28,15 @@ fn row_eager<const RULE: u8, const CONN: bool, const GIN: bool>(
     g: &mut [f32],
     gal: &mut [f32],
     gx: &mut [f32],
+    pf: [*const f32; 2],
 ) -> (f32, f32, f32) {
     let len = x.len();
     let yv = splat(y);
-    // dL/dy_j through the trace update: Σ_i gH (∂H'/∂y_j).
+    // dL/dy_j through the trace update: Σ_i gH (∂H'/∂y_j). Meanwhile this
+    // row of H (read by the second sweep) is fetched.
     let [s] = if GIN {
         sweep(len, |i, n, acc| {
+            prefetch_at(h.as_ptr(), i);
             let (gv, xv) = (ld(g, i, n), ld(x, i, n));
             acc[0] = if RULE == HEBB { fma(gv, xv, acc[0]) } else { fma(gv, xv - (yv + yv) * ld(h, i, n), acc[0]) };
         })
@@ -45,6 +48,8 @@ fn row_eager<const RULE: u8, const CONN: bool, const GIN: bool>(
     let keep = splat(if RULE == HEBB { rt.keep } else { 1.0 - rt.eta * y * y });
     let ey = splat(rt.eta * y);
     let [geta, sal] = sweep(len, |i, n, acc| {
+        prefetch_at(pf[0], i);
+        prefetch_at(pf[1], i);
         let gv = if GIN { ld(g, i, n) } else { zero() };
         let (hv, xv, av) = (ld(h, i, n), ld(x, i, n), r.alpha::<CONN>(i, n));
         let gax = gav * xv;
@@ -88,9 +93,25 @@ fn row_lazy<const RULE: u8, const CONN: bool, const PEND: bool, const GIN: bool>
     gal: &mut [f32],
     gxn: &mut [f32],
     gxt: &mut [f32],
+    pf: [*const f32; 4],
 ) -> [f32; 4] {
     let (gapv, mjv, yv, keep_e) = (splat(gap), splat(mj), splat(y), splat(rt.keep_e));
-    sweep(x.len(), |i, n, acc| {
+    // Every row cut to the same length, so that the compiler can drop the
+    // bounds checks of the chunk accesses.
+    let len = x.len();
+    let (h, g, w) = (&h[..len], &mut g[..len], &r.w[..len]);
+    let (e, ge) = if RULE == RETRO { (&e[..len], &mut ge[..len]) } else { (e, ge) };
+    let (xp, gxn) = if PEND { (&xp[..len], &mut gxn[..len]) } else { (xp, gxn) };
+    let gal = if CONN && PEND { &mut gal[..len] } else { gal };
+    let gxt = &mut gxt[..len];
+    let r = Row { w, al: if CONN { &r.al[..len] } else { r.al }, au: r.au };
+    sweep(len, |i, n, acc| {
+        prefetch_at(pf[0], i);
+        prefetch_at(pf[1], i);
+        if RULE == RETRO {
+            prefetch_at(pf[2], i);
+            prefetch_at(pf[3], i);
+        }
         let hv = ld(h, i, n);
         let ev = if RULE == RETRO { ld(e, i, n) } else { zero() };
         let xv = ld(x, i, n);
@@ -237,6 +258,8 @@ fn task_eager<const RULE: u8, const CONN: bool, const GIN: bool>(s: &Pass<'_>, b
             let o = (b * p.t + t) * p.n + j;
             let gy0 = if s.use_dy { s.dy[o] } else { 0.0 } + s.gh[b * p.n + j];
             let gal_r = if CONN { &mut gal[r * i..(r + 1) * i] } else { &mut [][..] };
+            let nx = if r + 1 < rows { r + 1 } else { r };
+            let pf = [gr[nx * i..].as_ptr(), hr[nx * i..].as_ptr()];
             let (a, ge, sa) = row_eager::<RULE, CONN, GIN>(
                 Row::of(p, s.prm, j),
                 x,
@@ -248,6 +271,7 @@ fn task_eager<const RULE: u8, const CONN: bool, const GIN: bool>(s: &Pass<'_>, b
                 &mut gr[r * i..(r + 1) * i],
                 gal_r,
                 gx,
+                pf,
             );
             ga[r] = a;
             eta += ge as f64;
@@ -293,6 +317,12 @@ fn task_lazy<const RULE: u8, const CONN: bool, const PEND: bool, const GIN: bool
             let k = Coef::new::<RULE>(&s.rt, s.y[o], s.mm[o]);
             let gap = if PEND { unsafe { s.ga.read(o + p.n, 1)[0] } } else { 0.0 };
             let rr = r * i..(r + 1) * i;
+            let nx = (if r + 1 < rows { r + 1 } else { r }) * i;
+            let pf = if p.elig {
+                [hr[nx..].as_ptr(), gr[nx..].as_ptr(), er[nx..].as_ptr(), ger[nx..].as_ptr()]
+            } else {
+                [hr[nx..].as_ptr(), gr[nx..].as_ptr(), hr[nx..].as_ptr(), gr[nx..].as_ptr()]
+            };
             let [a1, a2, a3, a4] = row_lazy::<RULE, CONN, PEND, GIN>(
                 Row::of(p, s.prm, j),
                 &hr[rr.clone()],
@@ -309,6 +339,7 @@ fn task_lazy<const RULE: u8, const CONN: bool, const PEND: bool, const GIN: bool
                 if CONN && PEND { &mut gal[rr] } else { &mut [][..] },
                 gxn,
                 gxt,
+                pf,
             );
             r1[r] = a1;
             r2[r] = a2;
@@ -433,7 +464,8 @@ fn task_recompute<const RULE: u8>(s: &Recompute<'_>, blk: usize) {
         for (r, j) in (j0..j1).enumerate() {
             let o = (b * p.t + s.tau) * p.n + j;
             let k = Coef::new::<RULE>(&s.rt, s.y[o], if p.lazy() { s.mm[o] } else { 0.0 });
-            row_update::<RULE>(x, &k, h.row(r), e.row(r));
+            let pf = (h.next(r), e.next(r));
+            row_update::<RULE>(x, &k, h.row(r), e.row(r), pf);
         }
     }
 }
@@ -476,7 +508,26 @@ pub(crate) fn run(
     let carry_first = trunc.flow(first, p.t).1;
     let mut out =
         Gradients { params: Params::zeros(cfg), inputs: vec![0.0; p.b * p.t * p.x], init: State::zeros(cfg, p.b) };
-    let Workspace { seg_h, seg_e, part_a, part_b, ga, gmm, gs, r1, r2, gh, gxa, eta_acc, alpha_acc, zeros, .. } = ws;
+    let Workspace {
+        seg_h,
+        seg_e,
+        part_a,
+        part_b,
+        ga,
+        gmm,
+        gs,
+        gat,
+        r1,
+        r2,
+        gh,
+        gxa,
+        eta_acc,
+        alpha_acc,
+        zeros,
+        adj_h,
+        adj_e,
+        ..
+    } = ws;
     let zeros = &*grow(zeros, p.rows * p.i);
     let nseg = (p.c - 1) * sl;
     let seg_h = grow(seg_h, nseg);
@@ -496,10 +547,17 @@ pub(crate) fn run(
     gxa.fill(0.0);
     eta_acc.fill(0.0);
     alpha_acc.fill(0.0);
+    // The trace adjoints are built in place in the init-gradient outputs, or,
+    // when the truncation makes those zero, in the workspace (a fresh zero
+    // output that is never touched costs no page faults).
+    let (adj_h, adj_e) = if carry_first {
+        (&mut out.init.hebb[..], &mut out.init.elig[..])
+    } else {
+        (grow(adj_h, sl), grow(adj_e, if p.elig { sl } else { 0 }))
+    };
     if let Some(d) = dlast {
-        // The trace adjoints are built in place in the init-gradient outputs.
-        out.init.hebb.copy_from_slice(&d.hebb);
-        out.init.elig.copy_from_slice(&d.elig);
+        adj_h.copy_from_slice(&d.hebb);
+        adj_e.copy_from_slice(&d.elig);
         if p.recurrent {
             gh.copy_from_slice(&d.h);
         }
@@ -522,8 +580,7 @@ pub(crate) fn run(
     let (h0, y, mm) = (&saved.h0[..], &saved.y[..], &saved.mm[..]);
     let f = cfg.activation;
     {
-        let (pg, pge, pgal) =
-            (Par::new(&mut out.init.hebb), Par::new(&mut out.init.elig), Par::new(&mut out.params.alpha));
+        let (pg, pge, pgal) = (Par::new(adj_h), Par::new(adj_e), Par::new(&mut out.params.alpha));
         let (ppa, ppb, pga) = (Par::new(part_a), Par::new(part_b), Par::new(ga));
         let (pr1, pr2, pea, paa) = (Par::new(r1), Par::new(r2), Par::new(eta_acc), Par::new(alpha_acc));
         let pgh = Par::new(gh);
@@ -667,14 +724,12 @@ pub(crate) fn run(
 
     // The initial state's gradient.
     if !carry_first {
-        out.init.hebb.fill(0.0);
-        out.init.elig.fill(0.0);
         gh.fill(0.0);
     }
     if p.recurrent {
         out.init.h.copy_from_slice(gh);
     }
-    finish_params(cfg, &p, prm, inputs, saved, ga, gmm, gs, eta_acc, alpha_acc, first, &mut out);
+    finish_params(cfg, &p, prm, inputs, saved, ga, gmm, gs, gat, eta_acc, alpha_acc, first, &mut out);
     out
 }
 
@@ -760,6 +815,7 @@ fn finish_params(
     ga: &[f32],
     gmm: &[f32],
     gs: &[f32],
+    gat: &mut Vec<f32>,
     eta_acc: &[f64],
     alpha_acc: &[f64],
     first: usize,
@@ -771,9 +827,20 @@ fn finish_params(
     let ga_rows: Vec<&[f32]> = steps.iter().map(|&(b, t)| &ga[(b * p.t + t) * n..(b * p.t + t + 1) * n]).collect();
     let x_rows: Vec<&[f32]> = steps.iter().map(|&(b, t)| x_of(p, inputs, &saved.h0, &saved.y, b, t)).collect();
     let g = &mut out.params;
-    g.w.par_chunks_mut(p.rows * i)
-        .enumerate()
-        .for_each(|(blk, c)| outer_acc(c, blk * p.rows, i, &x_rows, |kk, m| ga_rows[kk][m]));
+    let kk = steps.len();
+    // dW, dU: each block of rows takes its columns of ga, transposed.
+    let gat = grow(gat, n * kk);
+    let transpose = |at: &mut [f32], j0: usize| {
+        for (r, row) in at.chunks_mut(kk).enumerate() {
+            for (v, g) in row.iter_mut().zip(&ga_rows) {
+                *v = g[j0 + r];
+            }
+        }
+    };
+    g.w.par_chunks_mut(p.rows * i).zip(gat.par_chunks_mut(p.rows * kk)).enumerate().for_each(|(blk, (c, at))| {
+        transpose(at, blk * p.rows);
+        outer_acc(c, i, &x_rows, at);
+    });
     if cfg.bias {
         for r in &ga_rows {
             add_assign(&mut g.b, r);
@@ -785,9 +852,10 @@ fn finish_params(
         match cfg.input_map {
             InputMap::Linear => {
                 if x > 0 {
+                    // gat still holds ga transposed, block by block.
                     g.u.par_chunks_mut(p.rows * x)
-                        .enumerate()
-                        .for_each(|(blk, c)| outer_acc(c, blk * p.rows, x, &in_rows, |kk, m| ga_rows[kk][m]));
+                        .zip(gat.par_chunks(p.rows * kk))
+                        .for_each(|(c, at)| outer_acc(c, x, &in_rows, at));
                     let u = &prm.u;
                     out.inputs.par_chunks_mut(p.t * x).enumerate().for_each(|(b, gin)| {
                         for t in first..p.t {
@@ -815,7 +883,10 @@ fn finish_params(
             steps.iter().map(|&(b, t)| &saved.y[(b * p.t + t) * n..(b * p.t + t + 1) * n]).collect();
         let gmm_rows: Vec<&[f32]> =
             steps.iter().map(|&(b, t)| &gmm[(b * p.t + t) * n..(b * p.t + t + 1) * n]).collect();
-        outer_acc(&mut g.mod_v, 0, n, &y_rows, |kk, q| gs_rows[kk][q]);
+        let tr = |rows: &[&[f32]], width: usize| -> Vec<f32> {
+            (0..width).flat_map(|q| rows.iter().map(move |r| r[q])).collect()
+        };
+        outer_acc(&mut g.mod_v, n, &y_rows, &tr(&gs_rows, k));
         if mc.bias {
             for r in &gs_rows {
                 add_assign(&mut g.mod_c, r);
@@ -824,7 +895,7 @@ fn finish_params(
         if mc.fanout {
             let m_rows: Vec<&[f32]> =
                 steps.iter().map(|&(b, t)| &saved.m[(b * p.t + t) * k..(b * p.t + t + 1) * k]).collect();
-            outer_acc(&mut g.fanout, 0, n, &gmm_rows, |kk, q| m_rows[kk][q]);
+            outer_acc(&mut g.fanout, n, &gmm_rows, &tr(&m_rows, k));
         }
         if mc.fanout_bias {
             for r in &gmm_rows {

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::simd::{V, clamp, dot, fma, ld, splat, st, sweep, zero};
+use super::simd::{V, clamp, dot, fma, ld, prefetch_at, splat, st, sweep, zero};
 use super::{Activation, HEBB, MODU, OJA, Par, Plan, RETRO, Rates, Saved, Workspace, act, grow, modact};
 use crate::config::{InputMap, LayerConfig, Topology};
 use crate::params::{Params, State};
@@ -136,8 +136,10 @@ pub(crate) fn row_eager<const RULE: u8, const CONN: bool>(
     f: Activation,
     rt: &Rates,
     mut h: Io<'_>,
+    pf: *const f32,
 ) -> f32 {
     let [d] = sweep(x.len(), |i, n, acc| {
+        prefetch_at(pf, i);
         let wa = fma(r.alpha::<CONN>(i, n), h.get(i, n), ld(r.w, i, n));
         acc[0] = fma(wa, ld(x, i, n), acc[0]);
     });
@@ -165,8 +167,13 @@ pub(crate) fn row_lazy<const RULE: u8, const CONN: bool, const PEND: bool>(
     kp: &Coef,
     mut h: Io<'_>,
     mut e: Io<'_>,
+    pf: (*const f32, *const f32),
 ) -> f32 {
     let [d] = sweep(x.len(), |i, n, acc| {
+        prefetch_at(pf.0, i);
+        if RULE == RETRO {
+            prefetch_at(pf.1, i);
+        }
         let mut hv = h.get(i, n);
         if PEND {
             let ev = if RULE == RETRO { e.get(i, n) } else { zero() };
@@ -186,8 +193,18 @@ pub(crate) fn row_lazy<const RULE: u8, const CONN: bool, const PEND: bool>(
 /// The trace update of one row alone (the last pending update of the
 /// forward, and the backward's recomputation). `x`, rows: `(I)`.
 #[inline(always)]
-pub(crate) fn row_update<const RULE: u8>(x: &[f32], k: &Coef, mut h: Io<'_>, mut e: Io<'_>) {
+pub(crate) fn row_update<const RULE: u8>(
+    x: &[f32],
+    k: &Coef,
+    mut h: Io<'_>,
+    mut e: Io<'_>,
+    pf: (*const f32, *const f32),
+) {
     sweep::<0>(x.len(), |i, n, _| {
+        prefetch_at(pf.0, i);
+        if RULE == RETRO {
+            prefetch_at(pf.1, i);
+        }
         let ev = if RULE == RETRO { e.get(i, n) } else { zero() };
         let (_, hn, en) = update::<RULE>(h.get(i, n), ev, ld(x, i, n), k);
         h.put(i, n, hn);
@@ -268,6 +285,14 @@ impl<'a> BlockIo<'a> {
     /// An empty stand-in for a trace the rule does not have.
     pub(crate) fn none() -> Self {
         BlockIo { src: None, dst: &mut [], i: 0 }
+    }
+
+    /// Where the reads of row `r + 1` of the block go (row `r` itself for the
+    /// last row): the address to prefetch while row `r` runs.
+    pub(crate) fn next(&self, r: usize) -> *const f32 {
+        let s = self.src.unwrap_or(self.dst);
+        let k = if (r + 2) * self.i <= s.len() { r + 1 } else { r };
+        s.as_ptr().wrapping_add(k * self.i)
     }
 
     /// Row `r` of the block (a read-only block has an empty destination).
@@ -372,7 +397,8 @@ fn task_eager<const RULE: u8, const CONN: bool>(s: &Pass<'_>, blk: usize) {
             unsafe { (s.x(b, s.t), s.y.write((b * p.t + s.t) * p.n + j0, j1 - j0), s.io(b, j0, j1 - j0).0) };
         let drive = &s.drive[(b * p.t + s.t) * p.n..];
         for (r, j) in (j0..j1).enumerate() {
-            yo[r] = row_eager::<RULE, CONN>(Row::of(p, s.prm, j), x, drive[j], s.f, &s.rt, h.row(r));
+            let pf = h.next(r);
+            yo[r] = row_eager::<RULE, CONN>(Row::of(p, s.prm, j), x, drive[j], s.f, &s.rt, h.row(r), pf);
         }
     }
 }
@@ -389,6 +415,7 @@ fn task_lazy<const RULE: u8, const CONN: bool, const PEND: bool>(s: &Pass<'_>, b
             let (h, e) = if PEND { s.io(b, j0, j1 - j0) } else { s.read_only(b, j0, j1 - j0) };
             (s.x(b, s.t), s.y.write((b * p.t + s.t) * p.n + j0, j1 - j0), h, e)
         };
+        // SAFETY: y of step t − 1 is not written in this pass.
         let xp = if PEND { unsafe { s.x(b, s.t - 1) } } else { x };
         let drive = &s.drive[(b * p.t + s.t) * p.n..];
         for (r, j) in (j0..j1).enumerate() {
@@ -400,7 +427,9 @@ fn task_lazy<const RULE: u8, const CONN: bool, const PEND: bool>(s: &Pass<'_>, b
             } else {
                 Coef::new::<RULE>(&s.rt, 0.0, 0.0)
             };
-            yo[r] = row_lazy::<RULE, CONN, PEND>(Row::of(p, s.prm, j), x, drive[j], s.f, xp, &kp, h.row(r), e.row(r));
+            let pf = (h.next(r), e.next(r));
+            yo[r] =
+                row_lazy::<RULE, CONN, PEND>(Row::of(p, s.prm, j), x, drive[j], s.f, xp, &kp, h.row(r), e.row(r), pf);
         }
     }
 }
@@ -417,7 +446,8 @@ fn task_final<const RULE: u8>(s: &Pass<'_>, blk: usize) {
             let o = (b * p.t + t) * p.n + j;
             // SAFETY: as above.
             let k = Coef::new::<RULE>(&s.rt, unsafe { s.y.read(o, 1)[0] }, s.mm[o]);
-            row_update::<RULE>(x, &k, h.row(r), e.row(r));
+            let pf = (h.next(r), e.next(r));
+            row_update::<RULE>(x, &k, h.row(r), e.row(r), pf);
         }
     }
 }
@@ -509,13 +539,18 @@ pub(crate) fn run(
     {
         let (ph, pe) = (Par::new(&mut snap_h), Par::new(&mut snap_e));
         let (lh, le) = (Par::new(&mut last.hebb), Par::new(&mut last.elig));
-        // The state before step τ: in its snapshot when τ is a multiple of C,
-        // else in `last`, which serves as the working buffer.
+        // Where the state before step τ is written: the states of
+        // (kC − C, kC] are computed in place in snapshot slot k, which ends
+        // up holding S_kC; those after the last snapshot in `last`. Only the
+        // first pass of each segment reads and writes different buffers
+        // (costlier: the destination is read for ownership), and the fresh
+        // `last` output is touched only by the final segment.
         let loc = |tau: usize| {
+            let slot = tau.div_ceil(p.c);
             if tau == 0 && zero_init {
                 (Loc::zeros(zeros), Loc::zeros(zeros))
-            } else if tau < p.t && tau % p.c == 0 {
-                let off = (tau / p.c - zero_init as usize) * sl;
+            } else if slot < p.snaps {
+                let off = (slot - zero_init as usize) * sl;
                 (Loc::at(ph, off), Loc::at(pe, off))
             } else {
                 (Loc::at(lh, 0), Loc::at(le, 0))
@@ -529,7 +564,11 @@ pub(crate) fn run(
                 (loc(t), loc(t + 1), eager_task(p.rule, p.conn))
             };
             let pass = Pass { p, rt, f: cfg.activation, prm, inputs, h0: &h0, drive, mm: &mm, y: py, t, src, dst };
+            let tp = std::time::Instant::now();
             (0..p.blocks).into_par_iter().for_each(|blk| task(&pass, blk));
+            if std::env::var("NP_PROF").is_ok() {
+                eprint!("{:.1} ", tp.elapsed().as_secs_f64() * 1e3);
+            }
             if lazy {
                 for b in 0..p.b {
                     let o = (b * p.t + t) * p.n;
@@ -546,6 +585,9 @@ pub(crate) fn run(
             let task = final_task(p.rule);
             (0..p.blocks).into_par_iter().for_each(|blk| task(&pass, blk));
         }
+        if std::env::var("NP_PROF").is_ok() {
+            eprintln!();
+        }
     }
     if p.recurrent {
         for b in 0..p.b {
@@ -557,7 +599,7 @@ pub(crate) fn run(
         batch: p.b,
         steps: p.t,
         interval: p.c,
-        shape: (p.n, p.i),
+        cfg: *cfg,
         zero_init,
         snap_h,
         snap_e,

@@ -6,12 +6,16 @@
 //! # How a step runs
 //!
 //! Every step is one parallel *pass* over the traces: the rows of `W` are cut
-//! into fixed blocks of [`Plan::rows`] rows (a function of `N` and `I` only,
-//! never of the thread count), and one task runs a block for every batch
-//! element, so the rows of `W` and `α` it needs stay in cache while each
-//! element's trace rows stream through once (read `H`, write `H'`; DESIGN.md
-//! §6). Results are bitwise the same on any number of threads: every sum has a
-//! fixed order (within a row by [`simd::sweep`], across blocks in block order).
+//! into fixed blocks of rows (about 16 blocks, each block's rows of `W` and
+//! `α` about 64 KiB; a function of `N` and `I` only, never of the thread
+//! count), and one task runs a block for every batch element, so the rows of
+//! `W` and `α` it needs stay in cache while each element's trace rows stream
+//! through once (read `H`, write `H'`; DESIGN.md §6). Results are bitwise the
+//! same on any number of threads: every sum has a fixed order (within a row
+//! by the chunked sweep of `simd.rs`, across blocks in block order). Each row
+//! kernel walks its row in chunks of eight lanes with four independent
+//! accumulators and a zero-padded last chunk, so no size needs to be a
+//! multiple of eight.
 //!
 //! - Hebb and Oja update row `j` of the trace as soon as `y_j` is known
 //!   ("eager": the row is still in L1).
@@ -39,8 +43,19 @@
 //!
 //! `dW`, `dU`, `db`, the input gradient of a linear input map and the
 //! modulator's parameter gradients are computed after the sweep from the
-//! stored per-step `ga`, `ga`-like vectors (blocked sums of outer products).
-//! The derivation of every adjoint is in `docs/backward.md`.
+//! per-step vectors it stores (`dL/da`, `dL/ds`, `dL/dM`), as blocked sums of
+//! outer products. The derivation of every adjoint is in `docs/backward.md`.
+//!
+//! # Memory
+//!
+//! The traces of a step are the only big data: `Saved` holds `⌈T/C⌉`
+//! snapshots (one fewer when the initial state is zero: it is read from a
+//! small block of zero rows instead), the [`Workspace`] the `C − 1`
+//! recomputed states of a segment. Snapshot buffers go back to a pool in the
+//! workspace when the `Saved` is dropped, so that steady training loops do not
+//! pay the page faults of fresh memory (each 4 KiB page costs microseconds,
+//! as much as streaming it several times); the returned outputs (final state,
+//! gradients) are fresh allocations and do.
 
 mod bwd;
 mod fwd;
@@ -296,8 +311,8 @@ pub struct Saved {
     pub(crate) batch: usize,
     pub(crate) steps: usize,
     pub(crate) interval: usize,
-    /// `(N, I)` the forward ran with.
-    pub(crate) shape: (usize, usize),
+    /// The layer the forward ran.
+    pub(crate) cfg: LayerConfig,
     /// Whether the state before step 0 is zero (then not stored).
     pub(crate) zero_init: bool,
     /// `H` before steps `0, C, 2C, …` (from `C` on when `zero_init`):
@@ -345,6 +360,9 @@ pub struct Workspace {
     /// Recomputed traces of one segment: `(C−1, B, N, I)` each.
     pub(crate) seg_h: Vec<f32>,
     pub(crate) seg_e: Vec<f32>,
+    /// Trace adjoints when the initial state gets no gradient: `(B, N, I)` each.
+    pub(crate) adj_h: Vec<f32>,
+    pub(crate) adj_e: Vec<f32>,
     /// Per-block partial column sums: `(blocks, B, I)` each.
     pub(crate) part_a: Vec<f32>,
     pub(crate) part_b: Vec<f32>,
@@ -354,6 +372,8 @@ pub struct Workspace {
     pub(crate) gmm: Vec<f32>,
     /// `dL/ds` of every step: `(B, T, K)`.
     pub(crate) gs: Vec<f32>,
+    /// `dL/da` transposed, `(N, B·T)`, for the blocked `dW`.
+    pub(crate) gat: Vec<f32>,
     /// Row sums of a pass: `(B, N)` each.
     pub(crate) r1: Vec<f32>,
     pub(crate) r2: Vec<f32>,
@@ -376,17 +396,24 @@ pub(crate) fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
 }
 
 fn check_saved(cfg: &LayerConfig, inputs: &Seq<'_, f32>, saved: &Saved) -> Result<()> {
-    if (saved.batch, saved.steps) != (inputs.batch, inputs.steps) || saved.shape != (cfg.n, cfg.pre()) {
+    if (saved.batch, saved.steps) != (inputs.batch, inputs.steps) {
         return Err(Error::Config {
             arg: "saved".into(),
             message: format!(
-                "the forward pass ran with B = {}, T = {}, N = {}, I = {}; backward got B = {}, T = {}, N = {}, I = {}",
-                saved.batch,
-                saved.steps,
-                saved.shape.0,
-                saved.shape.1,
-                inputs.batch,
-                inputs.steps,
+                "the forward pass ran with B = {}, T = {}; backward got B = {}, T = {}",
+                saved.batch, saved.steps, inputs.batch, inputs.steps
+            ),
+        });
+    }
+    if saved.cfg != *cfg {
+        return Err(Error::Config {
+            arg: "saved".into(),
+            message: format!(
+                "the forward pass ran another layer ({} rule, N = {}, I = {}); backward was called for a {} rule with N = {}, I = {} (or other options differ)",
+                saved.cfg.rule.name(),
+                saved.cfg.n,
+                saved.cfg.pre(),
+                cfg.rule.name(),
                 cfg.n,
                 cfg.pre()
             ),

@@ -56,6 +56,29 @@ pub(crate) fn st(s: &mut [f32], i: usize, n: usize, v: V) {
     }
 }
 
+/// Asks for the cache line holding `p` (a hint: it never faults, whatever
+/// the address). The kernels prefetch the next trace row while working on the
+/// current one: a row of 1000 floats is a 4 KiB page, and hardware
+/// prefetchers stop at page boundaries.
+#[inline(always)]
+pub(crate) fn prefetch(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch has no architectural effect and cannot fault.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Prefetches the line of `base + i` once per 16 floats (64 bytes).
+#[inline(always)]
+pub(crate) fn prefetch_at(base: *const f32, i: usize) {
+    if i % 16 == 0 {
+        prefetch(base.wrapping_add(i));
+    }
+}
+
 /// `a · b + c`, fused where the target has FMA (only for sums whose rounding
 /// nobody needs to reproduce).
 #[inline(always)]
@@ -146,62 +169,75 @@ pub(crate) fn add_assign(y: &mut [f32], x: &[f32]) {
     });
 }
 
-/// `C[m][·] += Σ_k a(k, m) · b_k[·]` for the rows of `c` (`c` holds whole
-/// rows of `cols` elements, the first being row `m0`): the sum of outer
-/// products that gives `dW = Σ_{b,t} ga xᵀ` in one blocked pass instead of a
-/// rank-1 update of `dW` per step. `b_rows[k]` has `cols` elements. Each
-/// element sums over `k` in order, so the result does not depend on how the
-/// caller splits the rows.
-pub(crate) fn outer_acc(c: &mut [f32], m0: usize, cols: usize, b_rows: &[&[f32]], a: impl Fn(usize, usize) -> f32) {
+/// `C[m][·] += Σ_k a_m[k] · b_k[·]` for the rows `m` of `c` (whole rows of
+/// `cols` elements), where `at` holds `a` transposed, `at[m·K + k]`, `K =
+/// b_rows.len()`: the sum of outer products that gives `dW = Σ_{b,t} ga xᵀ`
+/// in one blocked pass instead of a rank-1 update of `dW` per step. Columns
+/// go 16 at a time so that the panel of `b` (K × 64 bytes) stays in L1 while
+/// every row of `c` takes it; each element sums over `k` in order, so the
+/// result does not depend on how the caller splits the rows.
+pub(crate) fn outer_acc(c: &mut [f32], cols: usize, b_rows: &[&[f32]], at: &[f32]) {
     if cols == 0 {
         return;
     }
-    let rows = c.len() / cols;
-    let mut m = 0;
-    while m + 4 <= rows {
-        outer_block::<4>(&mut c[m * cols..(m + 4) * cols], m0 + m, cols, b_rows, &a);
-        m += 4;
-    }
-    while m < rows {
-        outer_block::<1>(&mut c[m * cols..(m + 1) * cols], m0 + m, cols, b_rows, &a);
-        m += 1;
-    }
-}
-
-/// `MR` rows of [`outer_acc`], 16 columns at a time: `2·MR` accumulators stay
-/// in registers while `k` runs.
-#[inline(always)]
-fn outer_block<const MR: usize>(
-    c: &mut [f32],
-    m0: usize,
-    cols: usize,
-    b_rows: &[&[f32]],
-    a: &impl Fn(usize, usize) -> f32,
-) {
+    let (rows, k) = (c.len() / cols, b_rows.len());
+    assert!(at.len() >= rows * k, "outer_acc: `at` too short");
     let mut p = 0;
     while p < cols {
         let w0 = (cols - p).min(LANES);
         let w1 = (cols - p - w0).min(LANES);
-        let mut acc = [[zero(); 2]; MR];
-        for (r, ar) in acc.iter_mut().enumerate() {
-            let row = &c[r * cols..(r + 1) * cols];
-            ar[0] = ld(row, p, w0);
-            ar[1] = ld(row, p + w0, w1);
-        }
-        for (k, bk) in b_rows.iter().enumerate() {
-            let b0 = ld(bk, p, w0);
-            let b1 = ld(bk, p + w0, w1);
-            for (r, ar) in acc.iter_mut().enumerate() {
-                let s = splat(a(k, m0 + r));
-                ar[0] = fma(s, b0, ar[0]);
-                ar[1] = fma(s, b1, ar[1]);
+        let full = w0 + w1 == 2 * LANES;
+        let mut m = 0;
+        while m + 4 <= rows {
+            let a = &at[m * k..(m + 4) * k];
+            if full {
+                outer_block::<4, true>(c, m, cols, p, (LANES, LANES), b_rows, a);
+            } else {
+                outer_block::<4, false>(c, m, cols, p, (w0, w1), b_rows, a);
             }
+            m += 4;
         }
-        for (r, ar) in acc.iter().enumerate() {
-            let row = &mut c[r * cols..(r + 1) * cols];
-            st(row, p, w0, ar[0]);
-            st(row, p + w0, w1, ar[1]);
+        while m < rows {
+            outer_block::<1, false>(c, m, cols, p, (w0, w1), b_rows, &at[m * k..(m + 1) * k]);
+            m += 1;
         }
         p += w0 + w1;
+    }
+}
+
+/// `MR` rows × (`w0 + w1` ≤ 16) columns of [`outer_acc`]: `2·MR` accumulators
+/// stay in registers while `k` runs (`FULL`: 16 columns, no tail).
+#[inline(always)]
+fn outer_block<const MR: usize, const FULL: bool>(
+    c: &mut [f32],
+    m: usize,
+    cols: usize,
+    p: usize,
+    (w0, w1): (usize, usize),
+    b_rows: &[&[f32]],
+    at: &[f32],
+) {
+    let k = b_rows.len();
+    let (w0, w1) = if FULL { (LANES, LANES) } else { (w0, w1) };
+    let mut acc = [[zero(); 2]; MR];
+    for (r, ar) in acc.iter_mut().enumerate() {
+        let row = &c[(m + r) * cols..(m + r + 1) * cols];
+        ar[0] = ld(row, p, w0);
+        ar[1] = ld(row, p + w0, w1);
+    }
+    for (kk, bk) in b_rows.iter().enumerate() {
+        let bk = &bk[p..p + w0 + w1];
+        let b0 = ld(bk, 0, w0);
+        let b1 = ld(bk, w0, w1);
+        for (r, ar) in acc.iter_mut().enumerate() {
+            let s = splat(at[r * k + kk]);
+            ar[0] = fma(s, b0, ar[0]);
+            ar[1] = fma(s, b1, ar[1]);
+        }
+    }
+    for (r, ar) in acc.iter().enumerate() {
+        let row = &mut c[(m + r) * cols..(m + r + 1) * cols];
+        st(row, p, w0, ar[0]);
+        st(row, p + w0, w1, ar[1]);
     }
 }
