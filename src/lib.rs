@@ -83,6 +83,11 @@ pub use model::{Episode, Head, Model, ModelGrads};
 pub use params::{Gradients, Params, Seq, State, Truncation, param_shapes, state_shapes};
 pub use stream::Stream;
 
+// The README's Rust example runs as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// The SIMD instruction sets this build of the crate was compiled with
 /// (e.g. `["avx2", "fma"]`). The CPU backend's speed depends on them: build
 /// with `-C target-cpu=native` (see README) to get the fast path.

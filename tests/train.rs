@@ -704,7 +704,7 @@ fn bad_checkpoints_are_named_errors() {
     let dir = scratch("badck");
     let mut t = trainer(small_task(0), Net::Plastic, train_cfg(2, 1, OptimConfig::adam(1e-3)));
     t.step().unwrap();
-    let good = t.checkpoint().to_file();
+    let good = t.checkpoint().to_file().unwrap();
     let path = dir.join("ck.safetensors");
     let check = |f: &TensorFile, want: &str| {
         f.write(&path).unwrap();
@@ -727,8 +727,8 @@ fn bad_checkpoints_are_named_errors() {
     f.metadata.insert("neuroplastic.train".into(), "{not json".into());
     check(&f, "neuroplastic.train");
     let mut f = good.clone();
-    f.metadata.remove("neuroplastic.layer");
-    check(&f, "neuroplastic.layer");
+    f.metadata.remove("neuroplastic.rule");
+    check(&f, "neuroplastic.rule");
     std::fs::write(&path, b"not a safetensors file").unwrap();
     check(&TensorFile::new(), "ck.safetensors");
     let missing = TrainCheckpoint::read(dir.join("absent.safetensors")).unwrap_err().to_string();

@@ -13,10 +13,11 @@
 //! | `log.train_loss`, `log.train_err`, `log.eval_loss`, `log.eval_err`, `log.lr`, `log.seconds` | F64 | (R,) |
 //! | `train.acc` (Σ loss, Σ error, updates since the last row), `train.seconds` | F64 | (3,), (1,) |
 //!
-//! Metadata: the model keys of DESIGN.md §5 (`neuroplastic.rule`, …), and
-//! `neuroplastic.checkpoint` (format version), `neuroplastic.layer` (the
-//! whole layer configuration, JSON), `neuroplastic.train` (seed, batch,
-//! evaluation, optimizer: JSON), `neuroplastic.task` and
+//! Metadata: the model keys of DESIGN.md §5 (`neuroplastic.rule`, …; the
+//! model part is written and read by [`crate::io::put_model`] and
+//! [`crate::io::take_model`], the code of model files), and
+//! `neuroplastic.checkpoint` (format version), `neuroplastic.train` (seed,
+//! batch, evaluation, optimizer: JSON), `neuroplastic.task` and
 //! `neuroplastic.task.config` (JSON).
 
 use std::collections::BTreeMap;
@@ -24,19 +25,16 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::config::{
-    Activation, AlphaShape, EtaMode, InputMap, LayerConfig, ModActivation, ModulatorConfig, Rule, Topology,
-};
 use crate::error::{Error, Result};
-use crate::io::{Data, Tensor, TensorFile};
-use crate::model::{Head, Model};
-use crate::params::{Params, param_shapes};
+use crate::io::{Data, Tensor, TensorFile, put_model, take_model};
+use crate::model::Model;
+use crate::params::param_shapes;
 use crate::train::{
     HEAD_NAMES, LogRow, Method, OptimConfig, OptimState, StepDecay, TaskRng, TrainConfig, WeightDecay, json_get,
     model_param_names,
 };
 
-const VERSION: &str = "1";
+const VERSION: &str = "2";
 
 /// The contents of a training checkpoint (see the module docs for the file layout).
 #[derive(Clone, Debug)]
@@ -79,49 +77,6 @@ fn u8_tensor(v: &[u8]) -> Tensor {
     Tensor { shape: vec![v.len()], data: Data::U8(v.to_vec()) }
 }
 
-fn topology_name(t: Topology) -> &'static str {
-    match t {
-        Topology::Recurrent => "recurrent",
-        Topology::FeedForward => "feed_forward",
-    }
-}
-
-fn input_map_name(m: InputMap) -> &'static str {
-    match m {
-        InputMap::Direct => "direct",
-        InputMap::Linear => "linear",
-    }
-}
-
-fn eta_name(e: EtaMode) -> &'static str {
-    match e {
-        EtaMode::Learned => "learned",
-        EtaMode::Fixed => "fixed",
-    }
-}
-
-fn layer_to_json(c: &LayerConfig) -> Value {
-    json!({
-        "topology": topology_name(c.topology),
-        "rule": c.rule.name(),
-        "n": c.n,
-        "inputs": c.inputs,
-        "input_map": input_map_name(c.input_map),
-        "alpha": c.alpha.name(),
-        "activation": c.activation.name(),
-        "bias": c.bias,
-        "eta": eta_name(c.eta),
-        "modulator": {
-            "k": c.modulator.k,
-            "activation": c.modulator.activation.name(),
-            "bias": c.modulator.bias,
-            "fanout": c.modulator.fanout,
-            "fanout_bias": c.modulator.fanout_bias,
-        },
-        "clip": c.clip,
-    })
-}
-
 /// Typed access to a JSON object's fields, with errors that name the file,
 /// the object and the key.
 struct Obj<'a> {
@@ -152,63 +107,9 @@ impl<'a> Obj<'a> {
     fn str(&self, k: &str) -> Result<&'a str> {
         self.get(k)?.as_str().ok_or_else(|| self.bad(k, "a string"))
     }
-    fn pick<T>(&self, k: &str, parse: impl Fn(&str) -> Option<T>, names: &str) -> Result<T> {
-        let s = self.str(k)?;
-        parse(s).ok_or_else(|| fmt_err(self.path, format!("{}: `{k}` = \"{s}\"; expected one of {names}", self.what)))
-    }
     fn sub(&self, k: &str) -> Result<Obj<'a>> {
         Ok(Obj { v: self.get(k)?, path: self.path, what: self.what })
     }
-}
-
-fn layer_from_json(v: &Value, path: &str) -> Result<LayerConfig> {
-    let o = Obj { v, path, what: "metadata neuroplastic.layer" };
-    let m = o.sub("modulator")?;
-    let c = LayerConfig {
-        topology: o.pick(
-            "topology",
-            |s| match s {
-                "recurrent" => Some(Topology::Recurrent),
-                "feed_forward" => Some(Topology::FeedForward),
-                _ => None,
-            },
-            "recurrent, feed_forward",
-        )?,
-        rule: o.pick("rule", Rule::parse, "hebb, oja, modulated, retroactive")?,
-        n: o.usize("n")?,
-        inputs: o.usize("inputs")?,
-        input_map: o.pick(
-            "input_map",
-            |s| match s {
-                "direct" => Some(InputMap::Direct),
-                "linear" => Some(InputMap::Linear),
-                _ => None,
-            },
-            "direct, linear",
-        )?,
-        alpha: o.pick("alpha", AlphaShape::parse, "connection, neuron, scalar")?,
-        activation: o.pick("activation", Activation::parse, "tanh, identity")?,
-        bias: o.bool("bias")?,
-        eta: o.pick(
-            "eta",
-            |s| match s {
-                "learned" => Some(EtaMode::Learned),
-                "fixed" => Some(EtaMode::Fixed),
-                _ => None,
-            },
-            "learned, fixed",
-        )?,
-        modulator: ModulatorConfig {
-            k: m.usize("k")?,
-            activation: m.pick("activation", ModActivation::parse, "tanh, sigmoid, identity")?,
-            bias: m.bool("bias")?,
-            fanout: m.bool("fanout")?,
-            fanout_bias: m.bool("fanout_bias")?,
-        },
-        clip: o.f64("clip")?,
-    };
-    c.validate()?;
-    Ok(c)
 }
 
 fn train_to_json(c: &TrainConfig) -> Value {
@@ -315,19 +216,14 @@ fn take_bytes<const K: usize>(f: &mut TensorFile, name: &str) -> Result<[u8; K]>
 
 impl TrainCheckpoint {
     /// The checkpoint as tensors and metadata.
-    pub fn to_file(&self) -> TensorFile {
+    pub fn to_file(&self) -> Result<TensorFile> {
         let mut f = TensorFile::new();
+        // The model part: same tensors and metadata keys as a model file (DESIGN.md §5), same code.
+        put_model(&mut f, &self.model)?;
         let cfg = &self.model.cfg;
-        for ((name, v), (_, shape)) in self.model.params.named().into_iter().zip(param_shapes(cfg)) {
-            if !v.is_empty() {
-                f.put_f32(name, &shape, v.clone());
-            }
-        }
         let mut shapes: BTreeMap<&str, Vec<usize>> = param_shapes(cfg).into_iter().collect::<BTreeMap<_, _>>();
         if let Some(h) = &self.model.head {
             let o = h.bias.len();
-            f.put_f32(HEAD_NAMES[0], &[o, cfg.n], h.weight.clone());
-            f.put_f32(HEAD_NAMES[1], &[o], h.bias.clone());
             shapes.insert(HEAD_NAMES[0], vec![o, cfg.n]);
             shapes.insert(HEAD_NAMES[1], vec![o]);
         }
@@ -353,20 +249,13 @@ impl TrainCheckpoint {
         f.put("train.acc", f64_tensor(self.acc.to_vec()));
         f.put("train.seconds", f64_tensor(vec![self.seconds]));
         let meta = [
-            ("neuroplastic.rule", cfg.rule.name().to_string()),
-            ("neuroplastic.alpha", cfg.alpha.name().to_string()),
-            ("neuroplastic.activation", cfg.activation.name().to_string()),
-            ("neuroplastic.modulator", cfg.modulator.activation.name().to_string()),
-            ("neuroplastic.clip", cfg.clip.to_string()),
-            ("neuroplastic.eta", eta_name(cfg.eta).to_string()),
             ("neuroplastic.checkpoint", VERSION.to_string()),
-            ("neuroplastic.layer", layer_to_json(cfg).to_string()),
             ("neuroplastic.train", train_to_json(&self.config).to_string()),
             ("neuroplastic.task", self.task.clone()),
             ("neuroplastic.task.config", self.task_config.to_string()),
         ];
-        f.metadata = meta.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-        f
+        f.metadata.extend(meta.into_iter().map(|(k, v)| (k.to_string(), v)));
+        Ok(f)
     }
 
     /// Reads a checkpoint back; every missing, unknown or misshapen tensor
@@ -381,35 +270,10 @@ impl TrainCheckpoint {
             let s = f.meta(key)?;
             serde_json::from_str(s).map_err(|e| fmt_err(&path, format!("metadata `{key}` is not valid JSON: {e}")))
         };
-        let cfg = layer_from_json(&parse("neuroplastic.layer")?, &path)?;
         let config = train_from_json(&parse("neuroplastic.train")?, &path)?;
         let task_config = parse("neuroplastic.task.config")?;
         let task = f.meta("neuroplastic.task")?.to_string();
-        let mut params = Params::<f32>::default();
-        for ((name, slot), (_, shape)) in params.named_mut().into_iter().zip(param_shapes(&cfg)) {
-            if shape == [0] {
-                if f.has(name) {
-                    return Err(fmt_err(&path, format!("tensor `{name}` is not used by this layer configuration")));
-                }
-            } else {
-                *slot = f.take_f32(name, Some(&shape))?.1;
-            }
-        }
-        let head = match f.take_f32_opt(HEAD_NAMES[1], None)? {
-            None => None,
-            Some((s, bias)) => {
-                if s.len() != 1 {
-                    return Err(fmt_err(
-                        &path,
-                        format!("tensor `{}` must be a vector, got shape {s:?}", HEAD_NAMES[1]),
-                    ));
-                }
-                let weight = f.take_f32(HEAD_NAMES[0], Some(&[bias.len(), cfg.n]))?.1;
-                Some(Head { weight, bias })
-            }
-        };
-        let model = Model { cfg, params, head };
-        model.validate(false)?;
+        let model = take_model(&mut f)?;
         let mut optim = OptimState { step: take_u64s(&mut f, "opt.step", Some(1))?[0], ..Default::default() };
         let mut sizes: BTreeMap<&str, usize> = BTreeMap::new();
         for (n, v) in model.params.named() {
@@ -472,6 +336,6 @@ impl TrainCheckpoint {
     /// Writes the checkpoint atomically (temporary file, then rename): an
     /// existing file at `path` is replaced whole or left as it was.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
-        self.to_file().write(path)
+        self.to_file()?.write(path)
     }
 }
