@@ -10,6 +10,7 @@
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
+use neuroplastic::tasks::{PatternTask, Task};
 use neuroplastic::train::{OptimConfig, Optimizer};
 use neuroplastic::{
     AlphaShape, Checkpoint, Device, Engine, Episode, EtaMode, InputMap, LayerConfig, ModActivation, Model, Options,
@@ -216,50 +217,24 @@ fn sign(rng: &mut ChaCha8Rng) -> f32 {
 
 /// The episodes of `make_episode`: loss on the last step only.
 fn make_episode(w: Workload, n: usize, b: usize, t: usize, x: usize, rng: &mut ChaCha8Rng) -> Episode {
+    if w == Workload::Simplest {
+        // The pattern-completion schedule of `make_episode("simplest")` is the pattern task's.
+        return PatternTask { bits: n, ..PatternTask::default() }.sample(rng, b);
+    }
     let mut inputs = vec![0.0f32; b * t * x];
     let mut targets = vec![0.0f32; b * t * n];
     let mut mask = vec![0.0f32; b * t];
     for e in 0..b {
         mask[e * t + t - 1] = 1.0;
     }
-    match w {
-        Workload::Simplest => {
-            let (np, pres, delay, cycles, test) = (5, 6, 4, 2, 6);
-            let pats: Vec<Vec<f32>> = (0..np).map(|_| (0..n).map(|_| sign(rng)).collect()).collect();
-            let mut s = 0;
-            for _ in 0..cycles {
-                let mut order: Vec<usize> = (0..np).collect();
-                for k in (1..np).rev() {
-                    order.swap(k, rng.random_range(0..=k));
-                }
-                for &k in &order {
-                    for st in s..s + pres {
-                        inputs[st * x..(st + 1) * x].iter_mut().zip(&pats[k]).for_each(|(d, v)| *d = 20.0 * v);
-                    }
-                    s += pres + delay;
-                }
-            }
-            let k = rng.random_range(0..np);
-            let degraded: Vec<f32> = pats[k].iter().map(|&v| if rng.random::<f64>() < 0.5 { 0.0 } else { v }).collect();
-            for st in s..s + test {
-                inputs[st * x..(st + 1) * x].iter_mut().zip(&degraded).for_each(|(d, v)| *d = 20.0 * v);
-            }
-            targets[(t - 1) * n..t * n].copy_from_slice(&pats[k]);
-        }
-        Workload::Plastic => {
-            inputs.iter_mut().for_each(|v| *v = sign(rng));
-            for e in 0..b {
-                let r = (e * t + t - 1) * n;
-                targets[r..r + n].iter_mut().for_each(|v| *v = sign(rng));
-            }
-        }
-        Workload::Neuromod | Workload::Retro => {
-            inputs.iter_mut().for_each(|v| *v = normal(rng, 1.0));
-            for e in 0..b {
-                let r = (e * t + t - 1) * n;
-                targets[r..r + n].iter_mut().for_each(|v| *v = sign(rng));
-            }
-        }
+    if w == Workload::Plastic {
+        inputs.iter_mut().for_each(|v| *v = sign(rng));
+    } else {
+        inputs.iter_mut().for_each(|v| *v = normal(rng, 1.0));
+    }
+    for e in 0..b {
+        let r = (e * t + t - 1) * n;
+        targets[r..r + n].iter_mut().for_each(|v| *v = sign(rng));
     }
     Episode { batch: b, steps: t, inputs, targets, mask, init: None }
 }
