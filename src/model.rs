@@ -171,7 +171,10 @@ impl Model {
         self.check_engine(engine)?;
         self.validate_episode(ep, engine.options().check_finite)?;
         let seq = Seq::new(&ep.inputs, ep.batch, ep.steps);
-        let fwd = engine.forward(&self.params, seq, ep.init.as_ref())?;
+        let mut fwd = engine.forward(&self.params, seq, ep.init.as_ref())?;
+        // The final state is not part of this loss: free it before the backward pass, whose
+        // recomputed segment is the peak of memory (a whole batch of traces, e.g. 4 MiB at N = 1000).
+        drop(std::mem::take(&mut fwd.last));
         let rows = ep.batch * ep.steps;
         let o = self.outputs();
         let yhat = self.readout(&fwd.y, rows);
