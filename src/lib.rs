@@ -7,7 +7,7 @@
 //! and backward passes over whole episodes for batches of episodes.
 //!
 //! Three implementations sit behind one API ([`Engine`]): an f64 scalar
-//! [`reference`] (the oracle: plain loops, the equations in its docs), the
+//! [`reference`](mod@reference) (the oracle: plain loops, the equations in its docs), the
 //! [`cpu`] backend (f32, explicit SIMD through `wide`, threads through
 //! `rayon`, fused passes, checkpointed back-propagation), and a CUDA backend
 //! (planned; [`Device::Cuda`] reports it unavailable).
