@@ -307,6 +307,37 @@ pub fn forward(
     Ok((y, last))
 }
 
+/// Every pre-clip value `z` of a clipped rule over a whole episode batch, in
+/// the order (episode, step, j, i): `z = H_ji + M_j y_j x_i` (Modulated) or
+/// `H_ji + M_j E_ji` (Retroactive), before `clip(z, ±c_max)`. Empty for the
+/// unclipped rules. Where `|z| = c_max` the clip's derivative jumps, so
+/// finite-difference and cross-precision checks use this to stay off the kinks.
+pub fn preclip(cfg: &LayerConfig, p: &Params<f64>, xs: Seq<'_, f64>, init: Option<&State<f64>>) -> Result<Vec<f64>> {
+    check_inputs(cfg, p, &xs, init)?;
+    if !cfg.rule.is_clipped() {
+        return Ok(Vec::new());
+    }
+    let (n, ni) = (cfg.n, cfg.pre());
+    let zeros = State::zeros(cfg, xs.batch);
+    let init = init.unwrap_or(&zeros);
+    let mut z = Vec::with_capacity(xs.batch * xs.steps * n * ni);
+    for b in 0..xs.batch {
+        let (recs, states) = trajectory(cfg, p, &xs, b, state_of(init, b, n, ni));
+        for (r, (_, hebb, elig)) in recs.iter().zip(&states) {
+            for j in 0..n {
+                for i in 0..ni {
+                    let o = j * ni + i;
+                    z.push(match cfg.rule {
+                        Rule::Modulated => hebb[o] + r.mm[j] * r.y[j] * r.x[i],
+                        _ => hebb[o] + r.mm[j] * elig[o],
+                    });
+                }
+            }
+        }
+    }
+    Ok(z)
+}
+
 /// Adjoints flowing out of one step's backward pass.
 struct StepAdjoint {
     /// dL/dx (pre-synaptic vector).

@@ -30,7 +30,7 @@
 //! distance below 1e−5 on the reference trajectory): there the two precisions
 //! may legitimately take different sides of the clip, whose derivative jumps.
 
-use neuroplastic::reference::{self, plastic_step_fwd};
+use neuroplastic::reference;
 use neuroplastic::*;
 use proptest::prelude::*;
 
@@ -134,40 +134,9 @@ fn params(cfg: &LayerConfig, rng: &mut Lcg) -> Params<f32> {
 /// of the reference trajectory that is not exactly at the clip (exact ties
 /// agree in both precisions); infinity for the unclipped rules.
 fn clip_margin(cfg: &LayerConfig, p: &Params<f64>, xs: &[f64], b: usize, t: usize, init: &State<f64>) -> f64 {
-    if !cfg.rule.is_clipped() {
-        return f64::INFINITY;
-    }
-    let (n, ni, x) = (cfg.n, cfg.pre(), cfg.inputs);
     let c = cfg.clip;
-    let mut margin = f64::INFINITY;
-    for e in 0..b {
-        let mut h = if init.h.is_empty() { Vec::new() } else { init.h[e * n..(e + 1) * n].to_vec() };
-        let mut hebb = init.hebb[e * n * ni..(e + 1) * n * ni].to_vec();
-        let mut elig = if init.elig.is_empty() { Vec::new() } else { init.elig[e * n * ni..(e + 1) * n * ni].to_vec() };
-        for s in 0..t {
-            let input = &xs[(e * t + s) * x..(e * t + s + 1) * x];
-            let (mut hn, mut en) = (vec![0.0; hebb.len()], vec![0.0; elig.len()]);
-            let r = plastic_step_fwd(cfg, p, input, &h, &hebb, &elig, &mut hn, &mut en).unwrap();
-            for j in 0..n {
-                for q in 0..ni {
-                    let o = j * ni + q;
-                    let z = match cfg.rule {
-                        Rule::Modulated => hebb[o] + r.mm[j] * r.y[j] * r.x[q],
-                        _ => hebb[o] + r.mm[j] * elig[o],
-                    };
-                    if z.abs() != c {
-                        margin = margin.min((z.abs() - c).abs() / c);
-                    }
-                }
-            }
-            if cfg.topology == Topology::Recurrent {
-                h = r.y.clone();
-            }
-            hebb = hn;
-            elig = en;
-        }
-    }
-    margin
+    let z = reference::preclip(cfg, p, Seq::new(xs, b, t), Some(init)).unwrap();
+    z.iter().filter(|z| z.abs() != c).fold(f64::INFINITY, |m, z| m.min((z.abs() - c).abs() / c))
 }
 
 /// Runs one case on both backends. `Ok(false)`: skipped (near a clip tie).

@@ -376,38 +376,12 @@ fn compare(an: &Named, fd: &Named) -> (f64, String) {
 
 /// |pre-clip value| of every trace entry at every step, in f64 (clipped rules).
 fn preclip_magnitudes(cfg: &LayerConfig, pt: &Point, b: usize, t: usize) -> Vec<f64> {
-    let (n, ni, x) = (cfg.n, cfg.pre(), cfg.inputs);
-    let mut out = Vec::with_capacity(b * t * n * ni);
-    for e in 0..b {
-        let slice =
-            |v: &Vec<f64>, len: usize| if v.is_empty() { Vec::new() } else { v[e * len..(e + 1) * len].to_vec() };
-        let (mut h, mut hebb, mut elig) =
-            (slice(&pt.init.h, n), slice(&pt.init.hebb, n * ni), slice(&pt.init.elig, n * ni));
-        let (mut hebb_next, mut elig_next) = (vec![0.0; hebb.len()], vec![0.0; elig.len()]);
-        for s in 0..t {
-            let input = &pt.inputs[(e * t + s) * x..(e * t + s + 1) * x];
-            // The problem was drawn with this configuration's shapes, so the step cannot refuse them.
-            let rec =
-                reference::plastic_step_fwd(cfg, &pt.params, input, &h, &hebb, &elig, &mut hebb_next, &mut elig_next)
-                    .expect("gradcheck draws consistent shapes");
-            for j in 0..n {
-                for i in 0..ni {
-                    let o = j * ni + i;
-                    let z = match cfg.rule {
-                        Rule::Modulated => hebb[o] + rec.mm[j] * rec.y[j] * rec.x[i],
-                        _ => hebb[o] + rec.mm[j] * elig[o],
-                    };
-                    out.push(z.abs());
-                }
-            }
-            std::mem::swap(&mut hebb, &mut hebb_next);
-            std::mem::swap(&mut elig, &mut elig_next);
-            if cfg.topology == Topology::Recurrent {
-                h = rec.y;
-            }
-        }
-    }
-    out
+    // The problem was drawn with this configuration's shapes, so the reference cannot refuse them.
+    reference::preclip(cfg, &pt.params, Seq::new(&pt.inputs, b, t), Some(&pt.init))
+        .expect("gradcheck draws consistent shapes")
+        .into_iter()
+        .map(f64::abs)
+        .collect()
 }
 
 /// Picks c_max for a clipped rule: between two neighbouring pre-clip
