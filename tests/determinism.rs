@@ -2,7 +2,9 @@
 //! on two threads: the work is split into fixed row blocks and every sum is
 //! combined in a fixed order, whatever the thread count. The shapes are big
 //! enough for the rows to be split into many blocks (B = 3 with N = 67, and
-//! B = 1 with N = 300, where only splitting rows can keep two threads busy).
+//! B = 1 with N = 300, where only splitting rows can keep two threads busy),
+//! and B = 6 runs episode-parallel (one task per episode, `dα` and `dη`
+//! summed over episodes in a fixed order).
 
 use neuroplastic::*;
 
@@ -81,9 +83,11 @@ fn one_and_two_threads_agree_bitwise_batched() {
             cfg.alpha = alpha;
             cfg.clip = 0.5;
             assert_bitwise(&cfg, 3, 5);
+            assert_bitwise(&cfg, 6, 5);
         }
         let cfg = LayerConfig::feed_forward(rule, 45, 67);
         assert_bitwise(&cfg, 3, 4);
+        assert_bitwise(&cfg, 7, 4);
     }
 }
 

@@ -6,7 +6,11 @@ use rayon::prelude::*;
 
 use super::fwd::{BlockIo, Coef, Loc, Row, row_update, update};
 use super::simd::{add_assign, axpy, fma, ld, outer_acc, pass_inside, prefetch_at, splat, st, sweep, zero};
-use super::{Activation, HEBB, MODU, OJA, Par, Plan, RETRO, Rates, Saved, Workspace, act_grad, grow, modact_grad};
+use std::sync::Mutex;
+
+use super::{
+    Activation, HEBB, MODU, OJA, Par, Plan, RETRO, Rates, Saved, Scratch, Workspace, act_grad, grow, modact_grad,
+};
 use crate::config::{AlphaShape, InputMap, LayerConfig};
 use crate::params::{Gradients, Params, State, Truncation, eta_learned};
 
@@ -35,11 +39,15 @@ fn row_eager<const RULE: u8, const CONN: bool, const GIN: bool>(
     // dL/dy_j through the trace update: Σ_i gH (∂H'/∂y_j). Meanwhile this
     // row of H (read by the second sweep) is fetched.
     let [s] = if GIN {
-        sweep(len, |i, n, acc| {
-            prefetch_at(h.as_ptr(), i);
-            let (gv, xv) = (ld(g, i, n), ld(x, i, n));
-            acc[0] = if RULE == HEBB { fma(gv, xv, acc[0]) } else { fma(gv, xv - (yv + yv) * ld(h, i, n), acc[0]) };
-        })
+        sweep(
+            len,
+            #[inline(always)]
+            |i, n, acc| {
+                prefetch_at(h.as_ptr(), i);
+                let (gv, xv) = (ld(g, i, n), ld(x, i, n));
+                acc[0] = if RULE == HEBB { fma(gv, xv, acc[0]) } else { fma(gv, xv - (yv + yv) * ld(h, i, n), acc[0]) };
+            },
+        )
     } else {
         [0.0]
     };
@@ -47,22 +55,26 @@ fn row_eager<const RULE: u8, const CONN: bool, const GIN: bool>(
     let gav = splat(ga);
     let keep = splat(if RULE == HEBB { rt.keep } else { 1.0 - rt.eta * y * y });
     let ey = splat(rt.eta * y);
-    let [geta, sal] = sweep(len, |i, n, acc| {
-        prefetch_at(pf[0], i);
-        prefetch_at(pf[1], i);
-        let gv = if GIN { ld(g, i, n) } else { zero() };
-        let (hv, xv, av) = (ld(h, i, n), ld(x, i, n), r.alpha::<CONN>(i, n));
-        let gax = gav * xv;
-        st(g, i, n, fma(av, gax, gv * keep));
-        let wa = fma(av, hv, ld(r.w, i, n));
-        st(gx, i, n, fma(wa, gav, fma(ey, gv, ld(gx, i, n))));
-        acc[0] = if RULE == HEBB { fma(gv, yv * xv - hv, acc[0]) } else { fma(gv * yv, xv - yv * hv, acc[0]) };
-        if CONN {
-            st(gal, i, n, fma(gax, hv, ld(gal, i, n)));
-        } else {
-            acc[1] = fma(xv, hv, acc[1]);
-        }
-    });
+    let [geta, sal] = sweep(
+        len,
+        #[inline(always)]
+        |i, n, acc| {
+            prefetch_at(pf[0], i);
+            prefetch_at(pf[1], i);
+            let gv = if GIN { ld(g, i, n) } else { zero() };
+            let (hv, xv, av) = (ld(h, i, n), ld(x, i, n), r.alpha::<CONN>(i, n));
+            let gax = gav * xv;
+            st(g, i, n, fma(av, gax, gv * keep));
+            let wa = fma(av, hv, ld(r.w, i, n));
+            st(gx, i, n, fma(wa, gav, fma(ey, gv, ld(gx, i, n))));
+            acc[0] = if RULE == HEBB { fma(gv, yv * xv - hv, acc[0]) } else { fma(gv * yv, xv - yv * hv, acc[0]) };
+            if CONN {
+                st(gal, i, n, fma(gax, hv, ld(gal, i, n)));
+            } else {
+                acc[1] = fma(xv, hv, acc[1]);
+            }
+        },
+    );
     (ga, geta, sal)
 }
 
@@ -105,45 +117,49 @@ fn row_lazy<const RULE: u8, const CONN: bool, const PEND: bool, const GIN: bool>
     let gal = if CONN && PEND { &mut gal[..len] } else { gal };
     let gxt = &mut gxt[..len];
     let r = Row { w, al: if CONN { &r.al[..len] } else { r.al }, au: r.au };
-    sweep(len, |i, n, acc| {
-        prefetch_at(pf[0], i);
-        prefetch_at(pf[1], i);
-        if RULE == RETRO {
-            prefetch_at(pf[2], i);
-            prefetch_at(pf[3], i);
-        }
-        let hv = ld(h, i, n);
-        let ev = if RULE == RETRO { ld(e, i, n) } else { zero() };
-        let xv = ld(x, i, n);
-        let (z, hn, _) = update::<RULE>(hv, ev, xv, k);
-        let mut ghn = if GIN { ld(g, i, n) } else { zero() };
-        if PEND {
-            let (av, xpv) = (r.alpha::<CONN>(i, n), ld(xp, i, n));
-            let gax = gapv * xpv;
-            if GIN {
-                ghn = fma(av, gax, ghn);
+    sweep(
+        len,
+        #[inline(always)]
+        |i, n, acc| {
+            prefetch_at(pf[0], i);
+            prefetch_at(pf[1], i);
+            if RULE == RETRO {
+                prefetch_at(pf[2], i);
+                prefetch_at(pf[3], i);
             }
-            if CONN {
-                st(gal, i, n, fma(gax, hn, ld(gal, i, n)));
+            let hv = ld(h, i, n);
+            let ev = if RULE == RETRO { ld(e, i, n) } else { zero() };
+            let xv = ld(x, i, n);
+            let (z, hn, _) = update::<RULE>(hv, ev, xv, k);
+            let mut ghn = if GIN { ld(g, i, n) } else { zero() };
+            if PEND {
+                let (av, xpv) = (r.alpha::<CONN>(i, n), ld(xp, i, n));
+                let gax = gapv * xpv;
+                if GIN {
+                    ghn = fma(av, gax, ghn);
+                }
+                if CONN {
+                    st(gal, i, n, fma(gax, hn, ld(gal, i, n)));
+                } else {
+                    acc[3] = fma(xpv, hn, acc[3]);
+                }
+                st(gxn, i, n, fma(fma(av, hn, ld(r.w, i, n)), gapv, ld(gxn, i, n)));
+            }
+            let gz = pass_inside(z, k.clip(), ghn);
+            st(g, i, n, gz);
+            if RULE == MODU {
+                acc[0] = fma(gz, xv, acc[0]);
+                st(gxt, i, n, fma(gz, k.q(), ld(gxt, i, n)));
             } else {
-                acc[3] = fma(xpv, hn, acc[3]);
+                acc[0] = fma(gz, ev, acc[0]);
+                let gev = if GIN { ld(ge, i, n) } else { zero() };
+                st(ge, i, n, fma(gz, mjv, gev * keep_e));
+                acc[1] = fma(gev, xv, acc[1]);
+                st(gxt, i, n, fma(gev, k.q(), ld(gxt, i, n)));
+                acc[2] = fma(gev, yv * xv - ev, acc[2]);
             }
-            st(gxn, i, n, fma(fma(av, hn, ld(r.w, i, n)), gapv, ld(gxn, i, n)));
-        }
-        let gz = pass_inside(z, k.clip(), ghn);
-        st(g, i, n, gz);
-        if RULE == MODU {
-            acc[0] = fma(gz, xv, acc[0]);
-            st(gxt, i, n, fma(gz, k.q(), ld(gxt, i, n)));
-        } else {
-            acc[0] = fma(gz, ev, acc[0]);
-            let gev = if GIN { ld(ge, i, n) } else { zero() };
-            st(ge, i, n, fma(gz, mjv, gev * keep_e));
-            acc[1] = fma(gev, xv, acc[1]);
-            st(gxt, i, n, fma(gev, k.q(), ld(gxt, i, n)));
-            acc[2] = fma(gev, yv * xv - ev, acc[2]);
-        }
-    })
+        },
+    )
 }
 
 /// The plastic map of the earliest step `t` of a lazy backward, whose pass
@@ -161,19 +177,23 @@ fn row_finish<const CONN: bool, const KEEP: bool>(
     gx: &mut [f32],
 ) -> f32 {
     let gav = splat(ga);
-    let [s] = sweep(x.len(), |i, n, acc| {
-        let (hv, xv, av) = (ld(h, i, n), ld(x, i, n), r.alpha::<CONN>(i, n));
-        let gax = gav * xv;
-        if CONN {
-            st(gal, i, n, fma(gax, hv, ld(gal, i, n)));
-        } else {
-            acc[0] = fma(xv, hv, acc[0]);
-        }
-        st(gx, i, n, fma(fma(av, hv, ld(r.w, i, n)), gav, ld(gx, i, n)));
-        if KEEP {
-            st(g, i, n, fma(av, gax, ld(g, i, n)));
-        }
-    });
+    let [s] = sweep(
+        x.len(),
+        #[inline(always)]
+        |i, n, acc| {
+            let (hv, xv, av) = (ld(h, i, n), ld(x, i, n), r.alpha::<CONN>(i, n));
+            let gax = gav * xv;
+            if CONN {
+                st(gal, i, n, fma(gax, hv, ld(gal, i, n)));
+            } else {
+                acc[0] = fma(xv, hv, acc[0]);
+            }
+            st(gx, i, n, fma(fma(av, hv, ld(r.w, i, n)), gav, ld(gx, i, n)));
+            if KEEP {
+                st(g, i, n, fma(av, gax, ld(g, i, n)));
+            }
+        },
+    );
     s
 }
 
@@ -503,99 +523,202 @@ pub(crate) fn run(
 ) -> Gradients<f32> {
     let p = *plan;
     let rt = Rates::new(cfg, prm);
+    let (lazy, first) = (p.lazy(), trunc.first_step(p.t));
+    let mut out =
+        Gradients { params: Params::zeros(cfg), inputs: vec![0.0; p.b * p.t * p.x], init: State::zeros(cfg, p.b) };
+    let Workspace { zeros, ga, gmm, gs, gat, eta_acc, alpha_acc, gal, scratch, .. } = ws;
+    let scratch = &*scratch;
+    let zeros = &*grow(zeros, p.rows * p.i);
+    let ga = grow(ga, p.b * p.t * p.n);
+    let gmm = grow(gmm, if lazy { p.b * p.t * p.n } else { 0 });
+    let gs = grow(gs, p.b * p.t * p.k);
+    let sets = if p.grouped { p.b } else { 1 };
+    let eta_acc = grow(eta_acc, sets * p.blocks);
+    let alpha_acc = grow(alpha_acc, sets * p.n);
+    eta_acc.fill(0.0);
+    alpha_acc.fill(0.0);
+    let fx = Fixed { cfg, prm, rt, trunc, zeros };
+    let dl = |b0: usize, b1: usize| {
+        dlast.map(|d| {
+            let (ni, n) = (p.n * p.i, p.n);
+            let el = if p.elig { &d.elig[b0 * ni..b1 * ni] } else { &[][..] };
+            let h = if p.recurrent { &d.h[b0 * n..b1 * n] } else { &[][..] };
+            (h, &d.hebb[b0 * ni..b1 * ni], el)
+        })
+    };
+    if p.grouped {
+        // Every episode on its own: its snapshots are the b-th part of the
+        // snapshot buffers (see the forward), its dα, dη and per-row dα sums
+        // go to its own slots, added up below in episode order.
+        let q = p.episode();
+        let (ni, tn, tk, tx) = (p.n * p.i, p.t * p.n, p.t * p.k, p.t * p.x);
+        let per = saved.snap_h.len() / p.b;
+        let gal = grow(gal, if p.conn { p.b * ni } else { 0 });
+        gal.fill(0.0);
+        let (pga, pgmm, pgs) = (Par::new(ga), Par::new(gmm), Par::new(gs));
+        let (pin, pih, pie, pii) = (
+            Par::new(&mut out.inputs),
+            Par::new(&mut out.init.hebb),
+            Par::new(&mut out.init.elig),
+            Par::new(&mut out.init.h),
+        );
+        let (pgal, pea, paa) = (Par::new(gal), Par::new(eta_acc), Par::new(alpha_acc));
+        (0..p.b).into_par_iter().for_each(|b| {
+            let ep = Episodes {
+                inputs: &inputs[b * tx..(b + 1) * tx],
+                snap_h: &saved.snap_h[b * per..(b + 1) * per],
+                snap_e: if p.elig { &saved.snap_e[b * per..(b + 1) * per] } else { &[][..] },
+                zero_init: saved.zero_init,
+                h0: if p.recurrent { &saved.h0[b * p.n..(b + 1) * p.n] } else { &[][..] },
+                y: &saved.y[b * tn..(b + 1) * tn],
+                mm: if lazy { &saved.mm[b * tn..(b + 1) * tn] } else { &[][..] },
+                m: if lazy { &saved.m[b * tk..(b + 1) * tk] } else { &[][..] },
+                dy: &dy[b * tn..(b + 1) * tn],
+                dlast: dl(b, b + 1),
+            };
+            // SAFETY: episode b owns these ranges of every output.
+            let o = unsafe {
+                Outs {
+                    ga: pga.write(b * tn, tn),
+                    gmm: if lazy { pgmm.write(b * tn, tn) } else { &mut [][..] },
+                    gs: pgs.write(b * tk, tk),
+                    gin: pin.write(b * tx, tx),
+                    init_h: if p.recurrent { pii.write(b * p.n, p.n) } else { &mut [][..] },
+                    init_hebb: pih.write(b * ni, ni),
+                    init_elig: if p.elig { pie.write(b * ni, ni) } else { &mut [][..] },
+                    gal: if p.conn { pgal.write(b * ni, ni) } else { &mut [][..] },
+                    eta_acc: pea.write(b * p.blocks, p.blocks),
+                    alpha_acc: paa.write(b * p.n, p.n),
+                }
+            };
+            let mut sc = take_scratch(scratch);
+            sweep_time(&fx, &q, ep, o, &mut sc);
+            give_scratch(scratch, sc);
+        });
+    } else {
+        let ep = Episodes {
+            inputs,
+            snap_h: &saved.snap_h,
+            snap_e: &saved.snap_e,
+            zero_init: saved.zero_init,
+            h0: &saved.h0,
+            y: &saved.y,
+            mm: &saved.mm,
+            m: &saved.m,
+            dy,
+            dlast: dl(0, p.b),
+        };
+        let o = Outs {
+            ga,
+            gmm,
+            gs,
+            gin: &mut out.inputs,
+            init_h: &mut out.init.h,
+            init_hebb: &mut out.init.hebb,
+            init_elig: &mut out.init.elig,
+            gal: &mut out.params.alpha,
+            eta_acc,
+            alpha_acc,
+        };
+        let mut sc = take_scratch(scratch);
+        sweep_time(&fx, &p, ep, o, &mut sc);
+        give_scratch(scratch, sc);
+    }
+    if p.grouped {
+        // The episodes' parts, added in episode order.
+        let (ni, n) = (p.n * p.i, p.n);
+        if p.conn {
+            let gal = &gal[..p.b * ni];
+            out.params.alpha.par_chunks_mut(4096).enumerate().for_each(|(c, dst)| {
+                let o = c * 4096;
+                for b in 0..p.b {
+                    add_assign(dst, &gal[b * ni + o..b * ni + o + dst.len()]);
+                }
+            });
+        }
+        let (a0, rest) = alpha_acc.split_at_mut(n);
+        for part in rest.chunks(n) {
+            for (a, v) in a0.iter_mut().zip(part) {
+                *a += v;
+            }
+        }
+    }
+    finish_params(cfg, &p, prm, inputs, saved, ga, gmm, gs, gat, eta_acc, &alpha_acc[..p.n], first, &mut out);
+    out
+}
+
+/// The checkpointed time sweep backwards over the episodes of plan `p` (all
+/// of them, or one of a grouped call): per segment, the recomputation of its
+/// traces, then its steps from the last, one pass each (blocks in parallel
+/// unless `p.serial`).
+fn sweep_time(fx: &Fixed<'_>, p: &Plan, ep: Episodes<'_>, o: Outs<'_>, sc: &mut Scratch) {
+    let (cfg, prm, rt, trunc, zeros) = (fx.cfg, fx.prm, fx.rt, fx.trunc, fx.zeros);
+    let p = *p;
     let (sl, lazy) = (p.state(), p.lazy());
     let first = trunc.first_step(p.t);
     let carry_first = trunc.flow(first, p.t).1;
-    let mut out =
-        Gradients { params: Params::zeros(cfg), inputs: vec![0.0; p.b * p.t * p.x], init: State::zeros(cfg, p.b) };
-    let Workspace {
-        seg_h,
-        seg_e,
-        part_a,
-        part_b,
-        ga,
-        gmm,
-        gs,
-        gat,
-        r1,
-        r2,
-        gh,
-        gxa,
-        eta_acc,
-        alpha_acc,
-        zeros,
-        adj_h,
-        adj_e,
-        ..
-    } = ws;
-    let zeros = &*grow(zeros, p.rows * p.i);
+    let Scratch { seg_h, seg_e, adj_h, adj_e, part_a, part_b, r1, r2, gh, gxa } = sc;
     let nseg = (p.c - 1) * sl;
     let seg_h = grow(seg_h, nseg);
     let seg_e = grow(seg_e, if p.elig { nseg } else { 0 });
     let part_a = grow(part_a, p.blocks * p.b * p.i);
     let part_b = grow(part_b, if lazy { p.blocks * p.b * p.i } else { 0 });
-    let ga = grow(ga, p.b * p.t * p.n);
-    let gmm = grow(gmm, if lazy { p.b * p.t * p.n } else { 0 });
-    let gs = grow(gs, p.b * p.t * p.k);
     let r1 = grow(r1, p.b * p.n);
     let r2 = grow(r2, p.b * p.n);
     let gh = grow(gh, p.b * p.n);
     let gxa = grow(gxa, p.b * p.i);
-    let eta_acc = grow(eta_acc, p.blocks);
-    let alpha_acc = grow(alpha_acc, p.n);
     gh.fill(0.0);
     gxa.fill(0.0);
-    eta_acc.fill(0.0);
-    alpha_acc.fill(0.0);
+    let (ga, gmm, gs, eta_acc, alpha_acc) = (o.ga, o.gmm, o.gs, o.eta_acc, o.alpha_acc);
     // The trace adjoints are built in place in the init-gradient outputs, or,
-    // when the truncation makes those zero, in the workspace (a fresh zero
-    // output that is never touched costs no page faults).
+    // when the truncation makes those zero, in the scratch buffers (a fresh
+    // zero output that is never touched costs no page faults).
     let (adj_h, adj_e) = if carry_first {
-        (&mut out.init.hebb[..], &mut out.init.elig[..])
+        (o.init_hebb, o.init_elig)
     } else {
         (grow(adj_h, sl), grow(adj_e, if p.elig { sl } else { 0 }))
     };
-    if let Some(d) = dlast {
-        adj_h.copy_from_slice(&d.hebb);
-        adj_e.copy_from_slice(&d.elig);
+    if let Some((dh, dhebb, delig)) = ep.dlast {
+        adj_h.copy_from_slice(dhebb);
+        adj_e.copy_from_slice(delig);
         if p.recurrent {
-            gh.copy_from_slice(&d.h);
+            gh.copy_from_slice(dh);
         }
     }
 
-    let (sh, se) = (Par::shared(&saved.snap_h), Par::shared(&saved.snap_e));
+    let (sh, se) = (Par::shared(ep.snap_h), Par::shared(ep.snap_e));
     let (wh, we) = (Par::new(seg_h), Par::new(seg_e));
     // The state before step t: its snapshot, or its slot in the segment buffer.
     let loc = |t: usize| {
-        if t == 0 && saved.zero_init {
+        if t == 0 && ep.zero_init {
             (Loc::zeros(zeros), Loc::zeros(zeros))
         } else if t % p.c == 0 {
-            let off = (t / p.c - saved.zero_init as usize) * sl;
+            let off = (t / p.c - ep.zero_init as usize) * sl;
             (Loc::at(sh, off), Loc::at(se, off))
         } else {
             let off = (t % p.c - 1) * sl;
             (Loc::at(wh, off), Loc::at(we, off))
         }
     };
-    let (h0, y, mm) = (&saved.h0[..], &saved.y[..], &saved.mm[..]);
+    let (h0, y, mm, inputs, dy) = (ep.h0, ep.y, ep.mm, ep.inputs, ep.dy);
     let f = cfg.activation;
     {
-        let (pg, pge, pgal) = (Par::new(adj_h), Par::new(adj_e), Par::new(&mut out.params.alpha));
+        let (pg, pge, pgal) = (Par::new(adj_h), Par::new(adj_e), Par::new(o.gal));
         let (ppa, ppb, pga) = (Par::new(part_a), Par::new(part_b), Par::new(ga));
         let (pr1, pr2, pea, paa) = (Par::new(r1), Par::new(r2), Par::new(eta_acc), Par::new(alpha_acc));
         let pgh = Par::new(gh);
         let pgxa = Par::new(gxa);
-        let pin = Par::new(&mut out.inputs);
+        let pin = Par::new(o.gin);
         let (pgmm, pgs) = (Par::new(gmm), Par::new(gs));
         // Whether dL/d(state after step t) is carried into step t's pass.
-        let gin = |t: usize| if t + 1 == p.t { dlast.is_some() } else { trunc.flow(t + 1, p.t).1 };
+        let gin = |t: usize| if t + 1 == p.t { ep.dlast.is_some() } else { trunc.flow(t + 1, p.t).1 };
 
         for kseg in (first / p.c..=(p.t - 1) / p.c).rev() {
             let (t0, t1) = (kseg * p.c, ((kseg + 1) * p.c).min(p.t));
             for tau in t0..t1 - 1 {
                 let rc = Recompute { p, rt, inputs, h0, y, mm, tau, src: loc(tau), dst: loc(tau + 1) };
                 let task = recompute_task(p.rule);
-                (0..p.blocks).into_par_iter().for_each(|blk| task(&rc, blk));
+                p.each(p.blocks, |blk| task(&rc, blk));
             }
             for t in (t0.max(first)..t1).rev() {
                 let (use_dy, carry) = trunc.flow(t, p.t);
@@ -633,9 +756,9 @@ pub(crate) fn run(
                 } else {
                     eager_task(p.rule, p.conn, gin(t))
                 };
-                (0..p.blocks).into_par_iter().for_each(|blk| task(&pass, blk));
+                p.each(p.blocks, |blk| task(&pass, blk));
                 // Per-episode work between passes; episodes own disjoint ranges.
-                (0..p.b).into_par_iter().for_each(|b| {
+                p.each(p.b, |b| {
                     // SAFETY: episode b's ranges of gh, gxa, inputs, ga, gmm,
                     // gs belong to this closure call; part_*, r1, r2 are read.
                     unsafe {
@@ -664,7 +787,7 @@ pub(crate) fn run(
                             &p,
                             prm,
                             &rt,
-                            &saved.m[(b * p.t + t) * p.k..(b * p.t + t + 1) * p.k],
+                            &ep.m[(b * p.t + t) * p.k..(b * p.t + t + 1) * p.k],
                             &y[o..o + p.n],
                             &mm[o..o + p.n],
                             if use_dy { Some(&dy[o..o + p.n]) } else { None },
@@ -710,8 +833,8 @@ pub(crate) fn run(
                 alpha_acc: paa,
             };
             let task = finish_task(p.conn, carry_first);
-            (0..p.blocks).into_par_iter().for_each(|blk| task(&pass, blk));
-            (0..p.b).into_par_iter().for_each(|b| unsafe {
+            p.each(p.blocks, |blk| task(&pass, blk));
+            p.each(p.b, |b| unsafe {
                 // SAFETY: as above.
                 let part = ppa.read(0, p.blocks * p.b * p.i);
                 let ghb = pgh.write(b * p.n, p.n);
@@ -727,10 +850,54 @@ pub(crate) fn run(
         gh.fill(0.0);
     }
     if p.recurrent {
-        out.init.h.copy_from_slice(gh);
+        o.init_h.copy_from_slice(gh);
     }
-    finish_params(cfg, &p, prm, inputs, saved, ga, gmm, gs, gat, eta_acc, alpha_acc, first, &mut out);
-    out
+}
+
+fn take_scratch(m: &Mutex<Vec<Scratch>>) -> Scratch {
+    m.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default()
+}
+
+fn give_scratch(m: &Mutex<Vec<Scratch>>, s: Scratch) {
+    m.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+}
+
+/// What every episode of a backward call shares.
+struct Fixed<'a> {
+    cfg: &'a LayerConfig,
+    prm: &'a Params<f32>,
+    rt: Rates,
+    trunc: Truncation,
+    zeros: &'a [f32],
+}
+
+/// What the time sweep reads, for its episodes (all, or one).
+struct Episodes<'a> {
+    inputs: &'a [f32],
+    snap_h: &'a [f32],
+    snap_e: &'a [f32],
+    zero_init: bool,
+    h0: &'a [f32],
+    y: &'a [f32],
+    mm: &'a [f32],
+    m: &'a [f32],
+    dy: &'a [f32],
+    /// `dL/d(final state)`: `h`, `H`, `E`.
+    dlast: Option<(&'a [f32], &'a [f32], &'a [f32])>,
+}
+
+/// What the time sweep writes, for its episodes.
+struct Outs<'a> {
+    ga: &'a mut [f32],
+    gmm: &'a mut [f32],
+    gs: &'a mut [f32],
+    gin: &'a mut [f32],
+    init_h: &'a mut [f32],
+    init_hebb: &'a mut [f32],
+    init_elig: &'a mut [f32],
+    gal: &'a mut [f32],
+    eta_acc: &'a mut [f64],
+    alpha_acc: &'a mut [f64],
 }
 
 fn ppb_len(p: &Plan, lazy: bool) -> usize {

@@ -138,17 +138,25 @@ pub(crate) fn row_eager<const RULE: u8, const CONN: bool>(
     mut h: Io<'_>,
     pf: *const f32,
 ) -> f32 {
-    let [d] = sweep(x.len(), |i, n, acc| {
-        prefetch_at(pf, i);
-        let wa = fma(r.alpha::<CONN>(i, n), h.get(i, n), ld(r.w, i, n));
-        acc[0] = fma(wa, ld(x, i, n), acc[0]);
-    });
+    let [d] = sweep(
+        x.len(),
+        #[inline(always)]
+        |i, n, acc| {
+            prefetch_at(pf, i);
+            let wa = fma(r.alpha::<CONN>(i, n), h.get(i, n), ld(r.w, i, n));
+            acc[0] = fma(wa, ld(x, i, n), acc[0]);
+        },
+    );
     let y = act(f, drive + d);
     let k = Coef::new::<RULE>(rt, y, 0.0);
-    sweep::<0>(x.len(), |i, n, _| {
-        let (_, hn, _) = update::<RULE>(h.get(i, n), zero(), ld(x, i, n), &k);
-        h.put(i, n, hn);
-    });
+    sweep::<0>(
+        x.len(),
+        #[inline(always)]
+        |i, n, _| {
+            let (_, hn, _) = update::<RULE>(h.get(i, n), zero(), ld(x, i, n), &k);
+            h.put(i, n, hn);
+        },
+    );
     y
 }
 
@@ -169,24 +177,28 @@ pub(crate) fn row_lazy<const RULE: u8, const CONN: bool, const PEND: bool>(
     mut e: Io<'_>,
     pf: (*const f32, *const f32),
 ) -> f32 {
-    let [d] = sweep(x.len(), |i, n, acc| {
-        prefetch_at(pf.0, i);
-        if RULE == RETRO {
-            prefetch_at(pf.1, i);
-        }
-        let mut hv = h.get(i, n);
-        if PEND {
-            let ev = if RULE == RETRO { e.get(i, n) } else { zero() };
-            let (_, hn, en) = update::<RULE>(hv, ev, ld(xp, i, n), kp);
-            h.put(i, n, hn);
+    let [d] = sweep(
+        x.len(),
+        #[inline(always)]
+        |i, n, acc| {
+            prefetch_at(pf.0, i);
             if RULE == RETRO {
-                e.put(i, n, en);
+                prefetch_at(pf.1, i);
             }
-            hv = hn;
-        }
-        let wa = fma(r.alpha::<CONN>(i, n), hv, ld(r.w, i, n));
-        acc[0] = fma(wa, ld(x, i, n), acc[0]);
-    });
+            let mut hv = h.get(i, n);
+            if PEND {
+                let ev = if RULE == RETRO { e.get(i, n) } else { zero() };
+                let (_, hn, en) = update::<RULE>(hv, ev, ld(xp, i, n), kp);
+                h.put(i, n, hn);
+                if RULE == RETRO {
+                    e.put(i, n, en);
+                }
+                hv = hn;
+            }
+            let wa = fma(r.alpha::<CONN>(i, n), hv, ld(r.w, i, n));
+            acc[0] = fma(wa, ld(x, i, n), acc[0]);
+        },
+    );
     act(f, drive + d)
 }
 
@@ -200,18 +212,22 @@ pub(crate) fn row_update<const RULE: u8>(
     mut e: Io<'_>,
     pf: (*const f32, *const f32),
 ) {
-    sweep::<0>(x.len(), |i, n, _| {
-        prefetch_at(pf.0, i);
-        if RULE == RETRO {
-            prefetch_at(pf.1, i);
-        }
-        let ev = if RULE == RETRO { e.get(i, n) } else { zero() };
-        let (_, hn, en) = update::<RULE>(h.get(i, n), ev, ld(x, i, n), k);
-        h.put(i, n, hn);
-        if RULE == RETRO {
-            e.put(i, n, en);
-        }
-    });
+    sweep::<0>(
+        x.len(),
+        #[inline(always)]
+        |i, n, _| {
+            prefetch_at(pf.0, i);
+            if RULE == RETRO {
+                prefetch_at(pf.1, i);
+            }
+            let ev = if RULE == RETRO { e.get(i, n) } else { zero() };
+            let (_, hn, en) = update::<RULE>(h.get(i, n), ev, ld(x, i, n), k);
+            h.put(i, n, hn);
+            if RULE == RETRO {
+                e.put(i, n, en);
+            }
+        },
+    );
 }
 
 /// Where a batch of traces `(B, N, I)` lives: a buffer and an offset, or
@@ -525,69 +541,54 @@ pub(crate) fn run(
     let mut h0 = some(p.recurrent, bn);
     let mut last = State { h: some(p.recurrent, bn), hebb: vec![0.0f32; sl], elig: some(p.elig, sl) };
     if let Some(s) = init {
-        snap_h[..sl].copy_from_slice(&s.hebb);
-        if p.elig {
-            snap_e[..sl].copy_from_slice(&s.elig);
-        }
         h0.copy_from_slice(&s.h);
     }
     let drive = grow(&mut ws.drive, p.b * p.t * p.n);
     compute_drive(cfg, &p, prm, inputs, drive);
     let drive = &*drive;
     let zeros = &*grow(&mut ws.zeros, p.rows * p.i);
+    let pf = Fixed { cfg, rt, prm, zeros, zero_init };
 
-    {
-        let (ph, pe) = (Par::new(&mut snap_h), Par::new(&mut snap_e));
-        let (lh, le) = (Par::new(&mut last.hebb), Par::new(&mut last.elig));
-        // Where the state before step τ is written: the states of
-        // (kC − C, kC] are computed in place in snapshot slot k, which ends
-        // up holding S_kC; those after the last snapshot in `last`. Only the
-        // first pass of each segment reads and writes different buffers
-        // (costlier: the destination is read for ownership), and the fresh
-        // `last` output is touched only by the final segment.
-        let loc = |tau: usize| {
-            let slot = tau.div_ceil(p.c);
-            if tau == 0 && zero_init {
-                (Loc::zeros(zeros), Loc::zeros(zeros))
-            } else if slot < p.snaps {
-                let off = (slot - zero_init as usize) * sl;
-                (Loc::at(ph, off), Loc::at(pe, off))
-            } else {
-                (Loc::at(lh, 0), Loc::at(le, 0))
-            }
-        };
-        let py = Par::new(&mut y);
-        for t in 0..p.t {
-            let (src, dst, task) = if lazy {
-                (loc(t.saturating_sub(1)), loc(t), lazy_task(p.rule, p.conn, t > 0))
-            } else {
-                (loc(t), loc(t + 1), eager_task(p.rule, p.conn))
-            };
-            let pass = Pass { p, rt, f: cfg.activation, prm, inputs, h0: &h0, drive, mm: &mm, y: py, t, src, dst };
-            let tp = std::time::Instant::now();
-            (0..p.blocks).into_par_iter().for_each(|blk| task(&pass, blk));
-            if std::env::var("NP_PROF").is_ok() {
-                eprint!("{:.1} ", tp.elapsed().as_secs_f64() * 1e3);
-            }
-            if lazy {
-                for b in 0..p.b {
-                    let o = (b * p.t + t) * p.n;
-                    // SAFETY: no pass is running; nothing writes y here.
-                    let yt = unsafe { py.read(o, p.n) };
-                    let (mb, mmb) = (&mut m[(b * p.t + t) * p.k..][..p.k], &mut mm[o..o + p.n]);
-                    modulate(cfg, prm, yt, mb, mmb);
+    if p.grouped {
+        // One task per episode; episode b's snapshots are the b-th of B equal
+        // parts of the snapshot buffers, each laid out `(snapshots, 1, N, I)`.
+        let q = p.episode();
+        let (ni, tn, tk, tx) = (p.n * p.i, p.t * p.n, p.t * p.k, p.t * p.x);
+        let per = stored / p.b.max(1);
+        let (py, pmm, pm) = (Par::new(&mut y), Par::new(&mut mm), Par::new(&mut m));
+        let (psh, pse) = (Par::new(&mut snap_h), Par::new(&mut snap_e));
+        let (plh, ple) = (Par::new(&mut last.hebb), Par::new(&mut last.elig));
+        let (h0, elig) = (&h0[..], p.elig);
+        (0..p.b).into_par_iter().for_each(|b| {
+            // SAFETY: episode b owns these ranges of every output.
+            let bufs = unsafe {
+                Bufs {
+                    y: py.write(b * tn, tn),
+                    mm: if lazy { pmm.write(b * tn, tn) } else { &mut [][..] },
+                    m: if lazy { pm.write(b * tk, tk) } else { &mut [][..] },
+                    snap_h: psh.write(b * per, per),
+                    snap_e: if elig { pse.write(b * per, per) } else { &mut [][..] },
+                    last_h: plh.write(b * ni, ni),
+                    last_e: if elig { ple.write(b * ni, ni) } else { &mut [][..] },
                 }
-            }
-        }
-        if lazy {
-            let (src, dst) = (loc(p.t - 1), loc(p.t));
-            let pass = Pass { p, rt, f: cfg.activation, prm, inputs, h0: &h0, drive, mm: &mm, y: py, t: p.t, src, dst };
-            let task = final_task(p.rule);
-            (0..p.blocks).into_par_iter().for_each(|blk| task(&pass, blk));
-        }
-        if std::env::var("NP_PROF").is_ok() {
-            eprintln!();
-        }
+            };
+            let init = init
+                .map(|s| (&s.hebb[b * ni..(b + 1) * ni], if elig { &s.elig[b * ni..(b + 1) * ni] } else { &[][..] }));
+            let h0 = if q.recurrent { &h0[b * q.n..(b + 1) * q.n] } else { h0 };
+            time_loop(&pf, &q, &inputs[b * tx..(b + 1) * tx], &drive[b * tn..(b + 1) * tn], h0, init, bufs);
+        });
+    } else {
+        let bufs = Bufs {
+            y: &mut y,
+            mm: &mut mm,
+            m: &mut m,
+            snap_h: &mut snap_h,
+            snap_e: &mut snap_e,
+            last_h: &mut last.hebb,
+            last_e: &mut last.elig,
+        };
+        let init = init.map(|s| (&s.hebb[..], &s.elig[..]));
+        time_loop(&pf, &p, inputs, drive, &h0, init, bufs);
     }
     if p.recurrent {
         for b in 0..p.b {
@@ -610,4 +611,91 @@ pub(crate) fn run(
         pool: ws.pool.clone(),
     };
     (y, last, saved)
+}
+
+/// What every episode of a forward call shares.
+struct Fixed<'a> {
+    cfg: &'a LayerConfig,
+    rt: Rates,
+    prm: &'a Params<f32>,
+    zeros: &'a [f32],
+    zero_init: bool,
+}
+
+/// The outputs of the time loop of a batch of episodes (all of them, or one).
+struct Bufs<'a> {
+    y: &'a mut [f32],
+    mm: &'a mut [f32],
+    m: &'a mut [f32],
+    snap_h: &'a mut [f32],
+    snap_e: &'a mut [f32],
+    last_h: &'a mut [f32],
+    last_e: &'a mut [f32],
+}
+
+/// The time loop over the episodes of plan `p`: one pass per step (blocks in
+/// parallel unless `p.serial`), snapshots every `C` steps, the final state in
+/// `last_*`. `init`: the initial traces (`None` = zero, not stored).
+fn time_loop(
+    f: &Fixed<'_>,
+    p: &Plan,
+    inputs: &[f32],
+    drive: &[f32],
+    h0: &[f32],
+    init: Option<(&[f32], &[f32])>,
+    o: Bufs<'_>,
+) {
+    let (p, sl, lazy, zero_init) = (*p, p.state(), p.lazy(), f.zero_init);
+    let (cfg, prm, rt, zeros) = (f.cfg, f.prm, f.rt, f.zeros);
+    if let Some((h, e)) = init {
+        o.snap_h[..sl].copy_from_slice(h);
+        if p.elig {
+            o.snap_e[..sl].copy_from_slice(e);
+        }
+    }
+    let (mm, m) = (o.mm, o.m);
+    let (ph, pe) = (Par::new(o.snap_h), Par::new(o.snap_e));
+    let (lh, le) = (Par::new(o.last_h), Par::new(o.last_e));
+    // Where the state before step τ is written: the states of
+    // (kC − C, kC] are computed in place in snapshot slot k, which ends
+    // up holding S_kC; those after the last snapshot in `last`. Only the
+    // first pass of each segment reads and writes different buffers
+    // (costlier: the destination is read for ownership), and the fresh
+    // `last` output is touched only by the final segment.
+    let loc = |tau: usize| {
+        let slot = tau.div_ceil(p.c);
+        if tau == 0 && zero_init {
+            (Loc::zeros(zeros), Loc::zeros(zeros))
+        } else if slot < p.snaps {
+            let off = (slot - zero_init as usize) * sl;
+            (Loc::at(ph, off), Loc::at(pe, off))
+        } else {
+            (Loc::at(lh, 0), Loc::at(le, 0))
+        }
+    };
+    let py = Par::new(o.y);
+    for t in 0..p.t {
+        let (src, dst, task) = if lazy {
+            (loc(t.saturating_sub(1)), loc(t), lazy_task(p.rule, p.conn, t > 0))
+        } else {
+            (loc(t), loc(t + 1), eager_task(p.rule, p.conn))
+        };
+        let pass = Pass { p, rt, f: cfg.activation, prm, inputs, h0, drive, mm, y: py, t, src, dst };
+        p.each(p.blocks, |blk| task(&pass, blk));
+        if lazy {
+            for b in 0..p.b {
+                let o = (b * p.t + t) * p.n;
+                // SAFETY: no pass is running; nothing writes y here.
+                let yt = unsafe { py.read(o, p.n) };
+                let (mb, mmb) = (&mut m[(b * p.t + t) * p.k..][..p.k], &mut mm[o..o + p.n]);
+                modulate(cfg, prm, yt, mb, mmb);
+            }
+        }
+    }
+    if lazy {
+        let (src, dst) = (loc(p.t - 1), loc(p.t));
+        let pass = Pass { p, rt, f: cfg.activation, prm, inputs, h0, drive, mm, y: py, t: p.t, src, dst };
+        let task = final_task(p.rule);
+        p.each(p.blocks, |blk| task(&pass, blk));
+    }
 }

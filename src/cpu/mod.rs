@@ -24,6 +24,21 @@
 //!   `t+1`, which reads `H_t`, writes `H_{t+1}` and takes its dot product with
 //!   the fresh value; a last update-only pass produces the final state.
 //!
+//! # Episode-parallel calls
+//!
+//! When there are enough episodes and one episode's working set (its traces
+//! and their adjoints, `W`, `α`, `dα`) is a few MiB at most
+//! (`Plan::episode_parallel`, a function of `B`, `N`, `I` only), a call
+//! instead runs every episode's whole time loop, forward or backward, as one
+//! task: the same passes, block after block on one thread. An episode's traces
+//! then stay in its core's cache across steps instead of streaming the whole
+//! batch through memory every step, and the per-step synchronisation is gone
+//! (on the 2-core machine this took the retroactive workload's training
+//! episode from 1.05 s to about 0.45 s; see BENCHMARKS.md). Each episode
+//! keeps its own `dα` and `dη` sums, added up in episode order afterwards, so
+//! results are still bitwise the same on any number of threads; they differ
+//! from a step-parallel call's by rounding only.
+//!
 //! # Backward
 //!
 //! The forward keeps the small per-step vectors (`y`, `M`, `m`; `x` is the
@@ -50,8 +65,10 @@
 //!
 //! The traces of a step are the only big data: `Saved` holds `⌈T/C⌉`
 //! snapshots (one fewer when the initial state is zero: it is read from a
-//! small block of zero rows instead), the [`Workspace`] the `C − 1`
-//! recomputed states of a segment. Snapshot buffers go back to a pool in the
+//! small block of zero rows instead; in an episode-parallel call each
+//! episode's snapshots are contiguous, the `b`-th of `B` equal parts), the
+//! [`Workspace`] the `C − 1` recomputed states of a segment (per episode task
+//! running at once, in an episode-parallel call). Snapshot buffers go back to a pool in the
 //! workspace when the `Saved` is dropped, so that steady training loops do not
 //! pay the page faults of fresh memory (each 4 KiB page costs microseconds,
 //! as much as streaming it several times); the returned outputs (final state,
@@ -62,6 +79,8 @@ mod fwd;
 mod simd;
 
 use std::marker::PhantomData;
+
+use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
 use crate::config::{Activation, AlphaShape, LayerConfig, ModActivation, Rule, Topology};
@@ -104,6 +123,12 @@ pub(crate) struct Plan {
     pub conn: bool,
     pub recurrent: bool,
     pub elig: bool,
+    /// Episode-parallel: every episode runs its whole time loop as one task
+    /// (see [`Plan::episode_parallel`]).
+    pub grouped: bool,
+    /// Run the blocks of a pass one after the other on the calling thread
+    /// (inside an episode task of a grouped call).
+    pub serial: bool,
 }
 
 impl Plan {
@@ -126,6 +151,39 @@ impl Plan {
             conn: cfg.alpha == AlphaShape::Connection,
             recurrent: cfg.topology == Topology::Recurrent,
             elig: cfg.rule.has_eligibility(),
+            grouped: Self::episode_parallel(batch, n, i, cfg.rule.has_eligibility()),
+            serial: false,
+        }
+    }
+
+    /// Whether a call runs episode by episode: each episode's whole time loop
+    /// is one task on one thread, episodes in parallel, instead of one
+    /// parallel pass over all episodes per step. That keeps an episode's
+    /// traces, their adjoints, `W` and `α` in the core's own cache for the
+    /// whole episode and drops the per-step synchronisation; it pays when
+    /// there are enough episodes to share out and an episode's working set
+    /// is small (a few MiB). A function of the shapes only, never of the
+    /// thread count, so results stay bitwise the same on any number of
+    /// threads (grouped and ungrouped calls sum `dα` and `dη` in different
+    /// orders).
+    pub fn episode_parallel(batch: usize, n: usize, i: usize, elig: bool) -> bool {
+        let traces = if elig { 2 } else { 1 };
+        // W, α, dα, the traces and their adjoints, in bytes.
+        let working = 4 * n * i * (3 + 2 * traces);
+        batch >= 4 && working <= 4 << 20
+    }
+
+    /// The plan of one episode of a grouped call.
+    pub fn episode(&self) -> Plan {
+        Plan { b: 1, grouped: false, serial: true, ..*self }
+    }
+
+    /// Runs `f(0), …, f(n − 1)`: in parallel, or in order when serial.
+    pub fn each(&self, n: usize, f: impl Fn(usize) + Sync + Send) {
+        if self.serial {
+            (0..n).for_each(f);
+        } else {
+            (0..n).into_par_iter().for_each(f);
         }
     }
 
@@ -357,6 +415,28 @@ pub struct Workspace {
     pub(crate) zeros: Vec<f32>,
     /// `b + U·in` (or `b + in`, or `b`): `(B, T, N)`.
     pub(crate) drive: Vec<f32>,
+    /// `dL/da` of every step: `(B, T, N)`.
+    pub(crate) ga: Vec<f32>,
+    /// `dL/dM` of every step: `(B, T, N)`.
+    pub(crate) gmm: Vec<f32>,
+    /// `dL/ds` of every step: `(B, T, K)`.
+    pub(crate) gs: Vec<f32>,
+    /// `dL/da` transposed, `(N, B·T)`, for the blocked `dW`.
+    pub(crate) gat: Vec<f32>,
+    /// Per-block sums of the rate's gradient (one set per episode of a
+    /// grouped call).
+    pub(crate) eta_acc: Vec<f64>,
+    /// Per-row sums of `α`'s gradient, per-neuron and scalar `α` (likewise).
+    pub(crate) alpha_acc: Vec<f64>,
+    /// Per-episode `dα` (per connection) of a grouped call: `(B, N, I)`.
+    pub(crate) gal: Vec<f32>,
+    /// The time sweep's buffers, one per episode task running at once.
+    pub(crate) scratch: Mutex<Vec<Scratch>>,
+}
+
+/// The buffers of one backward time sweep (all episodes, or one).
+#[derive(Default)]
+pub(crate) struct Scratch {
     /// Recomputed traces of one segment: `(C−1, B, N, I)` each.
     pub(crate) seg_h: Vec<f32>,
     pub(crate) seg_e: Vec<f32>,
@@ -366,14 +446,6 @@ pub struct Workspace {
     /// Per-block partial column sums: `(blocks, B, I)` each.
     pub(crate) part_a: Vec<f32>,
     pub(crate) part_b: Vec<f32>,
-    /// `dL/da` of every step: `(B, T, N)`.
-    pub(crate) ga: Vec<f32>,
-    /// `dL/dM` of every step: `(B, T, N)`.
-    pub(crate) gmm: Vec<f32>,
-    /// `dL/ds` of every step: `(B, T, K)`.
-    pub(crate) gs: Vec<f32>,
-    /// `dL/da` transposed, `(N, B·T)`, for the blocked `dW`.
-    pub(crate) gat: Vec<f32>,
     /// Row sums of a pass: `(B, N)` each.
     pub(crate) r1: Vec<f32>,
     pub(crate) r2: Vec<f32>,
@@ -381,10 +453,6 @@ pub struct Workspace {
     pub(crate) gh: Vec<f32>,
     /// The part of a pending step's `dL/dx` known so far: `(B, I)`.
     pub(crate) gxa: Vec<f32>,
-    /// Per-block sums of the rate's gradient.
-    pub(crate) eta_acc: Vec<f64>,
-    /// Per-row sums of `α`'s gradient (per-neuron and scalar `α`).
-    pub(crate) alpha_acc: Vec<f64>,
 }
 
 /// `v[..len]`, grown (never shrunk) to at least `len` elements.

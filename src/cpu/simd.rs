@@ -144,7 +144,11 @@ pub(crate) fn sweep<const R: usize>(len: usize, mut body: impl FnMut(usize, usiz
 #[inline]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
-    let [s] = sweep(a.len(), |i, n, acc| acc[0] = fma(ld(a, i, n), ld(b, i, n), acc[0]));
+    let [s] = sweep(
+        a.len(),
+        #[inline(always)]
+        |i, n, acc| acc[0] = fma(ld(a, i, n), ld(b, i, n), acc[0]),
+    );
     s
 }
 
@@ -153,20 +157,28 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub(crate) fn axpy(y: &mut [f32], s: f32, x: &[f32]) {
     debug_assert_eq!(y.len(), x.len());
     let sv = splat(s);
-    sweep::<0>(y.len(), |i, n, _| {
-        let v = fma(sv, ld(x, i, n), ld(y, i, n));
-        st(y, i, n, v);
-    });
+    sweep::<0>(
+        y.len(),
+        #[inline(always)]
+        |i, n, _| {
+            let v = fma(sv, ld(x, i, n), ld(y, i, n));
+            st(y, i, n, v);
+        },
+    );
 }
 
 /// `y += x`.
 #[inline]
 pub(crate) fn add_assign(y: &mut [f32], x: &[f32]) {
     debug_assert_eq!(y.len(), x.len());
-    sweep::<0>(y.len(), |i, n, _| {
-        let v = ld(y, i, n) + ld(x, i, n);
-        st(y, i, n, v);
-    });
+    sweep::<0>(
+        y.len(),
+        #[inline(always)]
+        |i, n, _| {
+            let v = ld(y, i, n) + ld(x, i, n);
+            st(y, i, n, v);
+        },
+    );
 }
 
 /// `C[m][·] += Σ_k a_m[k] · b_k[·]` for the rows `m` of `c` (whole rows of
