@@ -24,6 +24,16 @@
 //! lands near zero) or where the dynamics amplify rounding, which no f32
 //! implementation can beat.
 //!
+//! Ill-conditioned cases: where the CPU's f32 forward trajectory `y` itself
+//! is more than 1e−6 · max(1, ‖y‖∞) from the reference's (about 16 f32
+//! roundings; the dynamics amplify rounding inside the time loop, which the
+//! input jitter of `δ` does not reach), the gradients inherit that error,
+//! amplified again by any cancellation, and are held to 1e−2 instead of 1e−4
+//! in the bound above (a wrong gradient is off by far more). The outputs and
+//! states are still held to 1e−4. Seen: a scalar `α` gradient of 1e−3 that
+//! sums terms of total size ~30, with `y` 2e−6 off after 11 steps (relative
+//! error 3e−3).
+//!
 //! Skipped cases: divergent trajectories (`|y| > 1e4`, where f32 overflows
 //! long before the comparison means anything), and cases where a pre-clip
 //! value `z` of a clipped rule lies within rounding of `±c_max` (relative
@@ -41,6 +51,11 @@ const FLOOR: f64 = 1e-3;
 const GRAD_FLOOR: f64 = 1e-2;
 /// f32's unit roundoff.
 const EPS32: f64 = 1.0 / (1u64 << 24) as f64;
+/// A forward whose f32 `y` is further than this (relative to `max(1, ‖y‖∞)`,
+/// about 16 roundings) from the f64 one is ill-conditioned in f32 ...
+const ILL: f64 = 1e-6;
+/// ... and its gradients are held to this relative tolerance instead of `TOL`.
+const TOL_ILL: f64 = 1e-2;
 
 /// A deterministic generator in `[-1, 1)`.
 struct Lcg(u64);
@@ -69,12 +84,12 @@ struct Case {
 
 /// Checks `‖got − want‖∞ ≤ TOL · max(‖want‖∞, floor) + 8 · delta` and
 /// reports the first mismatching elements and the largest error otherwise.
-fn compare(name: &str, got: &[f32], want: &[f64], floor: f64, delta: f64) -> Result<(), String> {
+fn compare(name: &str, got: &[f32], want: &[f64], floor: f64, delta: f64, tol: f64) -> Result<(), String> {
     if got.len() != want.len() {
         return Err(format!("{name}: length {} vs reference {}", got.len(), want.len()));
     }
     let scale = want.iter().fold(floor, |m, v| m.max(v.abs()));
-    let bound = TOL * scale + 8.0 * delta;
+    let bound = tol * scale + 8.0 * delta;
     let mut worst = (0usize, 0.0f64);
     let mut bad = Vec::new();
     for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
@@ -124,8 +139,12 @@ fn params(cfg: &LayerConfig, rng: &mut Lcg) -> Params<f32> {
     p.mod_c = rng.fill(p.mod_c.len(), 0.5);
     p.fanout = rng.fill(p.fanout.len(), 1.0);
     p.fanout_bias = rng.fill(p.fanout_bias.len(), 0.5);
+    // A quarter of the rates are small, as in the papers (η = 0.01–0.03),
+    // where the backward reconstructs Hebb and Oja traces backwards instead
+    // of recomputing them (`Checkpoint` intervals up to 41 at η = 0.01).
     for e in p.eta.iter_mut().chain(p.eta_e.iter_mut()) {
-        *e = (0.5 + 0.45 * rng.next()) as f32;
+        let r = rng.next();
+        *e = if r < -0.5 { 0.01 + 0.04 * (r + 1.0) } else { 0.5 + 0.45 * r } as f32;
     }
     p
 }
@@ -213,14 +232,24 @@ fn run_case(case: &Case) -> Result<bool, String> {
         .chain(["grad inputs", "grad init.h", "grad init.hebb", "grad init.elig"].into_iter().map(String::from));
     // The largest gradient element; `want` holds y and the final state first (4 tensors).
     let gmax = want[4..].iter().flatten().fold(0.0f64, |m, v| m.max(v.abs()));
+    // How far the f32 forward trajectory is from the f64 one, against one
+    // rounding of y: the gradients inherit that error.
+    let ymax = want[0].iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    let yerr = got[0].iter().zip(&want[0]).fold(0.0f64, |m, (a, w)| m.max((*a as f64 - w).abs()));
+    let grad_tol = if yerr > ILL * ymax { TOL_ILL } else { TOL };
     let mut errs = Vec::new();
     for (k, (((name, a), w), d)) in names.zip(&got).zip(&want).zip(&delta).enumerate() {
         let floor = if k >= 4 { FLOOR.max(GRAD_FLOOR * gmax) } else { FLOOR };
-        if let Err(e) = compare(&name, a, w, floor, *d) {
+        let tol = if k >= 4 { grad_tol } else { TOL };
+        if let Err(e) = compare(&name, a, w, floor, *d, tol) {
             errs.push(e);
         }
     }
-    if errs.is_empty() { Ok(true) } else { Err(format!("{case:?}\n{}", errs.join("\n"))) }
+    if errs.is_empty() {
+        Ok(true)
+    } else {
+        Err(format!("{case:?}\nforward y error {yerr:e} (gradient tolerance {grad_tol:e})\n{}", errs.join("\n")))
+    }
 }
 
 fn layer(rule: Rule, recurrent: bool, n: usize, x: usize) -> LayerConfig {

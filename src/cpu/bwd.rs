@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::fwd::{BlockIo, Coef, Loc, Row, row_update, update};
+use super::fwd::{BlockIo, Coef, Io, Loc, Row, row_update, update};
 use super::simd::{add_assign, axpy, fma, ld, outer_acc, pass_inside, prefetch_at, splat, st, sweep, zero};
 use std::sync::Mutex;
 
@@ -197,6 +197,23 @@ fn row_finish<const CONN: bool, const KEEP: bool>(
     s
 }
 
+/// Undoes the trace update of step `t` on one row: `H_t` from `H_{t+1}`,
+/// Hebb `(H' − η y x)/(1 − η)`, Oja `(H' − η y x)/(1 − η y²)` (see
+/// [`Plan::reconstructs`]). `x`, rows: `(I)`.
+#[inline(always)]
+fn row_undo<const RULE: u8>(x: &[f32], rt: &Rates, y: f32, mut h: Io<'_>) {
+    let q = splat(rt.eta * y);
+    let inv = splat(1.0 / if RULE == HEBB { rt.keep } else { 1.0 - rt.eta * y * y });
+    sweep::<0>(
+        x.len(),
+        #[inline(always)]
+        |i, n, _| {
+            let v = (h.get(i, n) - q * ld(x, i, n)) * inv;
+            h.put(i, n, v);
+        },
+    );
+}
+
 /// Everything a backward pass touches.
 struct Pass<'a> {
     p: Plan,
@@ -213,6 +230,8 @@ struct Pass<'a> {
     use_dy: bool,
     /// The state before step t (`H_t`, `E_t`).
     h: Loc<'a>,
+    /// `H_{t+1}`, from which a reconstructing pass computes `H_t` into `h`.
+    hn: Loc<'a>,
     e: Loc<'a>,
     /// Trace adjoints `(B, N, I)`.
     g: Par<'a, f32>,
@@ -252,7 +271,7 @@ impl<'a> Pass<'a> {
 }
 
 /// The task of block `blk` of an eager backward step.
-fn task_eager<const RULE: u8, const CONN: bool, const GIN: bool>(s: &Pass<'_>, blk: usize) {
+fn task_eager<const RULE: u8, const CONN: bool, const GIN: bool, const RECON: bool>(s: &Pass<'_>, blk: usize) {
     let p = &s.p;
     let (i, t) = (p.i, s.t);
     let (j0, j1) = p.block(blk);
@@ -265,9 +284,12 @@ fn task_eager<const RULE: u8, const CONN: bool, const GIN: bool>(s: &Pass<'_>, b
     let mut eta = 0.0f64;
     for b in 0..p.b {
         let x = s.x(b, t);
+        // With RECON, H_t is first reconstructed from H_{t+1} (`s.hn`) into
+        // `s.h`, row by row, each row just before it is used.
+        let mut undo = if RECON { unsafe { BlockIo::new(p, &s.hn, &s.h, b, j0, rows) } } else { BlockIo::none() };
         let (hr, gr, gx, ga) = unsafe {
             (
-                s.h.rows(p, b, j0, rows),
+                if RECON { &[][..] } else { s.h.rows(p, b, j0, rows) },
                 s.g.write((b * p.n + j0) * i, rows * i),
                 s.part_a.write((blk * p.b + b) * i, i),
                 s.ga.write((b * p.t + t) * p.n + j0, rows),
@@ -279,7 +301,11 @@ fn task_eager<const RULE: u8, const CONN: bool, const GIN: bool>(s: &Pass<'_>, b
             let gy0 = if s.use_dy { s.dy[o] } else { 0.0 } + s.gh[b * p.n + j];
             let gal_r = if CONN { &mut gal[r * i..(r + 1) * i] } else { &mut [][..] };
             let nx = if r + 1 < rows { r + 1 } else { r };
-            let pf = [gr[nx * i..].as_ptr(), hr[nx * i..].as_ptr()];
+            let pf = [gr[nx * i..].as_ptr(), if RECON { undo.next(r) } else { hr[nx * i..].as_ptr() }];
+            if RECON {
+                row_undo::<RULE>(x, &s.rt, s.y[o], undo.row(r));
+            }
+            let hrow = if RECON { undo.out(r) } else { &hr[r * i..(r + 1) * i] };
             let (a, ge, sa) = row_eager::<RULE, CONN, GIN>(
                 Row::of(p, s.prm, j),
                 x,
@@ -287,7 +313,7 @@ fn task_eager<const RULE: u8, const CONN: bool, const GIN: bool>(s: &Pass<'_>, b
                 gy0,
                 s.f,
                 &s.rt,
-                &hr[r * i..(r + 1) * i],
+                hrow,
                 &mut gr[r * i..(r + 1) * i],
                 gal_r,
                 gx,
@@ -408,15 +434,19 @@ fn task_finish<const CONN: bool, const KEEP: bool>(s: &Pass<'_>, blk: usize) {
 
 type Task = for<'s, 'a> fn(&'s Pass<'a>, usize);
 
-fn eager_task(rule: u8, conn: bool, gin: bool) -> Task {
+fn eager_task(rule: u8, conn: bool, gin: bool, recon: bool) -> Task {
     macro_rules! pick {
         ($($r:ident),*) => {
-            match (rule, conn, gin) {
+            match (rule, conn, gin, recon) {
                 $(
-                    ($r, true, true) => task_eager::<$r, true, true>,
-                    ($r, true, false) => task_eager::<$r, true, false>,
-                    ($r, false, true) => task_eager::<$r, false, true>,
-                    ($r, false, false) => task_eager::<$r, false, false>,
+                    ($r, true, true, false) => task_eager::<$r, true, true, false>,
+                    ($r, true, false, false) => task_eager::<$r, true, false, false>,
+                    ($r, false, true, false) => task_eager::<$r, false, true, false>,
+                    ($r, false, false, false) => task_eager::<$r, false, false, false>,
+                    ($r, true, true, true) => task_eager::<$r, true, true, true>,
+                    ($r, true, false, true) => task_eager::<$r, true, false, true>,
+                    ($r, false, true, true) => task_eager::<$r, false, true, true>,
+                    ($r, false, false, true) => task_eager::<$r, false, false, true>,
                 )*
                 _ => unreachable!("eager rules are Hebb and Oja"),
             }
@@ -568,6 +598,7 @@ pub(crate) fn run(
                 inputs: &inputs[b * tx..(b + 1) * tx],
                 snap_h: &saved.snap_h[b * per..(b + 1) * per],
                 snap_e: if p.elig { &saved.snap_e[b * per..(b + 1) * per] } else { &[][..] },
+                fin_h: if p.recon { &saved.fin_h[b * ni..(b + 1) * ni] } else { &[][..] },
                 zero_init: saved.zero_init,
                 h0: if p.recurrent { &saved.h0[b * p.n..(b + 1) * p.n] } else { &[][..] },
                 y: &saved.y[b * tn..(b + 1) * tn],
@@ -600,6 +631,7 @@ pub(crate) fn run(
             inputs,
             snap_h: &saved.snap_h,
             snap_e: &saved.snap_e,
+            fin_h: &saved.fin_h,
             zero_init: saved.zero_init,
             h0: &saved.h0,
             y: &saved.y,
@@ -657,8 +689,9 @@ fn sweep_time(fx: &Fixed<'_>, p: &Plan, ep: Episodes<'_>, o: Outs<'_>, sc: &mut 
     let (sl, lazy) = (p.state(), p.lazy());
     let first = trunc.first_step(p.t);
     let carry_first = trunc.flow(first, p.t).1;
-    let Scratch { seg_h, seg_e, adj_h, adj_e, part_a, part_b, r1, r2, gh, gxa } = sc;
-    let nseg = (p.c - 1) * sl;
+    let Scratch { seg_h, seg_e, rec, adj_h, adj_e, part_a, part_b, r1, r2, gh, gxa } = sc;
+    let nseg = if p.recon { 0 } else { (p.c - 1) * sl };
+    let wrec = Par::new(grow(rec, if p.recon { sl } else { 0 }));
     let seg_h = grow(seg_h, nseg);
     let seg_e = grow(seg_e, if p.elig { nseg } else { 0 });
     let part_a = grow(part_a, p.blocks * p.b * p.i);
@@ -715,14 +748,27 @@ fn sweep_time(fx: &Fixed<'_>, p: &Plan, ep: Episodes<'_>, o: Outs<'_>, sc: &mut 
 
         for kseg in (first / p.c..=(p.t - 1) / p.c).rev() {
             let (t0, t1) = (kseg * p.c, ((kseg + 1) * p.c).min(p.t));
-            for tau in t0..t1 - 1 {
-                let rc = Recompute { p, rt, inputs, h0, y, mm, tau, src: loc(tau), dst: loc(tau + 1) };
-                let task = recompute_task(p.rule);
-                p.each(p.blocks, |blk| task(&rc, blk));
+            // Recomputed forwards into the segment buffer, or reconstructed
+            // backwards in `rec` by the passes themselves, starting from the
+            // segment's last state (the next snapshot or the final state);
+            // the first step of a segment reads its snapshot.
+            if !p.recon {
+                for tau in t0..t1 - 1 {
+                    let rc = Recompute { p, rt, inputs, h0, y, mm, tau, src: loc(tau), dst: loc(tau + 1) };
+                    let task = recompute_task(p.rule);
+                    p.each(p.blocks, |blk| task(&rc, blk));
+                }
             }
             for t in (t0.max(first)..t1).rev() {
                 let (use_dy, carry) = trunc.flow(t, p.t);
-                let (h, e) = loc(t);
+                let recon = p.recon && t > t0;
+                let (h, e) = if recon { (Loc::at(wrec, 0), Loc::at(wrec, 0)) } else { loc(t) };
+                let hn = match (recon, t + 1 == t1) {
+                    (false, _) => h,
+                    (true, false) => Loc::at(wrec, 0),
+                    (true, true) if t1 < p.t => loc(t1).0,
+                    (true, true) => Loc::at(Par::shared(ep.fin_h), 0),
+                };
                 // SAFETY: no task runs; gh is read-only during the pass.
                 let ghs = unsafe { pgh.read(0, p.b * p.n) };
                 let pass = Pass {
@@ -738,6 +784,7 @@ fn sweep_time(fx: &Fixed<'_>, p: &Plan, ep: Episodes<'_>, o: Outs<'_>, sc: &mut 
                     t,
                     use_dy,
                     h,
+                    hn,
                     e,
                     g: pg,
                     ge: pge,
@@ -754,7 +801,7 @@ fn sweep_time(fx: &Fixed<'_>, p: &Plan, ep: Episodes<'_>, o: Outs<'_>, sc: &mut 
                 let task = if lazy {
                     lazy_task(p.rule, p.conn, t + 1 < p.t, gin(t))
                 } else {
-                    eager_task(p.rule, p.conn, gin(t))
+                    eager_task(p.rule, p.conn, gin(t), recon)
                 };
                 p.each(p.blocks, |blk| task(&pass, blk));
                 // Per-episode work between passes; episodes own disjoint ranges.
@@ -819,6 +866,7 @@ fn sweep_time(fx: &Fixed<'_>, p: &Plan, ep: Episodes<'_>, o: Outs<'_>, sc: &mut 
                 t: first,
                 use_dy: false,
                 h,
+                hn: h,
                 e,
                 g: pg,
                 ge: pge,
@@ -876,6 +924,7 @@ struct Episodes<'a> {
     inputs: &'a [f32],
     snap_h: &'a [f32],
     snap_e: &'a [f32],
+    fin_h: &'a [f32],
     zero_init: bool,
     h0: &'a [f32],
     y: &'a [f32],

@@ -311,6 +311,11 @@ impl<'a> BlockIo<'a> {
         s.as_ptr().wrapping_add(k * self.i)
     }
 
+    /// Row `r` of the destination, as written.
+    pub(crate) fn out(&self, r: usize) -> &[f32] {
+        &self.dst[r * self.i..(r + 1) * self.i]
+    }
+
     /// Row `r` of the block (a read-only block has an empty destination).
     pub(crate) fn row(&mut self, r: usize) -> Io<'_> {
         let i = self.i;
@@ -538,6 +543,7 @@ pub(crate) fn run(
     let stored = (p.snaps - zero_init as usize) * sl;
     let mut snap_h = ws.pool.take(stored);
     let mut snap_e = if p.elig { ws.pool.take(stored) } else { Vec::new() };
+    let mut fin_h = if p.recon { ws.pool.take(sl) } else { Vec::new() };
     let mut h0 = some(p.recurrent, bn);
     let mut last = State { h: some(p.recurrent, bn), hebb: vec![0.0f32; sl], elig: some(p.elig, sl) };
     if let Some(s) = init {
@@ -558,6 +564,7 @@ pub(crate) fn run(
         let (py, pmm, pm) = (Par::new(&mut y), Par::new(&mut mm), Par::new(&mut m));
         let (psh, pse) = (Par::new(&mut snap_h), Par::new(&mut snap_e));
         let (plh, ple) = (Par::new(&mut last.hebb), Par::new(&mut last.elig));
+        let pfin = Par::new(&mut fin_h);
         let (h0, elig) = (&h0[..], p.elig);
         (0..p.b).into_par_iter().for_each(|b| {
             // SAFETY: episode b owns these ranges of every output.
@@ -570,6 +577,7 @@ pub(crate) fn run(
                     snap_e: if elig { pse.write(b * per, per) } else { &mut [][..] },
                     last_h: plh.write(b * ni, ni),
                     last_e: if elig { ple.write(b * ni, ni) } else { &mut [][..] },
+                    fin_h: if q.recon { pfin.write(b * ni, ni) } else { &mut [][..] },
                 }
             };
             let init = init
@@ -586,6 +594,7 @@ pub(crate) fn run(
             snap_e: &mut snap_e,
             last_h: &mut last.hebb,
             last_e: &mut last.elig,
+            fin_h: &mut fin_h,
         };
         let init = init.map(|s| (&s.hebb[..], &s.elig[..]));
         time_loop(&pf, &p, inputs, drive, &h0, init, bufs);
@@ -604,6 +613,7 @@ pub(crate) fn run(
         zero_init,
         snap_h,
         snap_e,
+        fin_h,
         h0,
         y: y.clone(),
         mm,
@@ -631,6 +641,8 @@ struct Bufs<'a> {
     snap_e: &'a mut [f32],
     last_h: &'a mut [f32],
     last_e: &'a mut [f32],
+    /// A copy of the final `H` for a reconstructing backward, else empty.
+    fin_h: &'a mut [f32],
 }
 
 /// The time loop over the episodes of plan `p`: one pass per step (blocks in
@@ -653,9 +665,10 @@ fn time_loop(
             o.snap_e[..sl].copy_from_slice(e);
         }
     }
-    let (mm, m) = (o.mm, o.m);
+    let (mm, m, fin_h) = (o.mm, o.m, o.fin_h);
     let (ph, pe) = (Par::new(o.snap_h), Par::new(o.snap_e));
-    let (lh, le) = (Par::new(o.last_h), Par::new(o.last_e));
+    let last_h = o.last_h;
+    let (lh, le) = (Par::new(&mut *last_h), Par::new(o.last_e));
     // Where the state before step τ is written: the states of
     // (kC − C, kC] are computed in place in snapshot slot k, which ends
     // up holding S_kC; those after the last snapshot in `last`. Only the
@@ -697,5 +710,8 @@ fn time_loop(
         let pass = Pass { p, rt, f: cfg.activation, prm, inputs, h0, drive, mm, y: py, t: p.t, src, dst };
         let task = final_task(p.rule);
         p.each(p.blocks, |blk| task(&pass, blk));
+    }
+    if p.recon {
+        fin_h.copy_from_slice(last_h);
     }
 }

@@ -129,6 +129,9 @@ pub(crate) struct Plan {
     /// Run the blocks of a pass one after the other on the calling thread
     /// (inside an episode task of a grouped call).
     pub serial: bool,
+    /// The backward reconstructs a segment's traces backwards from its last
+    /// state instead of recomputing them forwards (see [`Plan::reconstructs`]).
+    pub recon: bool,
 }
 
 impl Plan {
@@ -153,7 +156,31 @@ impl Plan {
             elig: cfg.rule.has_eligibility(),
             grouped: Self::episode_parallel(batch, n, i, cfg.rule.has_eligibility()),
             serial: false,
+            recon: false,
         }
+    }
+
+    /// Whether the backward of this call reconstructs the traces of a segment
+    /// backwards, step by step from the segment's last state, instead of
+    /// recomputing them forwards from its first into a buffer of `C − 1`
+    /// states: Hebb `H_t = (H_{t+1} − η y_t x_tᵀ)/(1 − η)`, Oja `H_t =
+    /// (H_{t+1} − η y_t x_tᵀ)/(1 − η y_t²)`. That needs no segment buffer
+    /// (memory `O(B·N·I·T/C)` instead of `O(B·N·I·(T/C + C))`) and one
+    /// stream less per step; the price is rounding: each step back divides by
+    /// `1 − η` (or `1 − η y²`), so an error grows by at most that factor per
+    /// step and is reset at every snapshot. It is used only where the growth
+    /// over a segment is at most 1.5×: Hebb, or Oja with tanh (`y² < 1`),
+    /// `C > 1` and `(1 − η)^−(C−1) ≤ 1.5` (η = 0.01 allows C up to 41). The
+    /// clipped rules cannot be undone where the clip acts and always
+    /// recompute.
+    pub fn reconstructs(cfg: &LayerConfig, prm: &Params<f32>, c: usize) -> bool {
+        let ok_rule = match cfg.rule {
+            Rule::Hebb => true,
+            Rule::Oja => cfg.activation == Activation::Tanh,
+            _ => false,
+        };
+        let eta = prm.eta.first().copied().unwrap_or(1.0) as f64;
+        ok_rule && c > 1 && eta < 1.0 && (c as f64 - 1.0) * -(1.0 - eta).ln() <= 1.5f64.ln()
     }
 
     /// Whether a call runs episode by episode: each episode's whole time loop
@@ -378,6 +405,9 @@ pub struct Saved {
     pub(crate) snap_h: Vec<f32>,
     /// `E` likewise (Retroactive), else empty.
     pub(crate) snap_e: Vec<f32>,
+    /// The final `H` `(B, N, I)` when the backward reconstructs
+    /// ([`Plan::reconstructs`]), else empty.
+    pub(crate) fin_h: Vec<f32>,
     /// `h` before step 0: `(B, N)` (recurrent), else empty.
     pub(crate) h0: Vec<f32>,
     /// `y`: `(B, T, N)`.
@@ -394,13 +424,20 @@ impl Drop for Saved {
     fn drop(&mut self) {
         self.pool.give(std::mem::take(&mut self.snap_h));
         self.pool.give(std::mem::take(&mut self.snap_e));
+        self.pool.give(std::mem::take(&mut self.fin_h));
     }
 }
 
 impl Saved {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        4 * (self.snap_h.len() + self.snap_e.len() + self.h0.len() + self.y.len() + self.mm.len() + self.m.len())
+        4 * (self.snap_h.len()
+            + self.snap_e.len()
+            + self.fin_h.len()
+            + self.h0.len()
+            + self.y.len()
+            + self.mm.len()
+            + self.m.len())
     }
 }
 
@@ -440,6 +477,8 @@ pub(crate) struct Scratch {
     /// Recomputed traces of one segment: `(C−1, B, N, I)` each.
     pub(crate) seg_h: Vec<f32>,
     pub(crate) seg_e: Vec<f32>,
+    /// The traces being reconstructed backwards: `(B, N, I)`.
+    pub(crate) rec: Vec<f32>,
     /// Trace adjoints when the initial state gets no gradient: `(B, N, I)` each.
     pub(crate) adj_h: Vec<f32>,
     pub(crate) adj_e: Vec<f32>,
@@ -508,7 +547,8 @@ pub fn forward(
     if let Some(s) = init {
         s.validate(cfg, inputs.batch, "init", opts.check_finite)?;
     }
-    let plan = Plan::new(cfg, inputs.batch, inputs.steps, opts.checkpoint.interval(inputs.steps));
+    let mut plan = Plan::new(cfg, inputs.batch, inputs.steps, opts.checkpoint.interval(inputs.steps));
+    plan.recon = Plan::reconstructs(cfg, params, plan.c);
     Ok(fwd::run(cfg, &plan, params, inputs.data, init, ws))
 }
 
@@ -540,6 +580,7 @@ pub fn backward(
     if let Some(s) = dlast {
         s.validate(cfg, b, "dlast", opts.check_finite)?;
     }
-    let plan = Plan::new(cfg, b, t, saved.interval);
+    let mut plan = Plan::new(cfg, b, t, saved.interval);
+    plan.recon = !saved.fin_h.is_empty();
     Ok(bwd::run(cfg, &plan, params, inputs.data, saved, dy, dlast, opts.truncate, ws))
 }
