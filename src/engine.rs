@@ -31,6 +31,11 @@ impl Device {
 }
 
 /// How many trace snapshots the forward pass keeps for the backward pass.
+///
+/// Between snapshots the CPU backend recomputes a segment's traces forwards
+/// (gradients bitwise the same for every interval) or, for Hebb and Oja at
+/// small η, reconstructs them backwards from the segment's last state (no
+/// segment buffer; gradients equal to f32 rounding). See `docs/backward.md` §6.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Checkpoint {
     /// Every `⌈√T⌉` steps: memory `O(B·N·I·√T)`, about one extra forward of work.

@@ -84,7 +84,19 @@ pub(crate) struct Io<'a> {
     pub dst: &'a mut [f32],
 }
 
-impl Io<'_> {
+impl<'a> Io<'a> {
+    /// The row cut to `len` (when `used`; an unused row, e.g. `E` of a rule
+    /// without one, stays empty), in place or moved; `writes`: whether the
+    /// destination is written (else it may be empty).
+    #[inline(always)]
+    pub(crate) fn split(self, used: bool, len: usize, writes: bool) -> Rw<'a> {
+        let dst = if used && writes { &mut self.dst[..len] } else { self.dst };
+        match self.src {
+            None => Rw::InPlace(dst),
+            Some(s) => Rw::Moved(if used { &s[..len] } else { s }, dst),
+        }
+    }
+
     #[inline(always)]
     pub(crate) fn get(&self, i: usize, n: usize) -> V {
         match self.src {
@@ -119,6 +131,13 @@ impl<'a> Row<'a> {
         }
     }
 
+    /// The row cut to `len` (`α` too when per connection), so that the
+    /// compiler can drop the bounds checks of a sweep over `len`.
+    #[inline(always)]
+    pub(crate) fn cut<const CONN: bool>(self, len: usize) -> Row<'a> {
+        Row { w: &self.w[..len], al: if CONN { &self.al[..len] } else { self.al }, au: self.au }
+    }
+
     #[inline(always)]
     pub(crate) fn alpha<const CONN: bool>(&self, i: usize, n: usize) -> V {
         if CONN { ld(self.al, i, n) } else { splat(self.au) }
@@ -135,7 +154,25 @@ pub(crate) fn row_eager<const RULE: u8, const CONN: bool>(
     drive: f32,
     f: Activation,
     rt: &Rates,
-    mut h: Io<'_>,
+    h: Io<'_>,
+    pf: *const f32,
+) -> f32 {
+    let len = x.len();
+    let (r, x) = (r.cut::<CONN>(len), &x[..len]);
+    match h.split(true, len, true) {
+        Rw::InPlace(hd) => eager_sweeps::<RULE, CONN, _>(r, x, drive, f, rt, InPlace(hd), pf),
+        Rw::Moved(hs, hd) => eager_sweeps::<RULE, CONN, _>(r, x, drive, f, rt, Moved(hs, hd), pf),
+    }
+}
+
+#[inline(always)]
+fn eager_sweeps<const RULE: u8, const CONN: bool, A: Access>(
+    r: Row<'_>,
+    x: &[f32],
+    drive: f32,
+    f: Activation,
+    rt: &Rates,
+    mut h: A,
     pf: *const f32,
 ) -> f32 {
     let [d] = sweep(
@@ -173,8 +210,42 @@ pub(crate) fn row_lazy<const RULE: u8, const CONN: bool, const PEND: bool>(
     f: Activation,
     xp: &[f32],
     kp: &Coef,
-    mut h: Io<'_>,
-    mut e: Io<'_>,
+    h: Io<'_>,
+    e: Io<'_>,
+    pf: (*const f32, *const f32),
+) -> f32 {
+    let len = x.len();
+    // Every slice cut to the row's length and the in-place question settled
+    // once per row, so that the sweep's loads carry no bounds checks or
+    // branches.
+    let r = r.cut::<CONN>(len);
+    let xp = if PEND { &xp[..len] } else { xp };
+    let d = match (h.split(true, len, PEND), e.split(RULE == RETRO, len, PEND)) {
+        (Rw::InPlace(hd), Rw::InPlace(ed)) => {
+            lazy_dot::<RULE, CONN, PEND, _>(r, &x[..len], xp, kp, InPlace(hd), InPlace(ed), pf)
+        }
+        (Rw::Moved(hs, hd), Rw::Moved(es, ed)) => {
+            lazy_dot::<RULE, CONN, PEND, _>(r, &x[..len], xp, kp, Moved(hs, hd), Moved(es, ed), pf)
+        }
+        // A rule without E (its row is empty): E takes H's mode, unread.
+        (Rw::InPlace(hd), _) => {
+            lazy_dot::<RULE, CONN, PEND, _>(r, &x[..len], xp, kp, InPlace(hd), InPlace(&mut []), pf)
+        }
+        (Rw::Moved(hs, hd), _) => {
+            lazy_dot::<RULE, CONN, PEND, _>(r, &x[..len], xp, kp, Moved(hs, hd), Moved(&[], &mut []), pf)
+        }
+    };
+    act(f, drive + d)
+}
+
+#[inline(always)]
+fn lazy_dot<const RULE: u8, const CONN: bool, const PEND: bool, A: Access>(
+    r: Row<'_>,
+    x: &[f32],
+    xp: &[f32],
+    kp: &Coef,
+    mut h: A,
+    mut e: A,
     pf: (*const f32, *const f32),
 ) -> f32 {
     let [d] = sweep(
@@ -199,19 +270,64 @@ pub(crate) fn row_lazy<const RULE: u8, const CONN: bool, const PEND: bool>(
             acc[0] = fma(wa, ld(x, i, n), acc[0]);
         },
     );
-    act(f, drive + d)
+    d
+}
+
+/// A trace row as a kernel reads and writes it: in place, or read from one
+/// buffer and written to another (`Moved`, whose destination is empty when
+/// nothing is written).
+pub(crate) trait Access {
+    fn get(&self, i: usize, n: usize) -> V;
+    fn put(&mut self, i: usize, n: usize, v: V);
+}
+
+pub(crate) struct InPlace<'a>(pub &'a mut [f32]);
+pub(crate) struct Moved<'a>(pub &'a [f32], pub &'a mut [f32]);
+
+impl Access for InPlace<'_> {
+    #[inline(always)]
+    fn get(&self, i: usize, n: usize) -> V {
+        ld(self.0, i, n)
+    }
+    #[inline(always)]
+    fn put(&mut self, i: usize, n: usize, v: V) {
+        st(self.0, i, n, v)
+    }
+}
+
+impl Access for Moved<'_> {
+    #[inline(always)]
+    fn get(&self, i: usize, n: usize) -> V {
+        ld(self.0, i, n)
+    }
+    #[inline(always)]
+    fn put(&mut self, i: usize, n: usize, v: V) {
+        st(self.1, i, n, v)
+    }
+}
+
+/// An [`Io`] taken apart by [`Io::split`].
+pub(crate) enum Rw<'a> {
+    InPlace(&'a mut [f32]),
+    Moved(&'a [f32], &'a mut [f32]),
 }
 
 /// The trace update of one row alone (the last pending update of the
 /// forward, and the backward's recomputation). `x`, rows: `(I)`.
 #[inline(always)]
-pub(crate) fn row_update<const RULE: u8>(
-    x: &[f32],
-    k: &Coef,
-    mut h: Io<'_>,
-    mut e: Io<'_>,
-    pf: (*const f32, *const f32),
-) {
+pub(crate) fn row_update<const RULE: u8>(x: &[f32], k: &Coef, h: Io<'_>, e: Io<'_>, pf: (*const f32, *const f32)) {
+    let len = x.len();
+    let x = &x[..len];
+    match (h.split(true, len, true), e.split(RULE == RETRO, len, true)) {
+        (Rw::InPlace(hd), Rw::InPlace(ed)) => update_sweep::<RULE, _>(x, k, InPlace(hd), InPlace(ed), pf),
+        (Rw::Moved(hs, hd), Rw::Moved(es, ed)) => update_sweep::<RULE, _>(x, k, Moved(hs, hd), Moved(es, ed), pf),
+        (Rw::InPlace(hd), _) => update_sweep::<RULE, _>(x, k, InPlace(hd), InPlace(&mut []), pf),
+        (Rw::Moved(hs, hd), _) => update_sweep::<RULE, _>(x, k, Moved(hs, hd), Moved(&[], &mut []), pf),
+    }
+}
+
+#[inline(always)]
+fn update_sweep<const RULE: u8, A: Access>(x: &[f32], k: &Coef, mut h: A, mut e: A, pf: (*const f32, *const f32)) {
     sweep::<0>(
         x.len(),
         #[inline(always)]

@@ -48,7 +48,10 @@
 //! (update-only passes, same code as the forward, so the values are bitwise the
 //! forward's), then runs the segment's steps backwards, each one pass that
 //! reads `H_t` and reads and writes the trace adjoint in place. Memory is
-//! `O(B·N·I·(T/C + C))`; the gradients do not depend on `C` at all.
+//! `O(B·N·I·(T/C + C))`; the gradients do not depend on `C` at all. Hebb and
+//! Oja at small η instead reconstruct a segment's traces backwards from its
+//! last state inside the passes themselves (`Plan::reconstructs`): no
+//! segment buffer, `O(B·N·I·T/C)`, gradients equal to f32 rounding.
 //!
 //! For the modulated rules the adjoint of the plastic map of step `t+1`
 //! (`ga_{t+1}`, which needs the modulator adjoint of that whole step) is again
