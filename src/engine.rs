@@ -38,7 +38,10 @@ impl Device {
 /// segment buffer; gradients equal to f32 rounding). See `docs/backward.md` §6.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Checkpoint {
-    /// Every `⌈√T⌉` steps: memory `O(B·N·I·√T)`, about one extra forward of work.
+    /// Every `⌈√T⌉` steps: memory `O(B·N·I·√T)`, about one extra forward of
+    /// work. Where the CPU backend reconstructs the traces (Hebb or Oja at
+    /// small η) it uses the longest interval that still reconstructs instead
+    /// ([`crate::cpu::interval`]; 41 at η = 0.01): memory `O(B·N·I·T/C)`.
     #[default]
     Auto,
     /// Every `C` steps (`C ≥ 1`).

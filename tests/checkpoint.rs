@@ -132,6 +132,32 @@ fn reconstructed_traces_give_the_same_gradients_to_rounding() {
     }
 }
 
+/// Where the backward reconstructs, `Auto` takes the longest interval that
+/// still does (41 at η = 0.01: `40·(−ln 0.99) ≤ ln 1.5 < 41·(−ln 0.99)`), so
+/// it keeps far fewer snapshots than `⌈√T⌉` would; elsewhere it is `⌈√T⌉`.
+#[test]
+fn auto_takes_the_longest_reconstructing_interval() {
+    let t = 200;
+    let cfg = LayerConfig::recurrent(Rule::Hebb, 13, 6);
+    let mut pb = problem(cfg, 2, t, 5);
+    pb.p.eta[0] = 0.01;
+    assert_eq!(cpu::interval(&cfg, &pb.p, Checkpoint::Auto, t), 41);
+    assert_eq!(cpu::interval(&cfg, &pb.p, Checkpoint::Auto, 30), 30);
+    assert_eq!(cpu::interval(&cfg, &pb.p, Checkpoint::Every(7), t), 7);
+    let (auto, auto_bytes) = grads(&pb, Checkpoint::Auto, Truncation::None);
+    let (sqrt, sqrt_bytes) = grads(&pb, Checkpoint::Every(15), Truncation::None);
+    let trace = 2 * 13 * 13 * 4;
+    // ⌈200/41⌉ = 5 snapshots + the final state, against ⌈200/15⌉ = 14 + 1.
+    assert!(sqrt_bytes - auto_bytes >= 9 * trace, "Auto kept {auto_bytes} bytes, Every(15) {sqrt_bytes}");
+    for (k, (a, b)) in auto.iter().zip(&sqrt).enumerate() {
+        let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-30);
+        let worst = a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(worst <= 1e-4 * scale, "tensor #{k} off by {worst:e} (largest {scale:e})");
+    }
+    pb.p.eta[0] = 0.4;
+    assert_eq!(cpu::interval(&cfg, &pb.p, Checkpoint::Auto, t), 15);
+}
+
 #[test]
 fn saved_memory_is_sublinear_with_auto_and_linear_with_all() {
     for rule in [Rule::Hebb, Rule::Retroactive] {

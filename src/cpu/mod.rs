@@ -87,7 +87,7 @@ use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
 use crate::config::{Activation, AlphaShape, LayerConfig, ModActivation, Rule, Topology};
-use crate::engine::Options;
+use crate::engine::{Checkpoint, Options};
 use crate::error::{Error, Result};
 use crate::params::{Gradients, Params, Seq, State};
 
@@ -532,6 +532,29 @@ fn check_saved(cfg: &LayerConfig, inputs: &Seq<'_, f32>, saved: &Saved) -> Resul
     Ok(())
 }
 
+/// The checkpoint interval `C` the CPU forward pass uses for an episode of
+/// `steps` steps: `checkpoint.interval(steps)`, except that with
+/// [`Checkpoint::Auto`] and a layer whose backward reconstructs its traces
+/// (Hebb or Oja at small η, see `docs/backward.md` §6.1) it is the longest
+/// interval that still reconstructs (at most `steps`; 41 at η = 0.01): there
+/// memory is `⌈T/C⌉ + 1` snapshots with no segment buffer, so a longer
+/// interval only saves memory, while the rounding growth per segment stays
+/// bounded by 1.5×.
+pub fn interval(cfg: &LayerConfig, params: &Params<f32>, checkpoint: Checkpoint, steps: usize) -> usize {
+    let c = checkpoint.interval(steps);
+    if checkpoint != Checkpoint::Auto || steps < 2 || !Plan::reconstructs(cfg, params, c.max(2)) {
+        return c;
+    }
+    let eta = params.eta.first().copied().unwrap_or(0.0) as f64;
+    let per_step = -(1.0 - eta).ln();
+    let longest = if per_step > 0.0 { 1.0 + (1.5f64.ln() / per_step).floor() } else { f64::INFINITY };
+    let mut best = if longest >= steps as f64 { steps } else { longest as usize }.max(c);
+    while best > c && !Plan::reconstructs(cfg, params, best) {
+        best -= 1;
+    }
+    best
+}
+
 /// Forward over an episode batch. See [`crate::Engine::forward`].
 ///
 /// `inputs`: `(B, T, X)`; `init`: the state before step 0 (`None` = zeros).
@@ -550,7 +573,7 @@ pub fn forward(
     if let Some(s) = init {
         s.validate(cfg, inputs.batch, "init", opts.check_finite)?;
     }
-    let mut plan = Plan::new(cfg, inputs.batch, inputs.steps, opts.checkpoint.interval(inputs.steps));
+    let mut plan = Plan::new(cfg, inputs.batch, inputs.steps, interval(cfg, params, opts.checkpoint, inputs.steps));
     plan.recon = Plan::reconstructs(cfg, params, plan.c);
     Ok(fwd::run(cfg, &plan, params, inputs.data, init, ws))
 }
