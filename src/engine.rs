@@ -39,9 +39,9 @@ impl Device {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Checkpoint {
     /// Every `⌈√T⌉` steps: memory `O(B·N·I·√T)`, about one extra forward of
-    /// work. Where the CPU backend reconstructs the traces (Hebb or Oja at
-    /// small η) it uses the longest interval that still reconstructs instead
-    /// ([`crate::cpu::interval`]; 41 at η = 0.01): memory `O(B·N·I·T/C)`.
+    /// work. Where the CPU backend can reconstruct the traces (Hebb or Oja at
+    /// small η) it uses the longest interval that still reconstructs (41 at
+    /// η = 0.01) when that keeps fewer traces ([`crate::cpu::interval`]).
     #[default]
     Auto,
     /// Every `C` steps (`C ≥ 1`).

@@ -133,8 +133,8 @@ fn reconstructed_traces_give_the_same_gradients_to_rounding() {
 }
 
 /// Where the backward reconstructs, `Auto` takes the longest interval that
-/// still does (41 at η = 0.01: `40·(−ln 0.99) ≤ ln 1.5 < 41·(−ln 0.99)`), so
-/// it keeps far fewer snapshots than `⌈√T⌉` would; elsewhere it is `⌈√T⌉`.
+/// still does (41 at η = 0.01: `40·(−ln 0.99) ≤ ln 1.5 < 41·(−ln 0.99)`)
+/// when that keeps fewer traces than `⌈√T⌉` would; elsewhere it is `⌈√T⌉`.
 #[test]
 fn auto_takes_the_longest_reconstructing_interval() {
     let t = 200;
@@ -154,6 +154,11 @@ fn auto_takes_the_longest_reconstructing_interval() {
         let worst = a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
         assert!(worst <= 1e-4 * scale, "tensor #{k} off by {worst:e} (largest {scale:e})");
     }
+    // Long episodes: 10000/41 + 1 = 245 snapshots reconstructing, against
+    // 100 + 99 replaying at ⌈√T⌉ = 100 (which cannot reconstruct).
+    assert_eq!(cpu::interval(&cfg, &pb.p, Checkpoint::Auto, 10000), 100);
+    // 3600: 88 + 1 against 60 + 59.
+    assert_eq!(cpu::interval(&cfg, &pb.p, Checkpoint::Auto, 3600), 41);
     pb.p.eta[0] = 0.4;
     assert_eq!(cpu::interval(&cfg, &pb.p, Checkpoint::Auto, t), 15);
 }

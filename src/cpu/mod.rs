@@ -533,26 +533,29 @@ fn check_saved(cfg: &LayerConfig, inputs: &Seq<'_, f32>, saved: &Saved) -> Resul
 }
 
 /// The checkpoint interval `C` the CPU forward pass uses for an episode of
-/// `steps` steps: `checkpoint.interval(steps)`, except that with
-/// [`Checkpoint::Auto`] and a layer whose backward reconstructs its traces
-/// (Hebb or Oja at small η, see `docs/backward.md` §6.1) it is the longest
-/// interval that still reconstructs (at most `steps`; 41 at η = 0.01): there
-/// memory is `⌈T/C⌉ + 1` snapshots with no segment buffer, so a longer
-/// interval only saves memory, while the rounding growth per segment stays
-/// bounded by 1.5×.
+/// `steps` steps: `checkpoint.interval(steps)`, except with
+/// [`Checkpoint::Auto`] for a layer whose backward can reconstruct its traces
+/// (Hebb or Oja at small η, see `docs/backward.md` §6.1). There the longest
+/// interval `L` that still reconstructs (41 at η = 0.01) keeps `⌈T/L⌉ + 1`
+/// traces and no segment buffer, against `⌈T/C⌉ + C − 1` for the replayed
+/// `C = ⌈√T⌉` (or `⌈T/C⌉ + 1` if `C` reconstructs too); the smaller wins, `L`
+/// on a tie (no replay). The rounding growth per segment stays bounded by
+/// 1.5× either way.
 pub fn interval(cfg: &LayerConfig, params: &Params<f32>, checkpoint: Checkpoint, steps: usize) -> usize {
     let c = checkpoint.interval(steps);
-    if checkpoint != Checkpoint::Auto || steps < 2 || !Plan::reconstructs(cfg, params, c.max(2)) {
+    if checkpoint != Checkpoint::Auto || steps < 2 || !Plan::reconstructs(cfg, params, 2) {
         return c;
     }
     let eta = params.eta.first().copied().unwrap_or(0.0) as f64;
     let per_step = -(1.0 - eta).ln();
-    let longest = if per_step > 0.0 { 1.0 + (1.5f64.ln() / per_step).floor() } else { f64::INFINITY };
-    let mut best = if longest >= steps as f64 { steps } else { longest as usize }.max(c);
-    while best > c && !Plan::reconstructs(cfg, params, best) {
-        best -= 1;
+    let bound = if per_step > 0.0 { 1.0 + (1.5f64.ln() / per_step).floor() } else { f64::INFINITY };
+    let mut longest = if bound >= steps as f64 { steps } else { bound as usize }.max(2);
+    while longest > 2 && !Plan::reconstructs(cfg, params, longest) {
+        longest -= 1;
     }
-    best
+    let kept =
+        |every: usize| steps.div_ceil(every) + if Plan::reconstructs(cfg, params, every) { 1 } else { every - 1 };
+    if kept(longest) <= kept(c) { longest } else { c }
 }
 
 /// Forward over an episode batch. See [`crate::Engine::forward`].
