@@ -56,13 +56,18 @@ fn run(cfg: &LayerConfig, b: usize, t: usize, threads: usize, seed: u64) -> Vec<
 }
 
 fn assert_bitwise(cfg: &LayerConfig, b: usize, t: usize) {
+    assert_bitwise_on(cfg, b, t, 2);
+}
+
+/// 1 thread against `threads` threads.
+fn assert_bitwise_on(cfg: &LayerConfig, b: usize, t: usize, threads: usize) {
     let one = run(cfg, b, t, 1, 42);
-    let two = run(cfg, b, t, 2, 42);
+    let two = run(cfg, b, t, threads, 42);
     for ((name, a), (_, c)) in one.iter().zip(&two) {
         assert_eq!(a.len(), c.len(), "{name}");
         if let Some(k) = a.iter().zip(c).position(|(x, y)| x.to_bits() != y.to_bits()) {
             panic!(
-                "{} {:?} B = {b} N = {}: {name}[{k}] differs: 1 thread {:e}, 2 threads {:e}",
+                "{} {:?} B = {b} N = {}: {name}[{k}] differs: 1 thread {:e}, {threads} threads {:e}",
                 cfg.rule.name(),
                 cfg.alpha,
                 cfg.n,
@@ -88,6 +93,18 @@ fn one_and_two_threads_agree_bitwise_batched() {
         let cfg = LayerConfig::feed_forward(rule, 45, 67);
         assert_bitwise(&cfg, 3, 4);
         assert_bitwise(&cfg, 7, 4);
+    }
+}
+
+/// Fewer episodes than threads: an episode-parallel call then also splits
+/// each episode's passes into blocks across the idle threads (nested), which
+/// must not change a bit either.
+#[test]
+fn more_threads_than_episodes_agree_bitwise() {
+    for rule in Rule::ALL {
+        let mut cfg = LayerConfig::recurrent(rule, 67, 5);
+        cfg.clip = 0.5;
+        assert_bitwise_on(&cfg, 5, 5, 8);
     }
 }
 

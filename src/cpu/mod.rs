@@ -34,7 +34,9 @@
 //! then stay in its core's cache across steps instead of streaming the whole
 //! batch through memory every step, and the per-step synchronisation is gone
 //! (on the 2-core machine this took the retroactive workload's training
-//! episode from 1.05 s to about 0.45 s; see BENCHMARKS.md). Each episode
+//! episode from 0.65 s to about 0.45 s; see BENCHMARKS.md). With fewer
+//! episodes than threads, idle threads also take blocks of an episode's
+//! passes (nested), which changes no bit. Each episode
 //! keeps its own `dα` and `dη` sums, added up in episode order afterwards, so
 //! results are still bitwise the same on any number of threads; they differ
 //! from a step-parallel call's by rounding only.
@@ -203,9 +205,14 @@ impl Plan {
         batch >= 4 && working <= 4 << 20
     }
 
-    /// The plan of one episode of a grouped call.
+    /// The plan of one episode of a grouped call: its passes run block
+    /// after block on the episode's thread, unless there are fewer episodes
+    /// than threads, when idle threads take blocks too (nested). Either way
+    /// every block computes the same values and they are combined in block
+    /// order, so this choice (the only one here that depends on the thread
+    /// count) changes no bit of the result.
     pub fn episode(&self) -> Plan {
-        Plan { b: 1, grouped: false, serial: true, ..*self }
+        Plan { b: 1, grouped: false, serial: self.b >= rayon::current_num_threads(), ..*self }
     }
 
     /// Runs `f(0), …, f(n − 1)`: in parallel, or in order when serial.
