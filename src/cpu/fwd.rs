@@ -220,20 +220,10 @@ pub(crate) fn row_lazy<const RULE: u8, const CONN: bool, const PEND: bool>(
     // branches.
     let r = r.cut::<CONN>(len);
     let xp = if PEND { &xp[..len] } else { xp };
-    let d = match (h.split(true, len, PEND), e.split(RULE == RETRO, len, PEND)) {
-        (Rw::InPlace(hd), Rw::InPlace(ed)) => {
-            lazy_dot::<RULE, CONN, PEND, _>(r, &x[..len], xp, kp, InPlace(hd), InPlace(ed), pf)
-        }
-        (Rw::Moved(hs, hd), Rw::Moved(es, ed)) => {
-            lazy_dot::<RULE, CONN, PEND, _>(r, &x[..len], xp, kp, Moved(hs, hd), Moved(es, ed), pf)
-        }
-        // A rule without E (its row is empty): E takes H's mode, unread.
-        (Rw::InPlace(hd), _) => {
-            lazy_dot::<RULE, CONN, PEND, _>(r, &x[..len], xp, kp, InPlace(hd), InPlace(&mut []), pf)
-        }
-        (Rw::Moved(hs, hd), _) => {
-            lazy_dot::<RULE, CONN, PEND, _>(r, &x[..len], xp, kp, Moved(hs, hd), Moved(&[], &mut []), pf)
-        }
+    let (x, elig) = (&x[..len], RULE == RETRO);
+    let d = match Pair::of(h, e, len, elig, PEND) {
+        Pair::InPlace(h, e) => lazy_dot::<RULE, CONN, PEND, _>(r, x, xp, kp, h, e, pf),
+        Pair::Moved(h, e) => lazy_dot::<RULE, CONN, PEND, _>(r, x, xp, kp, h, e, pf),
     };
     act(f, drive + d)
 }
@@ -312,17 +302,39 @@ pub(crate) enum Rw<'a> {
     Moved(&'a [f32], &'a mut [f32]),
 }
 
+/// The `H` and `E` rows of one trace update, both in place or both moved
+/// (they come from the same snapshot slots); a rule without `E` gets an
+/// empty row in `H`'s mode, never read.
+pub(crate) enum Pair<'a> {
+    InPlace(InPlace<'a>, InPlace<'a>),
+    Moved(Moved<'a>, Moved<'a>),
+}
+
+impl<'a> Pair<'a> {
+    /// `h`, `e` cut to `len` (`e` only when `elig`); `writes`: whether the
+    /// rows are written.
+    #[inline(always)]
+    pub(crate) fn of(h: Io<'a>, e: Io<'a>, len: usize, elig: bool, writes: bool) -> Pair<'a> {
+        let e = if elig { Some(e.split(true, len, writes)) } else { None };
+        match (h.split(true, len, writes), e) {
+            (Rw::InPlace(hd), Some(Rw::InPlace(ed))) => Pair::InPlace(InPlace(hd), InPlace(ed)),
+            (Rw::Moved(hs, hd), Some(Rw::Moved(es, ed))) => Pair::Moved(Moved(hs, hd), Moved(es, ed)),
+            (Rw::InPlace(hd), None) => Pair::InPlace(InPlace(hd), InPlace(&mut [])),
+            (Rw::Moved(hs, hd), None) => Pair::Moved(Moved(hs, hd), Moved(&[], &mut [])),
+            _ => unreachable!("H and E are both updated in place or both moved"),
+        }
+    }
+}
+
 /// The trace update of one row alone (the last pending update of the
 /// forward, and the backward's recomputation). `x`, rows: `(I)`.
 #[inline(always)]
 pub(crate) fn row_update<const RULE: u8>(x: &[f32], k: &Coef, h: Io<'_>, e: Io<'_>, pf: (*const f32, *const f32)) {
     let len = x.len();
     let x = &x[..len];
-    match (h.split(true, len, true), e.split(RULE == RETRO, len, true)) {
-        (Rw::InPlace(hd), Rw::InPlace(ed)) => update_sweep::<RULE, _>(x, k, InPlace(hd), InPlace(ed), pf),
-        (Rw::Moved(hs, hd), Rw::Moved(es, ed)) => update_sweep::<RULE, _>(x, k, Moved(hs, hd), Moved(es, ed), pf),
-        (Rw::InPlace(hd), _) => update_sweep::<RULE, _>(x, k, InPlace(hd), InPlace(&mut []), pf),
-        (Rw::Moved(hs, hd), _) => update_sweep::<RULE, _>(x, k, Moved(hs, hd), Moved(&[], &mut []), pf),
+    match Pair::of(h, e, len, RULE == RETRO, true) {
+        Pair::InPlace(h, e) => update_sweep::<RULE, _>(x, k, h, e, pf),
+        Pair::Moved(h, e) => update_sweep::<RULE, _>(x, k, h, e, pf),
     }
 }
 
