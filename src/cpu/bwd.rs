@@ -568,99 +568,75 @@ pub(crate) fn run(
     eta_acc.fill(0.0);
     alpha_acc.fill(0.0);
     let fx = Fixed { cfg, prm, rt, trunc, zeros };
-    let dl = |b0: usize, b1: usize| {
-        dlast.map(|d| {
-            let (ni, n) = (p.n * p.i, p.n);
-            let el = if p.elig { &d.elig[b0 * ni..b1 * ni] } else { &[][..] };
-            let h = if p.recurrent { &d.h[b0 * n..b1 * n] } else { &[][..] };
-            (h, &d.hebb[b0 * ni..b1 * ni], el)
-        })
-    };
-    if p.grouped {
-        // Every episode on its own: its snapshots are the b-th part of the
-        // snapshot buffers (see the forward), its dα, dη and per-row dα sums
-        // go to its own slots, added up below in episode order.
-        let q = p.episode();
-        let (ni, tn, tk, tx) = (p.n * p.i, p.t * p.n, p.t * p.k, p.t * p.x);
-        let per = saved.snap_h.len() / p.b;
-        let gal = grow(gal, if p.conn { p.b * ni } else { 0 });
-        gal.fill(0.0);
-        let (pga, pgmm, pgs) = (Par::new(ga), Par::new(gmm), Par::new(gs));
-        let (pin, pih, pie, pii) = (
-            Par::new(&mut out.inputs),
-            Par::new(&mut out.init.hebb),
-            Par::new(&mut out.init.elig),
-            Par::new(&mut out.init.h),
-        );
-        let (pgal, pea, paa) = (Par::new(gal), Par::new(eta_acc), Par::new(alpha_acc));
-        (0..p.b).into_par_iter().for_each(|b| {
-            let ep = Episodes {
-                inputs: &inputs[b * tx..(b + 1) * tx],
-                snap_h: &saved.snap_h[b * per..(b + 1) * per],
-                snap_e: if p.elig { &saved.snap_e[b * per..(b + 1) * per] } else { &[][..] },
-                fin_h: if p.recon { &saved.fin_h[b * ni..(b + 1) * ni] } else { &[][..] },
-                zero_init: saved.zero_init,
-                h0: if p.recurrent { &saved.h0[b * p.n..(b + 1) * p.n] } else { &[][..] },
-                y: &saved.y[b * tn..(b + 1) * tn],
-                mm: if lazy { &saved.mm[b * tn..(b + 1) * tn] } else { &[][..] },
-                m: if lazy { &saved.m[b * tk..(b + 1) * tk] } else { &[][..] },
-                dy: &dy[b * tn..(b + 1) * tn],
-                dlast: dl(b, b + 1),
-            };
-            // SAFETY: episode b owns these ranges of every output.
-            let o = unsafe {
-                Outs {
-                    ga: pga.write(b * tn, tn),
-                    gmm: if lazy { pgmm.write(b * tn, tn) } else { &mut [][..] },
-                    gs: pgs.write(b * tk, tk),
-                    gin: pin.write(b * tx, tx),
-                    init_h: if p.recurrent { pii.write(b * p.n, p.n) } else { &mut [][..] },
-                    init_hebb: pih.write(b * ni, ni),
-                    init_elig: if p.elig { pie.write(b * ni, ni) } else { &mut [][..] },
-                    gal: if p.conn { pgal.write(b * ni, ni) } else { &mut [][..] },
-                    eta_acc: pea.write(b * p.blocks, p.blocks),
-                    alpha_acc: paa.write(b * p.n, p.n),
-                }
-            };
-            let mut sc = take_scratch(scratch);
-            sweep_time(&fx, &q, ep, o, &mut sc);
-            give_scratch(scratch, sc);
-        });
-    } else {
+    let (ni, tn, tk, tx) = (p.n * p.i, p.t * p.n, p.t * p.k, p.t * p.x);
+    let (elig, rec) = (p.elig, p.recurrent);
+    // A grouped call keeps every episode's dα (per connection) apart, added
+    // up below in episode order; a step-parallel one builds it in place.
+    let gal = grow(gal, if p.grouped && p.conn { p.b * ni } else { 0 });
+    gal.fill(0.0);
+    let per = saved.snap_h.len() / p.b;
+    let (pga, pgmm, pgs) = (Par::new(ga), Par::new(gmm), Par::new(gs));
+    let (pin, pih, pie, pii) = (
+        Par::new(&mut out.inputs),
+        Par::new(&mut out.init.hebb),
+        Par::new(&mut out.init.elig),
+        Par::new(&mut out.init.h),
+    );
+    let pgal = if p.grouped { Par::new(&mut *gal) } else { Par::new(&mut out.params.alpha) };
+    let (pea, paa) = (Par::new(eta_acc), Par::new(alpha_acc));
+    // Episodes [b0, b1) under plan `q`, with its sums in slot `slot`: a
+    // grouped call runs one task per episode (slot b; its snapshots are the
+    // b-th of B equal parts of the snapshot buffers, see the forward), a
+    // step-parallel call the range [0, B) (slot 0).
+    let range = |q: &Plan, b0: usize, b1: usize, slot: usize| {
+        let nb = b1 - b0;
+        fn part(v: &[f32], on: bool, b0: usize, b1: usize, len: usize) -> &[f32] {
+            if on { &v[b0 * len..b1 * len] } else { &[] }
+        }
+        let of = |v, on, len| part(v, on, b0, b1, len);
         let ep = Episodes {
-            inputs,
-            snap_h: &saved.snap_h,
-            snap_e: &saved.snap_e,
-            fin_h: &saved.fin_h,
+            inputs: of(inputs, true, tx),
+            snap_h: of(&saved.snap_h, true, per),
+            snap_e: of(&saved.snap_e, elig, per),
+            fin_h: of(&saved.fin_h, q.recon, ni),
             zero_init: saved.zero_init,
-            h0: &saved.h0,
-            y: &saved.y,
-            mm: &saved.mm,
-            m: &saved.m,
-            dy,
-            dlast: dl(0, p.b),
+            h0: of(&saved.h0, rec, p.n),
+            y: of(&saved.y, true, tn),
+            mm: of(&saved.mm, lazy, tn),
+            m: of(&saved.m, lazy, tk),
+            dy: of(dy, true, tn),
+            dlast: dlast.map(|d| (of(&d.h, rec, p.n), of(&d.hebb, true, ni), of(&d.elig, elig, ni))),
         };
-        let o = Outs {
-            ga,
-            gmm,
-            gs,
-            gin: &mut out.inputs,
-            init_h: &mut out.init.h,
-            init_hebb: &mut out.init.hebb,
-            init_elig: &mut out.init.elig,
-            gal: &mut out.params.alpha,
-            eta_acc,
-            alpha_acc,
+        // SAFETY: the ranges of [b0, b1) and slot `slot` belong to this call.
+        let o = unsafe {
+            Outs {
+                ga: pga.episodes(true, b0, nb, tn),
+                gmm: pgmm.episodes(lazy, b0, nb, tn),
+                gs: pgs.episodes(true, b0, nb, tk),
+                gin: pin.episodes(true, b0, nb, tx),
+                init_h: pii.episodes(rec, b0, nb, p.n),
+                init_hebb: pih.episodes(true, b0, nb, ni),
+                init_elig: pie.episodes(elig, b0, nb, ni),
+                gal: pgal.episodes(p.conn, slot, 1, ni),
+                eta_acc: pea.episodes(true, slot, 1, p.blocks),
+                alpha_acc: paa.episodes(true, slot, 1, p.n),
+            }
         };
         let mut sc = take_scratch(scratch);
-        sweep_time(&fx, &p, ep, o, &mut sc);
+        sweep_time(&fx, q, ep, o, &mut sc);
         give_scratch(scratch, sc);
+    };
+    if p.grouped {
+        let q = p.episode();
+        (0..p.b).into_par_iter().for_each(|b| range(&q, b, b + 1, b));
+    } else {
+        range(&p, 0, p.b, 0);
     }
     if p.grouped {
         // The episodes' parts, added in episode order.
-        let (ni, n) = (p.n * p.i, p.n);
+        let n = p.n;
         if p.conn {
-            let gal = &gal[..p.b * ni];
+            let gal = &*gal;
             out.params.alpha.par_chunks_mut(4096).enumerate().for_each(|(c, dst)| {
                 let o = c * 4096;
                 for b in 0..p.b {

@@ -683,49 +683,40 @@ pub(crate) fn run(
     let zeros = &*grow(&mut ws.zeros, p.rows * p.i);
     let pf = Fixed { cfg, rt, prm, zeros, zero_init };
 
-    if p.grouped {
-        // One task per episode; episode b's snapshots are the b-th of B equal
-        // parts of the snapshot buffers, each laid out `(snapshots, 1, N, I)`.
-        let q = p.episode();
-        let (ni, tn, tk, tx) = (p.n * p.i, p.t * p.n, p.t * p.k, p.t * p.x);
-        let per = stored / p.b.max(1);
-        let (py, pmm, pm) = (Par::new(&mut y), Par::new(&mut mm), Par::new(&mut m));
-        let (psh, pse) = (Par::new(&mut snap_h), Par::new(&mut snap_e));
-        let (plh, ple) = (Par::new(&mut last.hebb), Par::new(&mut last.elig));
-        let pfin = Par::new(&mut fin_h);
-        let (h0, elig) = (&h0[..], p.elig);
-        (0..p.b).into_par_iter().for_each(|b| {
-            // SAFETY: episode b owns these ranges of every output.
-            let bufs = unsafe {
-                Bufs {
-                    y: py.write(b * tn, tn),
-                    mm: if lazy { pmm.write(b * tn, tn) } else { &mut [][..] },
-                    m: if lazy { pm.write(b * tk, tk) } else { &mut [][..] },
-                    snap_h: psh.write(b * per, per),
-                    snap_e: if elig { pse.write(b * per, per) } else { &mut [][..] },
-                    last_h: plh.write(b * ni, ni),
-                    last_e: if elig { ple.write(b * ni, ni) } else { &mut [][..] },
-                    fin_h: if q.recon { pfin.write(b * ni, ni) } else { &mut [][..] },
-                }
-            };
-            let init = init
-                .map(|s| (&s.hebb[b * ni..(b + 1) * ni], if elig { &s.elig[b * ni..(b + 1) * ni] } else { &[][..] }));
-            let h0 = if q.recurrent { &h0[b * q.n..(b + 1) * q.n] } else { h0 };
-            time_loop(&pf, &q, &inputs[b * tx..(b + 1) * tx], &drive[b * tn..(b + 1) * tn], h0, init, bufs);
-        });
-    } else {
-        let bufs = Bufs {
-            y: &mut y,
-            mm: &mut mm,
-            m: &mut m,
-            snap_h: &mut snap_h,
-            snap_e: &mut snap_e,
-            last_h: &mut last.hebb,
-            last_e: &mut last.elig,
-            fin_h: &mut fin_h,
+    // Episodes [b0, b1) under plan `q`: their ranges of every buffer. A
+    // grouped call runs one task per episode, and episode b's snapshots are
+    // the b-th of B equal parts of the snapshot buffers, each laid out
+    // `(snapshots, 1, N, I)`; a step-parallel call is the range [0, B).
+    let (ni, tn, tk, tx) = (p.n * p.i, p.t * p.n, p.t * p.k, p.t * p.x);
+    let per = stored / p.b.max(1);
+    let (py, pmm, pm) = (Par::new(&mut y), Par::new(&mut mm), Par::new(&mut m));
+    let (psh, pse) = (Par::new(&mut snap_h), Par::new(&mut snap_e));
+    let (plh, ple, pfin) = (Par::new(&mut last.hebb), Par::new(&mut last.elig), Par::new(&mut fin_h));
+    let h0r = &h0[..];
+    let range = |q: &Plan, b0: usize, b1: usize| {
+        let (nb, elig) = (b1 - b0, p.elig);
+        // SAFETY: the ranges of [b0, b1) belong to this call alone.
+        let bufs = unsafe {
+            Bufs {
+                y: py.episodes(true, b0, nb, tn),
+                mm: pmm.episodes(lazy, b0, nb, tn),
+                m: pm.episodes(lazy, b0, nb, tk),
+                snap_h: psh.episodes(true, b0, nb, per),
+                snap_e: pse.episodes(elig, b0, nb, per),
+                last_h: plh.episodes(true, b0, nb, ni),
+                last_e: ple.episodes(elig, b0, nb, ni),
+                fin_h: pfin.episodes(q.recon, b0, nb, ni),
+            }
         };
-        let init = init.map(|s| (&s.hebb[..], &s.elig[..]));
-        time_loop(&pf, &p, inputs, drive, &h0, init, bufs);
+        let init = init.map(|s| (&s.hebb[b0 * ni..b1 * ni], if elig { &s.elig[b0 * ni..b1 * ni] } else { &[][..] }));
+        let h0 = if q.recurrent { &h0r[b0 * q.n..b1 * q.n] } else { h0r };
+        time_loop(&pf, q, &inputs[b0 * tx..b1 * tx], &drive[b0 * tn..b1 * tn], h0, init, bufs);
+    };
+    if p.grouped {
+        let q = p.episode();
+        (0..p.b).into_par_iter().for_each(|b| range(&q, b, b + 1));
+    } else {
+        range(&p, 0, p.b);
     }
     if p.recurrent {
         for b in 0..p.b {

@@ -346,6 +346,18 @@ impl<'a, T> Par<'a, T> {
         unsafe { std::slice::from_raw_parts(self.ptr.add(at), len) }
     }
 
+    /// Episodes `[b0, b0 + nb)` of a buffer holding `len` elements per
+    /// episode, for writing; an empty slice when `on` is false (a buffer the
+    /// call does not use, which is empty).
+    ///
+    /// # Safety
+    /// As [`Par::write`].
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn episodes(&self, on: bool, b0: usize, nb: usize, len: usize) -> &'a mut [T] {
+        // SAFETY: forwarded to the caller.
+        if on { unsafe { self.write(b0 * len, nb * len) } } else { &mut [] }
+    }
+
     /// `[at, at + len)` for writing.
     ///
     /// # Safety
