@@ -179,13 +179,25 @@ impl Plan {
     /// clipped rules cannot be undone where the clip acts and always
     /// recompute.
     pub fn reconstructs(cfg: &LayerConfig, prm: &Params<f32>, c: usize) -> bool {
+        c > 1 && Self::longest_reconstructing(cfg, prm).is_some_and(|l| c <= l)
+    }
+
+    /// The longest interval `L` whose segments [`Plan::reconstructs`]:
+    /// `1 + ⌊ln 1.5 / −ln(1 − η)⌋` (unbounded at η = 0), `None` for a rule or
+    /// rate that never reconstructs.
+    pub fn longest_reconstructing(cfg: &LayerConfig, prm: &Params<f32>) -> Option<usize> {
         let ok_rule = match cfg.rule {
             Rule::Hebb => true,
             Rule::Oja => cfg.activation == Activation::Tanh,
             _ => false,
         };
         let eta = prm.eta.first().copied().unwrap_or(1.0) as f64;
-        ok_rule && c > 1 && eta < 1.0 && (c as f64 - 1.0) * -(1.0 - eta).ln() <= 1.5f64.ln()
+        if !ok_rule || !(0.0..1.0).contains(&eta) {
+            return None;
+        }
+        let per_step = -(1.0 - eta).ln();
+        let longest = if per_step > 0.0 { 1.0 + (1.5f64.ln() / per_step).floor() } else { f64::INFINITY };
+        Some(if longest >= usize::MAX as f64 { usize::MAX } else { longest as usize })
     }
 
     /// Whether a call runs episode by episode: each episode's whole time loop
@@ -562,16 +574,10 @@ fn check_saved(cfg: &LayerConfig, inputs: &Seq<'_, f32>, saved: &Saved) -> Resul
 /// 1.5× either way.
 pub fn interval(cfg: &LayerConfig, params: &Params<f32>, checkpoint: Checkpoint, steps: usize) -> usize {
     let c = checkpoint.interval(steps);
-    if checkpoint != Checkpoint::Auto || steps < 2 || !Plan::reconstructs(cfg, params, 2) {
-        return c;
-    }
-    let eta = params.eta.first().copied().unwrap_or(0.0) as f64;
-    let per_step = -(1.0 - eta).ln();
-    let bound = if per_step > 0.0 { 1.0 + (1.5f64.ln() / per_step).floor() } else { f64::INFINITY };
-    let mut longest = if bound >= steps as f64 { steps } else { bound as usize }.max(2);
-    while longest > 2 && !Plan::reconstructs(cfg, params, longest) {
-        longest -= 1;
-    }
+    let longest = match Plan::longest_reconstructing(cfg, params) {
+        Some(l) if checkpoint == Checkpoint::Auto && steps >= 2 && l >= 2 => l.min(steps),
+        _ => return c,
+    };
     let kept =
         |every: usize| steps.div_ceil(every) + if Plan::reconstructs(cfg, params, every) { 1 } else { every - 1 };
     if kept(longest) <= kept(c) { longest } else { c }
