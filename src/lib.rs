@@ -61,6 +61,7 @@
 
 pub mod config;
 pub mod cpu;
+pub mod cuda;
 pub mod engine;
 pub mod error;
 #[cfg(feature = "io")]
