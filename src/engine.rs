@@ -3,7 +3,8 @@
 //! [`Engine::backward`] with `f32` host tensors.
 //!
 //! The engine checks every argument once (shapes, finiteness, that a
-//! [`Forward`] belongs to it) and hands the call to its [`Backend`]. The
+//! [`Forward`] belongs to it) and hands the call to its backend (the private
+//! `enum Backend`, whose docs list what a backend variant provides). The
 //! options live in the leaf module [`crate::options`] (re-exported here).
 
 use crate::config::LayerConfig;
@@ -110,15 +111,16 @@ impl Forward {
 pub(crate) enum Backend {
     /// The f64 reference: converts at the boundary, keeps the initial state.
     Reference(reference::Reference),
-    /// The SIMD CPU backend with its pool and workspace.
-    Cpu(cpu::Cpu),
+    /// The SIMD CPU backend with its pool and workspace (boxed: the
+    /// workspace is large next to the other variants).
+    Cpu(Box<cpu::Cpu>),
 }
 
 impl Backend {
     fn new(device: Device, opts: &Options) -> Result<Backend> {
         match device {
             Device::Reference => Ok(Backend::Reference(reference::Reference)),
-            Device::Cpu => Ok(Backend::Cpu(cpu::Cpu::new(opts)?)),
+            Device::Cpu => Ok(Backend::Cpu(Box::new(cpu::Cpu::new(opts)?))),
             Device::Cuda(_) => Err(Error::Unavailable {
                 backend: device.name(),
                 reason: "this build of neuroplastic has no CUDA backend yet; use Device::Cpu".into(),

@@ -72,6 +72,8 @@ pub mod reference;
 pub mod stream;
 #[cfg(feature = "train")]
 pub mod tasks;
+#[cfg(feature = "testing")]
+pub mod testing;
 #[cfg(feature = "train")]
 pub mod train;
 
