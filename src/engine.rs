@@ -57,6 +57,9 @@ pub(crate) enum Saved {
     Reference(reference::Saved),
     /// Trace snapshots and per-step vectors.
     Cpu(cpu::Saved),
+    /// The same, in GPU memory.
+    #[cfg(feature = "cuda")]
+    Cuda(crate::cuda::Saved),
 }
 
 impl Saved {
@@ -64,6 +67,8 @@ impl Saved {
         match self {
             Saved::Reference(_) => "reference",
             Saved::Cpu(_) => "cpu",
+            #[cfg(feature = "cuda")]
+            Saved::Cuda(_) => "cuda",
         }
     }
 }
@@ -74,6 +79,8 @@ impl Forward {
         match &self.saved {
             Saved::Reference(s) => s.bytes(),
             Saved::Cpu(s) => s.bytes(),
+            #[cfg(feature = "cuda")]
+            Saved::Cuda(s) => s.bytes(),
         }
     }
 }
@@ -114,6 +121,9 @@ pub(crate) enum Backend {
     /// The SIMD CPU backend with its pool and workspace (boxed: the
     /// workspace is large next to the other variants).
     Cpu(Box<cpu::Cpu>),
+    /// The CUDA backend: the GPU context and its compiled kernels.
+    #[cfg(feature = "cuda")]
+    Cuda(Box<crate::cuda::Cuda>),
 }
 
 impl Backend {
@@ -121,9 +131,12 @@ impl Backend {
         match device {
             Device::Reference => Ok(Backend::Reference(reference::Reference)),
             Device::Cpu => Ok(Backend::Cpu(Box::new(cpu::Cpu::new(opts)?))),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(k) => Ok(Backend::Cuda(Box::new(crate::cuda::Cuda::new(k, opts)?))),
+            #[cfg(not(feature = "cuda"))]
             Device::Cuda(_) => Err(Error::Unavailable {
                 backend: device.name(),
-                reason: "this build of neuroplastic has no CUDA backend yet; use Device::Cpu".into(),
+                reason: "this build of neuroplastic was made without the `cuda` feature; rebuild with `--features cuda` (the default), or use Device::Cpu".into(),
             }),
         }
     }
@@ -145,6 +158,11 @@ impl Backend {
                 let (y, last, saved) = c.plastic_fwd(cfg, params, inputs, init, opts)?;
                 Ok((y, last, Saved::Cpu(saved)))
             }
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(c) => {
+                let (y, last, saved) = c.plastic_fwd(cfg, params, inputs, init, opts)?;
+                Ok((y, last, Saved::Cuda(saved)))
+            }
         }
     }
 
@@ -165,6 +183,8 @@ impl Backend {
                 r.plastic_bwd(cfg, params, inputs, s, dy, dlast, opts.truncate)
             }
             (Backend::Cpu(c), Saved::Cpu(s)) => c.plastic_bwd(cfg, params, inputs, s, dy, dlast, opts),
+            #[cfg(feature = "cuda")]
+            (Backend::Cuda(c), Saved::Cuda(s)) => c.plastic_bwd(cfg, params, inputs, s, dy, dlast, opts),
             (_, saved) => Err(Error::Config {
                 arg: "fwd".into(),
                 message: format!(

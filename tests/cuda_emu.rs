@@ -8,15 +8,17 @@
 //! checkpoint intervals and truncations. One test shows that a missing
 //! `__syncthreads` in a kernel gives wrong answers here.
 
+#[allow(dead_code)] // Shared with other tests; this one draws through `vec`.
 mod common;
 
 use std::ffi::c_void;
 
 use common::Rng;
 use neuroplastic::cuda::{self, Launcher, NpArgs};
+use neuroplastic::testing::backend::{self, FnDriver, Outputs, Problem, check_cases};
 use neuroplastic::{
-    Activation, AlphaShape, Checkpoint, Device, Engine, Error, InputMap, LayerConfig, ModActivation, Options, Params,
-    Result, Rule, Seq, State, Truncation, reference,
+    Activation, Checkpoint, Device, Engine, Error, InputMap, LayerConfig, Options, Params, Result, Rule, Seq, State,
+    Truncation, reference,
 };
 
 /// A host allocation that the emulated kernels read and write through its
@@ -74,8 +76,10 @@ impl Launcher for Emu {
         let seed = self.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(self.launches);
         // SAFETY: every address in `args` is a live HostBuf of the size the
         // driver computed for the launch's shapes.
-        unsafe { neuroplastic_emu::launch(kernel, self.faulty, grid, threads, args as *const NpArgs as *const c_void, seed) }
-            .map_err(|message| Error::Config { arg: "emulated launch".into(), message })
+        unsafe {
+            neuroplastic_emu::launch(kernel, self.faulty, grid, threads, args as *const NpArgs as *const c_void, seed)
+        }
+        .map_err(|message| Error::Config { arg: "emulated launch".into(), message })
     }
 }
 
@@ -199,8 +203,9 @@ fn clip_margin(c: &Case, d: &Data) -> f64 {
 
 fn run_emu(c: &Case, d: &Data, emu: &mut Emu) -> Result<Vec<(String, Vec<f64>)>> {
     let xs = Seq::new(&d.xs, c.batch, c.steps);
-    let (y, last, saved) = cuda::forward(emu, &c.cfg, &d.p, xs, d.init.as_ref(), c.checkpoint)?;
-    let g = cuda::backward(emu, &c.cfg, &d.p, xs, &saved, &d.dy, d.dlast.as_ref(), c.truncate)?;
+    let opts = Options { checkpoint: c.checkpoint, truncate: c.truncate, ..Options::default() };
+    let (y, last, saved) = cuda::plastic_fwd(emu, &c.cfg, &d.p, xs, d.init.as_ref(), &opts)?;
+    let g = cuda::plastic_bwd(emu, &c.cfg, &d.p, xs, &saved, &d.dy, d.dlast.as_ref(), &opts)?;
     Ok(outputs(&y, &last, &g))
 }
 
@@ -247,41 +252,70 @@ fn layer(rule: Rule, recurrent: bool, n: usize, x: usize) -> LayerConfig {
     if recurrent { LayerConfig::recurrent(rule, n, x) } else { LayerConfig::feed_forward(rule, x, n) }
 }
 
-#[test]
-fn every_rule_alpha_activation_topology() {
-    let mut seed = 1;
-    for rule in Rule::ALL {
-        for alpha in AlphaShape::ALL {
-            for activation in Activation::ALL {
-                for recurrent in [true, false] {
-                    // N = 11: two blocks of rows, the second partly empty.
-                    let mut cfg = layer(rule, recurrent, 11, 5);
-                    cfg.alpha = alpha;
-                    cfg.activation = activation;
-                    cfg.bias = seed % 2 == 0;
-                    cfg.clip = 0.4;
-                    check(case(cfg, seed));
-                    seed += 1;
-                }
-            }
-        }
+/// The emulated CUDA backend as a driver of the shared test body
+/// (`neuroplastic::testing::backend`, the one the CPU backend's tests use):
+/// a fresh emulated device per problem, scheduling seeds varying by problem.
+fn emulated() -> FnDriver<impl FnMut(&Problem) -> std::result::Result<Outputs, String>> {
+    let mut count = 0u64;
+    FnDriver {
+        name: "cuda-emulated".into(),
+        run: move |p: &Problem| {
+            count += 1;
+            let mut emu = Emu::new(count);
+            let s = |e: Error| e.to_string();
+            let xs = Seq::new(&p.inputs, p.batch, p.steps);
+            let (y, last, saved) =
+                cuda::plastic_fwd(&mut emu, &p.cfg, &p.params, xs, p.init.as_ref(), &p.opts).map_err(s)?;
+            let grads = cuda::plastic_bwd(&mut emu, &p.cfg, &p.params, xs, &saved, &p.dy, p.dlast.as_ref(), &p.opts)
+                .map_err(s)?;
+            Ok(Outputs { y, last, grads })
+        },
     }
 }
 
+fn check_shared(cases: &[backend::Case]) {
+    let report = check_cases(cases, &mut emulated());
+    println!("{}", report.summary());
+    assert!(report.ok(), "{}", report.summary());
+    assert_eq!(report.passed, cases.len());
+}
+
+/// Every rule × α shape × activation × topology × rate mode (N = 11: two
+/// blocks of rows, the second partly empty), against the reference.
 #[test]
-fn every_modulator_option() {
-    let mut seed = 100;
-    for rule in [Rule::Modulated, Rule::Retroactive] {
-        for activation in ModActivation::ALL {
-            for (fanout, fanout_bias, bias, k) in [(false, false, true, 1), (true, true, false, 2), (true, false, true, 3)] {
-                let mut cfg = layer(rule, true, 9, 4);
-                cfg.modulator.activation = activation;
-                cfg.modulator.fanout = fanout;
-                cfg.modulator.fanout_bias = fanout_bias;
-                cfg.modulator.bias = bias;
-                cfg.modulator.k = k;
-                cfg.clip = 0.3;
-                check(case(cfg, seed));
+fn every_layer_variant() {
+    check_shared(&backend::layer_variant_cases());
+}
+
+/// Every modulator option (K, μ, bias, fan-out, fan-out bias), against the reference.
+#[test]
+fn every_modulator_variant() {
+    check_shared(&backend::modulator_cases());
+}
+
+/// Every truncation with every rule under three checkpoint policies, against the reference.
+#[test]
+fn every_truncation() {
+    check_shared(&backend::truncation_cases());
+}
+
+/// Whole episodes against the CPU backend as well as the reference, on
+/// every rule, both topologies and several checkpoint intervals.
+#[test]
+fn episodes_match_the_cpu_backend() {
+    let mut seed = 400;
+    for rule in Rule::ALL {
+        for recurrent in [true, false] {
+            for (checkpoint, truncate) in [
+                (Checkpoint::All, Truncation::None),
+                (Checkpoint::Every(3), Truncation::Last(5)),
+                (Checkpoint::Every(4), Truncation::Windows(3)),
+            ] {
+                let mut cfg = layer(rule, recurrent, 9, 6);
+                cfg.clip = 0.5;
+                let mut c = case(cfg, seed);
+                (c.steps, c.checkpoint, c.truncate) = (7, checkpoint, truncate);
+                check(c);
                 seed += 1;
             }
         }
@@ -302,29 +336,6 @@ fn direct_input_and_wide_rows() {
         c.batch = 2;
         c.steps = 3;
         check(c);
-    }
-}
-
-#[test]
-fn checkpoints_and_truncations() {
-    let mut seed = 400;
-    for rule in Rule::ALL {
-        for recurrent in [true, false] {
-            for (checkpoint, truncate, init, dlast) in [
-                (Checkpoint::All, Truncation::None, false, false),
-                (Checkpoint::Auto, Truncation::Last(3), true, true),
-                (Checkpoint::Every(3), Truncation::Last(7), true, false),
-                (Checkpoint::Every(4), Truncation::Windows(3), false, true),
-                (Checkpoint::Every(7), Truncation::Windows(2), true, true),
-            ] {
-                let mut cfg = layer(rule, recurrent, 7, 6);
-                cfg.clip = 0.5;
-                let mut c = case(cfg, seed);
-                (c.steps, c.checkpoint, c.truncate, c.init, c.dlast) = (7, checkpoint, truncate, init, dlast);
-                check(c);
-                seed += 1;
-            }
-        }
     }
 }
 

@@ -65,13 +65,19 @@ struct Report {
 fn parse(log: &str) -> Vec<(String, Report)> {
     let num = |s: &str, before: &str| -> u32 {
         let head = &s[..s.find(before).unwrap_or_else(|| panic!("no '{before}' in '{s}'"))];
-        head.split_whitespace().last().and_then(|w| w.parse().ok()).unwrap_or_else(|| panic!("no number before '{before}' in '{s}'"))
+        head.split_whitespace()
+            .last()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no number before '{before}' in '{s}'"))
     };
     let mut out: Vec<(String, Report)> = Vec::new();
     for line in log.lines() {
         if let Some(rest) = line.split("Compiling entry function '").nth(1) {
             let name = rest.split('\'').next().unwrap().to_string();
-            out.push((name, Report { registers: u32::MAX, spill_stores: u32::MAX, spill_loads: u32::MAX, stack: u32::MAX }));
+            out.push((
+                name,
+                Report { registers: u32::MAX, spill_stores: u32::MAX, spill_loads: u32::MAX, stack: u32::MAX },
+            ));
         } else if let Some((_, r)) = out.last_mut() {
             if line.contains("spill stores") {
                 r.stack = num(line, "bytes stack frame");

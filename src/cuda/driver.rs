@@ -12,9 +12,9 @@
 
 use super::args::{self, NpArgs, THREADS};
 use crate::config::{LayerConfig, Topology};
-use crate::engine::Checkpoint;
-use crate::error::Result;
-use crate::params::{Gradients, Params, Seq, State, Truncation, eta_learned};
+use crate::error::{Error, Result, check_finite, check_len};
+use crate::options::{Checkpoint, Options};
+use crate::params::{Gradients, Params, Seq, State, eta_learned};
 
 /// What the driver needs from a device: memory and kernel launches.
 pub trait Launcher {
@@ -108,32 +108,71 @@ fn base_args<L: Launcher>(
     }
 }
 
+/// The kernels index with 32-bit grid coordinates and sizes: refuse shapes
+/// they cannot address, naming them.
+fn check_launchable(cfg: &LayerConfig, batch: usize, steps: usize) -> Result<()> {
+    let limit = i32::MAX as usize;
+    for (what, v) in [("N", cfg.n), ("I", cfg.pre()), ("X", cfg.inputs), ("K", cfg.k()), ("T", steps)] {
+        if v > limit {
+            return Err(Error::Config {
+                arg: format!("{what} (CUDA backend)"),
+                message: format!("{what} = {v} exceeds the kernels' 32-bit sizes (at most {limit})"),
+            });
+        }
+    }
+    if batch > 65535 {
+        return Err(Error::Config {
+            arg: "batch (B)".into(),
+            message: format!(
+                "the CUDA backend runs at most 65535 episodes per call (one grid row each); got B = {batch}"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Blocks of a grid-stride launch over `total` elements: enough to fill a
 /// large GPU, never more than needed.
 fn stride_grid(total: usize) -> (u32, u32) {
     (total.div_ceil(THREADS as usize).clamp(1, 4096) as u32, 1)
 }
 
-/// Forward over an episode batch on a device (the twin of
-/// [`crate::cpu::forward`]; arguments already validated).
+/// Forward over an episode batch on a device: the twin of
+/// [`crate::cpu::plastic_fwd`] and [`crate::reference::plastic_fwd`].
 ///
 /// `inputs`: `(B, T, X)`; `init`: the state before step 0 (`None` = zeros).
-/// Returns `y` `(B, T, N)`, the final state and what the backward pass needs.
-/// Launches: one for the drive `b + U·in` of every step, then one per step
-/// (`T + 1` in all, the last producing the final trace).
-pub fn forward<L: Launcher>(
+/// Returns `y` `(B, T, N)`, the final state and what the backward pass needs
+/// (trace snapshots every [`crate::Checkpoint::interval`] steps). Launches:
+/// one for the drive `b + U·in` of every step, then one per step (`T + 1` in
+/// all, the last producing the final trace).
+pub fn plastic_fwd<L: Launcher>(
     l: &mut L,
     cfg: &LayerConfig,
     params: &Params<f32>,
     inputs: Seq<'_, f32>,
     init: Option<&State<f32>>,
-    checkpoint: Checkpoint,
+    opts: &Options,
 ) -> Result<(Vec<f32>, State<f32>, DevSaved<L::Buf>)> {
+    opts.validate()?;
+    params.validate(cfg, opts.check_finite)?;
+    inputs.validate(cfg, opts.check_finite)?;
+    if let Some(s) = init {
+        s.validate(cfg, inputs.batch, "init", opts.check_finite)?;
+    }
+    check_launchable(cfg, inputs.batch, inputs.steps)?;
+    let checkpoint = opts.checkpoint;
     let (b, t_len, n, i, k) = (inputs.batch, inputs.steps, cfg.n, cfg.pre(), cfg.k());
     let state = b * n * i;
     let elig = cfg.rule.has_eligibility();
     let recurrent = cfg.topology == Topology::Recurrent;
-    let c = checkpoint.interval(t_len).clamp(1, t_len);
+    // The GPU backend always replays a segment forwards (no backward
+    // reconstruction of Hebb/Oja traces yet), so `Auto` is the plain ⌈√T⌉,
+    // which minimises snapshots plus segment buffer.
+    let c = match checkpoint {
+        Checkpoint::Auto => (t_len as f64).sqrt().ceil() as usize,
+        other => other.interval(cfg, params, t_len),
+    }
+    .clamp(1, t_len);
     let snaps = t_len.div_ceil(c);
 
     let dp = upload_params(l, params)?;
@@ -202,17 +241,18 @@ pub fn forward<L: Launcher>(
     Ok((yv, last, saved))
 }
 
-/// Backward over an episode batch on a device (the twin of
-/// [`crate::cpu::backward`]; arguments already validated, `saved` from
-/// [`forward`] with the same parameters and inputs).
+/// Backward over an episode batch on a device: the twin of
+/// [`crate::cpu::plastic_bwd`]. `saved` comes from [`plastic_fwd`] with the
+/// same parameters and inputs.
 ///
-/// `dy`: `(B, T, N)`; `dlast`: dL/d(final state) (`None` = zero). Launches:
-/// per checkpoint segment `C − 1` replays of the trace update, then two per
-/// step (the pass over the traces and the per-episode finish), one more pass
-/// and finish for the first step, and at most nine for the parameter and
-/// input gradients.
+/// `dy`: `(B, T, N)`; `dlast`: dL/d(final state) (`None` = zero). Parameter
+/// gradients are assigned; the truncation is `opts.truncate`. Launches: per
+/// checkpoint segment `C − 1` replays of the trace update, then two per step
+/// (the pass over the traces and the per-episode finish), one more pass and
+/// finish for the first step, and at most nine for the parameter and input
+/// gradients.
 #[allow(clippy::too_many_arguments)]
-pub fn backward<L: Launcher>(
+pub fn plastic_bwd<L: Launcher>(
     l: &mut L,
     cfg: &LayerConfig,
     params: &Params<f32>,
@@ -220,8 +260,38 @@ pub fn backward<L: Launcher>(
     saved: &DevSaved<L::Buf>,
     dy: &[f32],
     dlast: Option<&State<f32>>,
-    truncate: Truncation,
+    opts: &Options,
 ) -> Result<Gradients<f32>> {
+    opts.validate()?;
+    params.validate(cfg, opts.check_finite)?;
+    inputs.validate(cfg, opts.check_finite)?;
+    if (saved.batch, saved.steps) != (inputs.batch, inputs.steps) || saved.cfg != *cfg {
+        return Err(Error::Config {
+            arg: "saved".into(),
+            message: format!(
+                "the forward pass ran a {} layer with N = {}, I = {} on B = {}, T = {}; backward was called for a {} layer with N = {}, I = {} on B = {}, T = {} (or other options differ)",
+                saved.cfg.rule.name(),
+                saved.cfg.n,
+                saved.cfg.pre(),
+                saved.batch,
+                saved.steps,
+                cfg.rule.name(),
+                cfg.n,
+                cfg.pre(),
+                inputs.batch,
+                inputs.steps
+            ),
+        });
+    }
+    let (bb, tt, nn) = (inputs.batch, inputs.steps, cfg.n);
+    check_len("dy", dy.len(), &[bb, tt, nn], || format!("B = {bb}, T = {tt}, N = {nn}"))?;
+    if opts.check_finite {
+        check_finite("dy", dy)?;
+    }
+    if let Some(s) = dlast {
+        s.validate(cfg, bb, "dlast", opts.check_finite)?;
+    }
+    let truncate = opts.truncate;
     let (b, t_len, n, i, x, k) = (inputs.batch, inputs.steps, cfg.n, cfg.pre(), cfg.inputs, cfg.k());
     let state = b * n * i;
     let elig = cfg.rule.has_eligibility();

@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_char};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::Ptx;
 
 use super::args::NpArgs;
@@ -150,8 +152,9 @@ impl Gpu {
             return Err(unavailable(nvrtc_missing()));
         }
         let drv = |what: &str, e: cudarc::driver::DriverError| unavailable(format!("{what}: {e:?}"));
-        let count = CudaContext::device_count()
-            .map_err(|e| drv("the CUDA driver could not count the devices (is the driver loaded and new enough for CUDA 12.8?)", e))?;
+        let count = CudaContext::device_count().map_err(|e| {
+            drv("the CUDA driver could not count the devices (is the driver loaded and new enough for CUDA 12.8?)", e)
+        })?;
         if ordinal >= count.max(0) as usize {
             return Err(unavailable(format!(
                 "there is no CUDA device {ordinal}: this machine has {count} (ordinals start at 0)"
@@ -232,9 +235,9 @@ impl Launcher for Gpu {
     }
 
     fn download(&mut self, buf: &CudaSlice<f32>, len: usize) -> Result<Vec<f32>> {
-        self.stream
-            .clone_dtoh(&buf.slice(..len))
-            .map_err(|e| unavailable(format!("copying {len} values from {} failed (a kernel may have failed): {e:?}", self.name)))
+        self.stream.clone_dtoh(&buf.slice(..len)).map_err(|e| {
+            unavailable(format!("copying {len} values from {} failed (a kernel may have failed): {e:?}", self.name))
+        })
     }
 
     fn addr(&mut self, buf: &CudaSlice<f32>) -> u64 {
@@ -255,5 +258,51 @@ impl Launcher for Gpu {
         unsafe { b.launch(cfg) }
             .map(|_| ())
             .map_err(|e| unavailable(format!("launching {kernel} on {} failed: {e:?}", self.name)))
+    }
+}
+
+/// The CUDA backend of an [`crate::Engine`]: a [`Gpu`] and the driver's two
+/// operations on it (the same names and arguments as [`crate::cpu::Cpu`]).
+pub struct Cuda {
+    gpu: Gpu,
+}
+
+impl Cuda {
+    /// Opens GPU `ordinal` for an engine with options `opts`.
+    pub fn new(ordinal: usize, opts: &crate::options::Options) -> Result<Cuda> {
+        opts.validate()?;
+        Ok(Cuda { gpu: Gpu::new(ordinal)? })
+    }
+
+    /// The GPU.
+    pub fn gpu(&mut self) -> &mut Gpu {
+        &mut self.gpu
+    }
+
+    /// [`super::plastic_fwd`] on this GPU.
+    pub fn plastic_fwd(
+        &mut self,
+        cfg: &crate::config::LayerConfig,
+        params: &crate::params::Params<f32>,
+        inputs: crate::params::Seq<'_, f32>,
+        init: Option<&crate::params::State<f32>>,
+        opts: &crate::options::Options,
+    ) -> Result<(Vec<f32>, crate::params::State<f32>, Saved)> {
+        super::plastic_fwd(&mut self.gpu, cfg, params, inputs, init, opts)
+    }
+
+    /// [`super::plastic_bwd`] on this GPU.
+    #[allow(clippy::too_many_arguments)]
+    pub fn plastic_bwd(
+        &mut self,
+        cfg: &crate::config::LayerConfig,
+        params: &crate::params::Params<f32>,
+        inputs: crate::params::Seq<'_, f32>,
+        saved: &Saved,
+        dy: &[f32],
+        dlast: Option<&crate::params::State<f32>>,
+        opts: &crate::options::Options,
+    ) -> Result<crate::params::Gradients<f32>> {
+        super::plastic_bwd(&mut self.gpu, cfg, params, inputs, saved, dy, dlast, opts)
     }
 }

@@ -12,9 +12,9 @@ pub mod driver;
 mod gpu;
 
 pub use args::{NpArgs, ROWS, THREADS};
-pub use driver::{DevSaved, Launcher, backward, forward};
+pub use driver::{DevSaved, Launcher, plastic_bwd, plastic_fwd};
 #[cfg(feature = "cuda")]
-pub use gpu::{Gpu, Saved, nvrtc_compile, nvrtc_available};
+pub use gpu::{Compiled, Cuda, Gpu, NVRTC_PACKAGE, Saved, nvrtc_available, nvrtc_compile};
 
 /// The kernel sources, embedded in the binary, in the order NVRTC sees them
 /// (the shared header first; the `.cu` files include it only when compiled
