@@ -84,7 +84,7 @@ pub struct Args {
     /// Checkpoint interval C of the backward pass (default ⌈√T⌉; 1 keeps every trace).
     #[arg(long)]
     checkpoint: Option<usize>,
-    /// Backend: cpu or reference.
+    /// Backend: cpu, reference, cuda or cuda:K (GPU K).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Override N.
@@ -275,6 +275,18 @@ fn median(v: &mut [f64]) -> f64 {
     if k % 2 == 1 { v[k / 2] } else { 0.5 * (v[k / 2 - 1] + v[k / 2]) }
 }
 
+/// Device-to-device copy bandwidth of GPU `k` for buffers of `bytes` (the
+/// GPU twin of `copy_bandwidth`; counts read + write).
+#[cfg(feature = "cuda")]
+fn gpu_copy_bandwidth(k: usize, bytes: usize) -> Result<f64, Box<dyn std::error::Error>> {
+    Ok(neuroplastic::cuda::Gpu::new(k)?.copy_bandwidth(bytes.max(1 << 20))?)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_copy_bandwidth(_k: usize, _bytes: usize) -> Result<f64, Box<dyn std::error::Error>> {
+    Err("this build has no CUDA backend (feature `cuda`)".into())
+}
+
 fn run_one(args: &Args, w: Workload) -> Result<String, Box<dyn std::error::Error>> {
     let (n0, b0, t0, x0) = w.dims();
     let n = args.n.unwrap_or(n0);
@@ -286,7 +298,11 @@ fn run_one(args: &Args, w: Workload) -> Result<String, Box<dyn std::error::Error
     let device = match args.device.as_str() {
         "cpu" => Device::Cpu,
         "reference" => Device::Reference,
-        d => return Err(format!("--device {d}: expected cpu or reference").into()),
+        "cuda" => Device::Cuda(0),
+        d => match d.strip_prefix("cuda:").and_then(|k| k.parse().ok()) {
+            Some(k) => Device::Cuda(k),
+            None => return Err(format!("--device {d}: expected cpu, reference, cuda or cuda:K").into()),
+        },
     };
     let opts = Options {
         threads: args.threads,
@@ -320,7 +336,10 @@ fn run_one(args: &Args, w: Workload) -> Result<String, Box<dyn std::error::Error
     let copy_bytes = (floor_bytes / t as f64 / 2.0) as usize;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     // Measured before and after the timed loops; the larger (a stricter floor) is used.
-    let bw_before = pool.install(|| copy_bandwidth(copy_bytes));
+    let bw_before = match device {
+        Device::Cuda(k) => gpu_copy_bandwidth(k, copy_bytes)?,
+        _ => pool.install(|| copy_bandwidth(copy_bytes)),
+    };
     // The copy buffers are freed; restart the peak-memory count so that it
     // covers the model, the data and the training loop only.
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
@@ -377,7 +396,10 @@ fn run_one(args: &Args, w: Workload) -> Result<String, Box<dyn std::error::Error
         }
     }
     let peak = peak_rss_mib();
-    let bw = bw_before.max(pool.install(|| copy_bandwidth(copy_bytes)));
+    let bw = bw_before.max(match device {
+        Device::Cuda(k) => gpu_copy_bandwidth(k, copy_bytes)?,
+        _ => pool.install(|| copy_bandwidth(copy_bytes)),
+    });
     let fwd_med = median(&mut fwd_times.clone());
     let train_med = median(&mut train_times.clone());
     let json = serde_json::json!({

@@ -18,6 +18,8 @@ pub enum Backend {
     Cpu,
     /// The f64 scalar reference (slow, the oracle).
     Reference,
+    /// The CUDA backend on GPU 0 (pick another with CUDA_VISIBLE_DEVICES).
+    Cuda,
 }
 
 impl Backend {
@@ -26,6 +28,7 @@ impl Backend {
         match self {
             Backend::Cpu => Device::Cpu,
             Backend::Reference => Device::Reference,
+            Backend::Cuda => Device::Cuda(0),
         }
     }
 }

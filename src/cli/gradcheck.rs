@@ -37,6 +37,11 @@ pub struct Args {
     /// Print one JSON document instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Check only this device (besides the f64 model), and fail if it cannot
+    /// run here; default: every device this machine has (CUDA skipped with
+    /// the reason when there is no GPU).
+    #[arg(long, value_enum)]
+    pub device: Option<super::grad::Backend>,
 }
 
 /// Draws tried per case before giving up on finding one away from the kinks.
@@ -257,10 +262,17 @@ pub fn run(args: Args) -> CliResult {
     let start = Instant::now();
     let mut backends = vec![Backend::F64, Backend::Engine(Device::Reference), Backend::Engine(Device::Cpu)];
     let mut skipped = Vec::new();
-    // Engine::new is where a device reports itself unavailable (no GPU, no driver, no CUDA build).
-    match Engine::new(LayerConfig::recurrent(Rule::Hebb, N, X), Device::Cuda(0), Options::default()) {
-        Ok(_) => backends.push(Backend::Engine(Device::Cuda(0))),
-        Err(e) => skipped.push(("cuda", e.to_string())),
+    if let Some(d) = args.device {
+        // One device asked for by name: it must run here.
+        let d = d.device();
+        Engine::new(LayerConfig::recurrent(Rule::Hebb, N, X), d, Options::default())?;
+        backends = vec![Backend::F64, Backend::Engine(d)];
+    } else {
+        // Engine::new is where a device reports itself unavailable (no GPU, no driver, no CUDA build).
+        match Engine::new(LayerConfig::recurrent(Rule::Hebb, N, X), Device::Cuda(0), Options::default()) {
+            Ok(_) => backends.push(Backend::Engine(Device::Cuda(0))),
+            Err(e) => skipped.push(("cuda", e.to_string())),
+        }
     }
     let mut entries = Vec::new();
     let mut index = 0;

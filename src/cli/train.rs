@@ -45,6 +45,8 @@ enum DeviceArg {
     Cpu,
     /// The f64 scalar reference (slow; the oracle).
     Reference,
+    /// The CUDA backend on GPU 0 (pick another with CUDA_VISIBLE_DEVICES).
+    Cuda,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -339,6 +341,7 @@ fn pattern(a: PatternArgs) -> CliResult {
     let device = match s.device {
         DeviceArg::Cpu => Device::Cpu,
         DeviceArg::Reference => Device::Reference,
+        DeviceArg::Cuda => Device::Cuda(0),
     };
     let opts = Options { threads: s.threads, ..Options::default() };
     let mut trainer = match &s.resume {
