@@ -9,8 +9,10 @@
 //! Three implementations sit behind one API ([`Engine`]): an f64 scalar
 //! [`reference`](mod@reference) (the oracle: plain loops, the equations in its docs), the
 //! [`cpu`] backend (f32, explicit SIMD through `wide`, threads through
-//! `rayon`, fused passes, checkpointed back-propagation), and a CUDA backend
-//! (planned; [`Device::Cuda`] reports it unavailable).
+//! `rayon`, fused passes, checkpointed back-propagation), and the [`cuda`]
+//! backend ([`Device::Cuda`]: fused kernels compiled by NVRTC at run time,
+//! feature `cuda`; an error that says what to install where the GPU, driver
+//! or NVRTC is missing).
 //!
 //! ## Legend of dimensions
 //!

@@ -117,7 +117,7 @@ fn compare(what: &str, got: &[(String, Vec<f64>)], want: &[(String, Vec<f64>)], 
             let e = (a - w).abs();
             if e > be || e.is_nan() { (i, e) } else { (bi, be) }
         });
-        if !(err <= tol * scale) {
+        if err.is_nan() || err > tol * scale {
             errs.push(format!(
                 "{what} {name}: max error {err:e} at {at} (got {}, want {}), scale {scale:e}",
                 a[at], w[at]

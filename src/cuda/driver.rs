@@ -5,9 +5,9 @@
 //! are tested on machines without a GPU.
 //!
 //! Host↔device copies happen only at the boundaries of a call: parameters,
-//! inputs and the initial state go up at the start of [`forward`], `y` and
+//! inputs and the initial state go up at the start of [`plastic_fwd`], `y` and
 //! the final state come down at its end; `dy` and `dlast` go up at the start
-//! of [`backward`] and the gradients come down at its end. Between them,
+//! of [`plastic_bwd`] and the gradients come down at its end. Between them,
 //! everything stays on the device, including what [`DevSaved`] keeps.
 
 use super::args::{self, NpArgs, THREADS};
@@ -33,7 +33,7 @@ pub trait Launcher {
     fn launch(&mut self, kernel: &'static str, grid: (u32, u32), threads: u32, args: &NpArgs) -> Result<()>;
 }
 
-/// What [`forward`] keeps on the device for [`backward`]: trace snapshots
+/// What [`plastic_fwd`] keeps on the device for [`plastic_bwd`]: trace snapshots
 /// every `C` steps and the per-step vectors.
 pub struct DevSaved<B> {
     pub(crate) cfg: LayerConfig,
@@ -59,6 +59,10 @@ impl<B> DevSaved<B> {
         4 * (traces + vectors)
     }
 }
+
+/// What [`plastic_fwd`] returns: `y` `(B, T, N)`, the final state, and what
+/// the backward pass needs.
+pub type Forwarded<B> = (Vec<f32>, State<f32>, DevSaved<B>);
 
 /// The device copies of the parameters (absent tensors are empty buffers).
 struct DevParams<B> {
@@ -152,7 +156,7 @@ pub fn plastic_fwd<L: Launcher>(
     inputs: Seq<'_, f32>,
     init: Option<&State<f32>>,
     opts: &Options,
-) -> Result<(Vec<f32>, State<f32>, DevSaved<L::Buf>)> {
+) -> Result<Forwarded<L::Buf>> {
     opts.validate()?;
     params.validate(cfg, opts.check_finite)?;
     inputs.validate(cfg, opts.check_finite)?;
