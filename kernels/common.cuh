@@ -89,9 +89,9 @@ struct NpArgs {
   float* gmm;      // (B, T, N): δM of every step
   float* gs;       // (B, T, K): δs of every step
   float* gin;      // (B, T, X): δin
-  float* g_alpha;  // (N, I) per connection, else (N) row sums
-  float* g_eta;    // (N) row sums of δη
-  float* g_eta_e;  // (N) row sums of δη_e
+  float* g_alpha;  // (nchunk, N, I) per connection, else (nchunk, N) row sums
+  float* g_eta;    // (nchunk, N) row sums of δη
+  float* g_eta_e;  // (nchunk, N) row sums of δη_e
   float* out;      // output of the gradient kernels
   // Shapes.
   int B, T, N, I, X, K;
@@ -103,7 +103,7 @@ struct NpArgs {
   int rule, alpha_shape, act, modact, input_map, recurrent;
   int has_bias, mod_bias, has_fanout, has_fanout_bias;
   float eta, eta_e, clip;
-  int pad_;
+  int bchunk;  // bwd: episodes per block row of a pass (grid.y = ceil(B / bchunk))
 };
 
 __device__ __forceinline__ float np_act(int f, float a) { return f == NP_TANH ? tanhf(a) : a; }

@@ -17,12 +17,16 @@
 //    block order, then the modulator adjoint (§3.2) and σ' (§3.3) of step t,
 //    giving ga_t for the next pass.
 //
-// The batch is summed without atomics: a block owns NP_ROWS rows for every
-// episode and walks the episodes in order, so δα (per connection: a lane's
-// register per column) and the row sums of δα, δη, δη_e have one fixed order.
+// The batch is summed without atomics: a block owns NP_ROWS rows for a chunk
+// of bchunk episodes and walks them in order, so δα (per connection: a lane's
+// register per column) and the row sums of δα, δη, δη_e have one fixed order
+// within a chunk; each chunk accumulates into its own slice, and the slices
+// are added in chunk order after the sweep. (One chunk per block row keeps
+// nblk·⌈B/bchunk⌉ blocks in flight instead of nblk.)
 
-// grid (nblk), block NP_THREADS. Warp w owns row j = blockIdx.x·NP_ROWS + w;
-// lane l owns columns i0 + l + 32v (v < NP_COLS/32) of each column tile.
+// grid (nblk, ceil(B / bchunk)), block NP_THREADS. Warp w owns row
+// j = blockIdx.x·NP_ROWS + w of episodes [blockIdx.y·bchunk, …); lane l owns
+// columns i0 + l + 32v (v < NP_COLS/32) of each column tile.
 //   reads  h_src/e_src = H_t/E_t (or H_p/E_p alone without NP_STEP), adj_h,
 //          adj_e, ga of step p, y, x, mm of steps t and p
 //   writes adj_h, adj_e, part_a, part_b, row_y, row_m; adds to g_alpha,
@@ -41,10 +45,12 @@ __device__ __forceinline__ void np_bwd_pass(const NpArgs& a, float (*sa)[NP_COLS
   const float keep = 1.0f - a.eta, keep_e = 1.0f - a.eta_e;
   float row_alpha = 0.0f, row_eta = 0.0f, row_eta_e = 0.0f;
   const int V = NP_COLS / 32;
+  const int chunk = blockIdx.y, b0 = chunk * a.bchunk;
+  const int b1 = b0 + a.bchunk < a.B ? b0 + a.bchunk : a.B;
   for (int i0 = 0; i0 < a.I; i0 += NP_COLS) {
     float gal[NP_COLS / 32];
     for (int v = 0; v < V; ++v) gal[v] = 0.0f;
-    for (int b = 0; b < a.B; ++b) {
+    for (int b = b0; b < b1; ++b) {
       const long row = ((long)b * a.N + j) * a.I;
       // Step t's vectors and the pending step's.
       float yt = 0.0f, mt = 0.0f, gap = 0.0f;
@@ -142,7 +148,7 @@ __device__ __forceinline__ void np_bwd_pass(const NpArgs& a, float (*sa)[NP_COLS
     if (valid && conn && pend) {
       for (int v = 0; v < V; ++v) {
         const int i = i0 + lane + 32 * v;
-        if (i < a.I) a.g_alpha[(long)j * a.I + i] += gal[v];
+        if (i < a.I) a.g_alpha[((long)chunk * a.N + j) * a.I + i] += gal[v];
       }
     }
   }
@@ -150,9 +156,10 @@ __device__ __forceinline__ void np_bwd_pass(const NpArgs& a, float (*sa)[NP_COLS
   row_eta = np_warp_sum(row_eta);
   row_eta_e = np_warp_sum(row_eta_e);
   if (valid && lane == 0) {
-    if (!conn && pend) a.g_alpha[j] += row_alpha;
-    if (RULE == NP_HEBB || RULE == NP_OJA) a.g_eta[j] += row_eta;
-    if (RULE == NP_RETRO) a.g_eta_e[j] += row_eta_e;
+    const long r = (long)chunk * a.N + j;
+    if (!conn && pend) a.g_alpha[r] += row_alpha;
+    if (RULE == NP_HEBB || RULE == NP_OJA) a.g_eta[r] += row_eta;
+    if (RULE == NP_RETRO) a.g_eta_e[r] += row_eta_e;
   }
 }
 

@@ -20,6 +20,11 @@ pub(crate) const SUM_G: i32 = 2;
 
 /// Rows (warps) per block of a trace pass (`NP_ROWS`) and threads per block.
 pub const ROWS: usize = 8;
+/// Episodes per block of a backward pass (`NpArgs::bchunk`): the pass runs
+/// `⌈N/ROWS⌉ × ⌈B/CHUNK⌉` blocks, each summing its episodes' `δα`, `δη` in
+/// order into its own slice. A function of the shapes only, so results do
+/// not depend on the GPU.
+pub const CHUNK: usize = 8;
 /// Threads per block of every kernel (`NP_THREADS`).
 pub const THREADS: u32 = 256;
 
@@ -89,7 +94,7 @@ pub struct NpArgs {
     pub eta: f32,
     pub eta_e: f32,
     pub clip: f32,
-    pub pad: i32,
+    pub bchunk: i32,
 }
 
 // The C struct is 35 pointers and 24 four-byte fields.

@@ -322,9 +322,10 @@ pub fn plastic_bwd<L: Launcher>(
     let gs = l.alloc(b * t_len * k)?;
     let gin = l.alloc(b * t_len * x)?;
     let alpha_rows = if cfg.alpha_len() == n * i { n * i } else { n };
-    let g_alpha = l.alloc(alpha_rows)?;
-    let g_eta = l.alloc(n)?;
-    let g_eta_e = l.alloc(n)?;
+    let nchunk = b.div_ceil(args::CHUNK);
+    let g_alpha = l.alloc(nchunk * alpha_rows)?;
+    let g_eta = l.alloc(nchunk * n)?;
+    let g_eta_e = l.alloc(nchunk * n)?;
     let seg_len = c.saturating_sub(1);
     let mut seg_h = Vec::with_capacity(seg_len);
     let mut seg_e = Vec::with_capacity(seg_len);
@@ -355,9 +356,10 @@ pub fn plastic_bwd<L: Launcher>(
     a.g_alpha = l.addr(&g_alpha);
     a.g_eta = l.addr(&g_eta);
     a.g_eta_e = l.addr(&g_eta_e);
+    a.bchunk = args::CHUNK as i32;
 
     let first = truncate.first_step(t_len);
-    let pass_grid = (nblk as u32, 1);
+    let pass_grid = (nblk as u32, nchunk as u32);
     let rows_grid = (nblk as u32, b as u32);
     let finish_grid = (b as u32, 1);
     // The trace before step s of segment [s0, s1): its snapshot or a replayed state.
@@ -438,19 +440,28 @@ pub fn plastic_bwd<L: Launcher>(
         l.launch("plastic_grad_input_f32", stride_grid(b * t_len * x), THREADS, &a)?;
     }
     g.inputs = l.download(&gin, b * t_len * x)?;
-    let rows = l.download(&g_alpha, alpha_rows)?;
-    g.params.alpha = match g.params.alpha.len() {
-        len if len == rows.len() => rows,
-        _ => vec![rows.iter().map(|&v| v as f64).sum::<f64>() as f32; g.params.alpha.len()],
+    // The chunks' slices added in chunk order (f64), then α's rows as its
+    // shape asks; δη, δη_e are row sums added in row order. A fixed rate
+    // reports 0.
+    let chunks = |l: &mut L, buf: &L::Buf, len: usize| -> Result<Vec<f64>> {
+        let all = l.download(buf, nchunk * len)?;
+        let mut acc = vec![0.0f64; len];
+        for part in all.chunks_exact(len.max(1)) {
+            acc.iter_mut().zip(part).for_each(|(a, &v)| *a += v as f64);
+        }
+        Ok(acc)
     };
-    // The per-row sums of δη (δη_e) in row order; a fixed rate reports 0.
-    let sum = |v: Vec<f32>| v.iter().map(|&e| e as f64).sum::<f64>() as f32;
+    let rows = chunks(l, &g_alpha, alpha_rows)?;
+    g.params.alpha = match g.params.alpha.len() {
+        len if len == rows.len() => rows.iter().map(|&v| v as f32).collect(),
+        len => vec![rows.iter().sum::<f64>() as f32; len],
+    };
     if eta_learned(cfg) {
         if !g.params.eta.is_empty() {
-            g.params.eta[0] = sum(l.download(&g_eta, n)?);
+            g.params.eta[0] = chunks(l, &g_eta, n)?.iter().sum::<f64>() as f32;
         }
         if !g.params.eta_e.is_empty() {
-            g.params.eta_e[0] = sum(l.download(&g_eta_e, n)?);
+            g.params.eta_e[0] = chunks(l, &g_eta_e, n)?.iter().sum::<f64>() as f32;
         }
     }
     if first == 0 {

@@ -11,7 +11,7 @@ pub mod driver;
 #[cfg(feature = "cuda")]
 mod gpu;
 
-pub use args::{NpArgs, ROWS, THREADS};
+pub use args::{CHUNK, NpArgs, ROWS, THREADS};
 pub use driver::{DevSaved, Launcher, plastic_bwd, plastic_fwd};
 #[cfg(feature = "cuda")]
 pub use gpu::{Compiled, Cuda, Gpu, NVRTC_PACKAGE, Saved, nvrtc_available, nvrtc_compile};
