@@ -327,6 +327,29 @@ fn episodes_match_the_cpu_backend() {
     }
 }
 
+/// Every kernel, one step at a time (T = 1: the drive, the step, the final
+/// update, the backward pass and finish, the first step's pass, the gradient
+/// kernels), on odd shapes (N = 1, 9, 33 rows: a partial block of rows; B = 1
+/// and 9: one and two chunks of episodes) over three seeds each, against the
+/// reference and the CPU backend.
+#[test]
+fn single_steps_on_odd_shapes() {
+    let mut seed = 600;
+    for rule in Rule::ALL {
+        for (n, x, batch, recurrent) in [(1, 3, 1, true), (9, 5, 9, false), (33, 2, 2, true)] {
+            for _ in 0..3 {
+                let mut cfg = layer(rule, recurrent, n, x);
+                cfg.clip = 0.3;
+                cfg.bias = seed % 2 == 0;
+                let mut c = case(cfg, seed);
+                (c.batch, c.steps, c.checkpoint) = (batch, 1, Checkpoint::Auto);
+                check(c);
+                seed += 1;
+            }
+        }
+    }
+}
+
 #[test]
 fn direct_input_and_wide_rows() {
     // Direct input map; a feed-forward layer with I = 133 > 128 columns (two
