@@ -141,8 +141,16 @@ pub struct Gpu {
 impl Gpu {
     /// Opens GPU `ordinal`, compiles the kernels for its compute capability
     /// (once per process and architecture) and loads them. Fails, without a
-    /// panic, when the driver, NVRTC or the device is missing.
+    /// panic, when the driver, NVRTC or the device is missing; the error
+    /// names the device (`cuda:K`).
     pub fn new(ordinal: usize) -> Result<Gpu> {
+        Self::open(ordinal).map_err(|e| match e {
+            Error::Unavailable { reason, .. } => Error::Unavailable { backend: format!("cuda:{ordinal}"), reason },
+            e => e,
+        })
+    }
+
+    fn open(ordinal: usize) -> Result<Gpu> {
         if !driver_available() {
             return Err(unavailable(
                 "the NVIDIA driver library (libcuda.so.1) was not found: this machine has no NVIDIA driver. Install the driver for your GPU, or use the CPU backend (Device::Cpu, --device cpu)",
