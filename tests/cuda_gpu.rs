@@ -8,9 +8,18 @@
 use neuroplastic::testing::backend::{self, Case, Skip, check_device};
 use neuroplastic::*;
 
+/// Skips with the reason, unless `NEUROPLASTIC_REQUIRE_GPU=1` (set by
+/// `scripts/gpu-check.sh`), where a missing GPU is a failure.
+fn skip(why: &str) {
+    if std::env::var("NEUROPLASTIC_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+        panic!("NEUROPLASTIC_REQUIRE_GPU=1 but cuda:0 cannot run: {why}");
+    }
+    eprintln!("skipping cuda:0: {why}");
+}
+
 fn run(cases: &[Case]) {
     match check_device(Device::Cuda(0), cases) {
-        Err(Skip(why)) => eprintln!("skipping cuda:0: {why}"),
+        Err(Skip(why)) => skip(&why),
         Ok(report) => {
             println!("{}", report.summary());
             assert!(report.ok(), "{}", report.summary());
@@ -40,7 +49,7 @@ fn every_truncation_on_the_gpu() {
 #[test]
 fn bench_sized_episodes_match_the_cpu() {
     if let Err(e) = Engine::new(LayerConfig::recurrent(Rule::Hebb, 4, 4), Device::Cuda(0), Options::default()) {
-        return eprintln!("skipping cuda:0: {e}");
+        return skip(&e.to_string());
     }
     for rule in Rule::ALL {
         let (n, b, t) = (256, 32, 30);
