@@ -76,7 +76,11 @@ pub fn nvrtc_compile(arch: &str, extra: &[&str]) -> Result<Compiled> {
     let name = CString::new("neuroplastic.cu").unwrap_or_default();
     let prog = result::create_program(&src, Some(&name))
         .map_err(|e| unavailable(format!("NVRTC could not create the program: {e:?}")))?;
-    let mut opts: Vec<String> = vec![format!("--gpu-architecture={arch}"), "--std=c++14".into()];
+    // No FMA contraction: the kernels are memory-bound, and without it the
+    // backward's recomputation of a trace (inlined in another kernel) rounds
+    // exactly as the forward did, as in the emulation (built with
+    // -ffp-contract=off).
+    let mut opts: Vec<String> = vec![format!("--gpu-architecture={arch}"), "--std=c++14".into(), "--fmad=false".into()];
     opts.extend(extra.iter().map(|s| s.to_string()));
     let log = |prog| -> String {
         // SAFETY: `prog` is a live program.
