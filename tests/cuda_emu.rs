@@ -392,3 +392,46 @@ fn missing_barrier_is_caught() {
     }
     assert!(caught >= 3, "the emulation missed the dropped barrier in {} of 4 schedules", 4 - caught);
 }
+
+/// The emulation's warp shuffles behave as the GPU's where the GPU defines
+/// them, and turn what it leaves undefined into a visible failure: a source
+/// lane outside the mask reads NaN, and a mask naming a lane that never
+/// arrives is an error rather than a hang.
+#[test]
+fn shuffles_with_a_wrong_mask_are_caught() {
+    let input: Vec<f32> = (0..32).map(|l| l as f32).collect();
+    let run = |callers: u32, mask: u32, dist: i32, seed: u64| -> std::result::Result<Vec<f32>, String> {
+        let mut out = vec![0.0f32; 32];
+        let args = NpArgs {
+            h_src: input.as_ptr() as u64,
+            h_dst: out.as_mut_ptr() as u64,
+            nblk: callers as i32,
+            flags: mask as i32,
+            mode: dist,
+            ..NpArgs::default()
+        };
+        // SAFETY: the self-test kernel reads and writes 32 floats at h_src, h_dst.
+        unsafe {
+            neuroplastic_emu::launch(
+                "emu_selftest_shuffle",
+                false,
+                (1, 1),
+                32,
+                &args as *const NpArgs as *const c_void,
+                seed,
+            )
+        }?;
+        Ok(out)
+    };
+    for seed in 0..3 {
+        // Full mask: lane l gets lane l ^ 5.
+        let out = run(u32::MAX, u32::MAX, 5, seed).unwrap();
+        assert!(out.iter().enumerate().all(|(l, &v)| v == (l ^ 5) as f32), "{out:?}");
+        // Half the warp, reading across the mask's border: NaN, not a stale value.
+        let out = run(0xffff, 0xffff, 16, seed).unwrap();
+        assert!(out[..16].iter().all(|v| v.is_nan()) && out[16..] == input[16..], "{out:?}");
+        // Half the warp calls with the full mask: the other half never arrives.
+        let err = run(0xffff, u32::MAX, 1, seed).unwrap_err();
+        assert!(err.contains("exited") || err.contains("deadlock"), "{err}");
+    }
+}

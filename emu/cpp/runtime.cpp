@@ -166,6 +166,16 @@ float shfl_xor(unsigned mask, float v, int lane_mask) {
 }
 }  // namespace emu
 
+// A kernel of the emulation's own self-test (not a kernel of kernels/):
+// lanes in the bit mask `nblk` call __shfl_xor_sync(flags, v, mode) on
+// v = h_src[lane]; every lane writes its v to h_dst[lane].
+static void emu_selftest_shuffle(NpArgs a) {
+  const unsigned lane = threadIdx.x & 31;
+  float v = a.h_src[threadIdx.x];
+  if ((unsigned)a.nblk >> lane & 1) v = __shfl_xor_sync((unsigned)a.flags, v, a.mode);
+  a.h_dst[threadIdx.x] = v;
+}
+
 extern "C" {
 // The kernels of both builds (kernels.cpp).
 #define NP_KERNELS(X)           \
@@ -188,8 +198,8 @@ int np_emu_launch(int kernel, int faulty, unsigned gx, unsigned gy, unsigned thr
   typedef void (*Fn)(NpArgs);
 #define NP_GOOD(k) k,
 #define NP_BAD(k) faulty_##k,
-  static const Fn good[] = {NP_KERNELS(NP_GOOD)};
-  static const Fn bad[] = {NP_KERNELS(NP_BAD)};
+  static const Fn good[] = {NP_KERNELS(NP_GOOD) emu_selftest_shuffle};
+  static const Fn bad[] = {NP_KERNELS(NP_BAD) emu_selftest_shuffle};
   if (kernel < 0 || kernel >= (int)(sizeof(good) / sizeof(good[0])) || threads == 0 || threads % 32 != 0 ||
       threads > 1024) {
     snprintf(err, cap, "bad launch: kernel %d, %u threads", kernel, threads);

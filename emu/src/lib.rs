@@ -26,8 +26,11 @@ unsafe extern "C" {
     ) -> i32;
 }
 
-/// The kernels, in the order of `NP_KERNELS` in `cpp/runtime.cpp`.
-pub const KERNELS: [&str; 8] = [
+/// The kernels, in the order of `NP_KERNELS` in `cpp/runtime.cpp`, then the
+/// emulation's own self-test kernel `emu_selftest_shuffle` (lanes in the bit
+/// mask `nblk` run `__shfl_xor_sync(flags, h_src[lane], mode)`; every lane
+/// writes its value to `h_dst[lane]`).
+pub const KERNELS: [&str; 9] = [
     "plastic_drive_f32",
     "plastic_fwd_f32",
     "plastic_replay_f32",
@@ -36,6 +39,7 @@ pub const KERNELS: [&str; 8] = [
     "plastic_grad_outer_f32",
     "plastic_grad_sum_f32",
     "plastic_grad_input_f32",
+    "emu_selftest_shuffle",
 ];
 
 /// Runs kernel `name` over a grid of `grid.0 × grid.1` blocks of `threads`
