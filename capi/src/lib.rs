@@ -28,6 +28,8 @@
 //! A layer may be used from one thread at a time; different layers are
 //! independent. Handles must be freed with their own `np_*_free`.
 
+#![warn(missing_docs)]
+
 use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -880,4 +882,19 @@ pub unsafe extern "C" fn np_backward(
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_is_a_status_and_a_message() {
+        let st = guard(|| panic!("boom {}", 42));
+        assert_eq!(st, NP_ERR_PANIC);
+        // SAFETY: np_last_error returns a valid string.
+        let msg = unsafe { CStr::from_ptr(np_last_error()) }.to_str().unwrap().to_string();
+        assert!(msg.contains("internal error") && msg.contains("boom 42"), "{msg}");
+        assert_eq!(guard(|| Ok(())), NP_OK);
+    }
 }
