@@ -7,7 +7,8 @@
 //! than `NP_OK`, [`np_last_error`] returns a sentence naming the offending
 //! argument (its shape, what was expected), kept per thread until the next
 //! failing call on that thread. No panic crosses the boundary: one is caught
-//! and reported as `NP_ERR_PANIC`.
+//! and reported as `NP_ERR_PANIC` (this needs the default `panic = "unwind"`
+//! strategy, which this crate's profiles keep).
 //!
 //! Tensors are flat, row-major `float` arrays, always passed with their
 //! length in elements; the legend of dimensions is the crate's (`B` batch,
