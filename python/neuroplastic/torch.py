@@ -219,7 +219,7 @@ class PlasticRNN(nn.Module):
     ):
         super().__init__()
         if backend not in ("cpu", "reference"):
-            raise ValueError(f'backend: unknown value {backend!r}; expected "cpu" or "reference"')
+            raise ValueError(f'backend: unknown value "{backend}"; expected "cpu" or "reference"')
         self.config = _native.LayerConfig(
             rule or self.default_rule,
             hidden_size,
