@@ -346,7 +346,7 @@ impl PyLayerConfig {
             let m = &c.modulator;
             let b = |v: bool| if v { "True" } else { "False" };
             s += &format!(
-                ", modulators={}, modulator={:?}, modulator_bias={}, fanout={}, fanout_bias={}, clip={}",
+                ", modulators={}, modulator={:?}, modulator_bias={}, fanout={}, fanout_bias={}, clip={:?}",
                 m.k,
                 m.activation.name(),
                 b(m.bias),
@@ -791,16 +791,19 @@ impl PyEngine {
         }
     }
 
-    fn __repr__(&self) -> PyResult<String> {
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let o = self.engine.options();
+        let threads = match o.threads {
+            Some(n) => n.to_string(),
+            None => "None".into(),
+        };
         Ok(format!(
-            "Engine({}, device={:?}, threads={:?}, checkpoint={:?}, truncate={:?}, check_finite={})",
+            "Engine({}, {:?}, threads={threads}, checkpoint={}, truncate={}, check_finite={})",
             PyLayerConfig { cfg: self.cfg }.__repr__(),
             self.engine.device().name(),
-            o.threads,
-            o.checkpoint,
-            o.truncate,
-            o.check_finite
+            checkpoint_object(py, o.checkpoint)?.repr()?,
+            truncate_object(py, o.truncate)?.repr()?,
+            if o.check_finite { "True" } else { "False" }
         ))
     }
 }
