@@ -547,7 +547,7 @@ fn write_grads<'py, T: Float>(
 /// inputs it ran with (copied, so that changing the caller's arrays in
 /// between cannot change the gradients) and the backend's saved state.
 enum Saved {
-    F32 { fwd: Forward, params: Params<f32>, inputs: Vec<f32> },
+    F32 { fwd: Box<Forward>, params: Params<f32>, inputs: Vec<f32> },
     F64 { params: Params<f64>, inputs: Vec<f64>, init: State<f64> },
 }
 
@@ -719,7 +719,12 @@ impl PyEngine {
                 let mut fwd = py.detach(|| engine.forward(&p, Seq::new(&x, b, t), init.as_ref())).map_err(py_err)?;
                 // The outputs go to Python; the backward pass reads only what `fwd` saved.
                 let (y, last) = (std::mem::take(&mut fwd.y), std::mem::take(&mut fwd.last));
-                let handle = Handle { saved: Saved::F32 { fwd, params: p, inputs: x }, cfg, device, dims: (b, t) };
+                let handle = Handle {
+                    saved: Saved::F32 { fwd: Box::new(fwd), params: p, inputs: x },
+                    cfg,
+                    device,
+                    dims: (b, t),
+                };
                 let out: [Bound<'py, PyAny>; 3] = [
                     write(py, y, &[b, t, cfg.n])?,
                     write_state(py, &cfg, last, b)?.into_any(),
