@@ -697,6 +697,13 @@ impl PyEngine {
                     Some(s) => read_state::<f64>(&cfg, s, "state", b)?,
                     None => State::zeros(&cfg, b),
                 };
+                // `Engine` checks finiteness when asked; the f64 functions do
+                // not, so the option is honoured here.
+                if self.engine.options().check_finite {
+                    p.validate(&cfg, true).map_err(py_err)?;
+                    Seq::new(&x, b, t).validate(&cfg, true).map_err(py_err)?;
+                    init.validate(&cfg, b, "state", true).map_err(py_err)?;
+                }
                 let (y, last) =
                     py.detach(|| reference::forward(&cfg, &p, Seq::new(&x, b, t), Some(&init))).map_err(py_err)?;
                 let handle = Handle { saved: Saved::F64 { params: p, inputs: x, init }, cfg, device, dims: (b, t) };

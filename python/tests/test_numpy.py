@@ -304,6 +304,12 @@ def test_errors_name_the_argument(rng):
     bad[0, 1, 0] = np.nan
     with pytest.raises(ValueError, match=r"^inputs: element 3 is not finite \(NaN\)$"):
         checked.forward(p, bad)
+    checked64 = npl.Engine(cfg, "reference", check_finite=True)
+    p64 = {k: v.astype(np.float64) for k, v in p.items()}
+    p64["alpha"][1, 2] = np.inf
+    with pytest.raises(ValueError, match=r"^params\.alpha: element 6 is not finite \(inf\)$"):
+        checked64.forward(p64, x.astype(np.float64))
+    npl.Engine(cfg, "reference").forward(p64, x.astype(np.float64))  # unchecked: runs
 
 
 def test_bad_configuration_and_options():
