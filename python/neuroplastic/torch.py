@@ -220,10 +220,9 @@ class PlasticRNN(nn.Module):
         super().__init__()
         if backend not in ("cpu", "reference"):
             raise ValueError(f'backend: unknown value "{backend}"; expected "cpu" or "reference"')
-        self.config = _native.LayerConfig(
-            rule or self.default_rule,
-            hidden_size,
-            input_size,
+        # Kept to rebuild the native objects after pickling or deepcopy.
+        self._config_args = (rule or self.default_rule, hidden_size, input_size)
+        self._config_kwargs = dict(
             input_map=input_map,
             alpha=alpha,
             activation=activation,
@@ -236,6 +235,7 @@ class PlasticRNN(nn.Module):
             fanout_bias=fanout_bias,
             clip=clip,
         )
+        self.config = _native.LayerConfig(*self._config_args, **self._config_kwargs)
         self.input_size, self.hidden_size = input_size, hidden_size
         self.backend, self.init_eta = backend, init_eta
         self._options = dict(threads=threads, checkpoint=checkpoint, truncate=truncate, check_finite=check_finite)
@@ -246,6 +246,17 @@ class PlasticRNN(nn.Module):
         for name, shape in self.config.param_shapes().items():
             self.register_parameter(PARAM_ATTRS[name], nn.Parameter(torch.empty(shape, **factory)))
         self.reset_parameters()
+
+    def __getstate__(self):
+        # The native config and engines are rebuilt from the arguments
+        # (torch.save of the whole module, copy.deepcopy).
+        state = self.__dict__.copy()
+        state["config"], state["_engines"] = None, {}
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.config = _native.LayerConfig(*self._config_args, **self._config_kwargs)
 
     def reset_parameters(self) -> None:
         """Draws the parameters from ``torch``'s generator: weights uniform in

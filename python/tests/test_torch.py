@@ -209,3 +209,19 @@ def test_numpy_and_torch_names_agree():
         "mod_fanout",
         "mod_fanout_bias",
     ]
+
+
+def test_deepcopy_and_pickle_rebuild_the_engine():
+    import copy
+    import io
+
+    torch.manual_seed(4)
+    m = ModulatedPlasticRNN(3, 5, clip=2.0, truncate=("last", 4))
+    x = torch.randn(2, 6, 3)
+    y, _ = m(x)
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    for other in (copy.deepcopy(m), torch.load(buf, weights_only=False)):
+        assert other.config == m.config and other.engine("cpu").truncate == ("last", 4)
+        torch.testing.assert_close(other(x)[0], y)
