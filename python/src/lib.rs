@@ -8,7 +8,7 @@
 //!
 //! Two element types reach the kernels: `float32` through [`Engine`] on any
 //! device, and `float64` through the f64 reference functions
-//! (`neuroplastic::reference::{forward, backward}`) on the reference device,
+//! (`neuroplastic::reference::{plastic_fwd, plastic_bwd}`) on the reference device,
 //! which is what `torch.autograd.gradcheck` needs. A new device is a new
 //! spelling in [`parse_device`]; a new op is a new method next to
 //! [`PyEngine::forward`] that reuses the readers and writers below.
@@ -705,7 +705,7 @@ impl PyEngine {
                     init.validate(&cfg, b, "state", true).map_err(py_err)?;
                 }
                 let (y, last) =
-                    py.detach(|| reference::forward(&cfg, &p, Seq::new(&x, b, t), Some(&init))).map_err(py_err)?;
+                    py.detach(|| reference::plastic_fwd(&cfg, &p, Seq::new(&x, b, t), Some(&init))).map_err(py_err)?;
                 let handle = Handle { saved: Saved::F64 { params: p, inputs: x, init }, cfg, device, dims: (b, t) };
                 let out: [Bound<'py, PyAny>; 3] = [
                     write(py, y, &[b, t, cfg.n])?,
@@ -778,7 +778,7 @@ impl PyEngine {
                 let truncate = self.engine.options().truncate;
                 let g = py
                     .detach(|| {
-                        reference::backward(
+                        reference::plastic_bwd(
                             &cfg,
                             params,
                             Seq::new(inputs, b, t),
