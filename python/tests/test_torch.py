@@ -187,11 +187,23 @@ def test_errors():
 def test_cuda_tensors_get_the_crates_error():
     """The CUDA engine is asked for, and the crate says it is unavailable; no
     tensor is copied to the host behind the user's back."""
+    from types import SimpleNamespace
+
+    from neuroplastic.torch import _engine_device
+
+    # Tensors on GPU 1 ask for the engine "cuda:1" (checked without a GPU
+    # through stand-ins that only have a device) ...
+    on = lambda d: SimpleNamespace(device=torch.device(d))  # noqa: E731
+    assert _engine_device([on("cuda:1"), on("cuda:1")], "cpu") == "cuda:1"
+    assert _engine_device([on("cpu")], "reference") == "reference"
+    with pytest.raises(ValueError, match=r"must be on one device, got cpu, cuda:1"):
+        _engine_device([on("cuda:1"), on("cpu")], "cpu")
+    # ... and that engine is the crate's error.
     m = PlasticRNN(3, 5)
-    with pytest.raises(RuntimeError, match=r"^cuda:0 backend unavailable"):
-        m.engine("cuda:0")
+    with pytest.raises(RuntimeError, match=r"^cuda:1 backend unavailable"):
+        m.engine("cuda:1")
     if not torch.cuda.is_available():
-        pytest.skip("no GPU: the CUDA-tensor path of forward is checked through engine('cuda:0') only")
+        pytest.skip("no GPU: the CUDA-tensor path of forward is checked through _engine_device and engine('cuda:1') only")
     with pytest.raises(RuntimeError, match=r"^cuda:0 backend unavailable"):
         m.cuda()(torch.randn(2, 8, 3, device="cuda"))
 
