@@ -1,0 +1,291 @@
+//! The C interface called from Rust: it returns what the Rust engine returns,
+//! bit for bit, and every bad argument is a status with a message naming it.
+
+use std::ffi::CStr;
+use std::ptr::{null, null_mut};
+
+use neuroplastic::{Device, Engine, LayerConfig, Options, Params, Rule, Seq, State};
+use neuroplastic_c::*;
+
+fn last_error() -> String {
+    // SAFETY: np_last_error returns a valid NUL-terminated string.
+    unsafe { CStr::from_ptr(np_last_error()) }.to_string_lossy().into_owned()
+}
+
+/// Asserts status `want` and that the message contains every needle.
+fn expect(status: NpStatus, want: NpStatus, needles: &[&str]) {
+    let msg = last_error();
+    assert_eq!(status, want, "status {status}, message {msg:?}");
+    for n in needles {
+        assert!(msg.contains(n), "message {msg:?} lacks {n:?}");
+    }
+}
+
+fn fill(len: usize, seed: &mut u64, scale: f32) -> Vec<f32> {
+    (0..len)
+        .map(|_| {
+            *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (((*seed >> 11) as f64 / (1u64 << 53) as f64) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+struct Setup {
+    cfg: NpLayerConfig,
+    layer: *mut NpLayer,
+    params: Vec<f32>,
+}
+
+/// A recurrent retroactive layer (`N = 5`, `X = 3`) with bias and fan-out, on the CPU.
+fn setup(device: u32) -> Setup {
+    let mut cfg = std::mem::MaybeUninit::<NpLayerConfig>::uninit();
+    // SAFETY: valid out-pointers throughout.
+    unsafe {
+        assert_eq!(np_layer_config_init(cfg.as_mut_ptr(), NP_RULE_RETROACTIVE, NP_TOPOLOGY_RECURRENT, 5, 3), NP_OK);
+        let mut cfg = cfg.assume_init();
+        cfg.bias = 1;
+        cfg.mod_fanout = 1;
+        cfg.clip = 0.7;
+        let mut layer = null_mut();
+        assert_eq!(np_layer_new(&cfg, device, 0, null(), &mut layer), NP_OK, "{}", last_error());
+        let mut plen = 0;
+        assert_eq!(np_layer_param_len(layer, &mut plen), NP_OK);
+        let mut seed = 3;
+        let mut params = fill(plen, &mut seed, 0.6);
+        let (mut off, mut len, mut name) = (0, 0, null());
+        for k in 0..NP_PARAM_TENSORS {
+            assert_eq!(np_layer_param_tensor(layer, k, &mut name, &mut off, &mut len), NP_OK);
+            if CStr::from_ptr(name).to_str().unwrap() == "eta_e" {
+                assert_eq!(len, 1);
+                params[off] = 0.4;
+            }
+        }
+        assert_eq!(np_layer_set_params(layer, params.as_ptr(), plen), NP_OK, "{}", last_error());
+        Setup { cfg, layer, params }
+    }
+}
+
+fn rust_config() -> LayerConfig {
+    let mut cfg = LayerConfig::recurrent(Rule::Retroactive, 5, 3);
+    cfg.bias = true;
+    cfg.modulator.fanout = true;
+    cfg.clip = 0.7;
+    cfg
+}
+
+#[test]
+fn the_c_calls_return_what_the_engine_returns() {
+    let (b, t) = (3, 6);
+    let s = setup(NP_DEVICE_CPU);
+    let rcfg = rust_config();
+    let mut seed = 11;
+    let xs = fill(b * t * 3, &mut seed, 1.0);
+    let mut slen = 0;
+    // SAFETY: valid pointers and lengths throughout.
+    unsafe { assert_eq!(np_layer_state_len(s.layer, b, &mut slen), NP_OK) };
+    assert_eq!(slen, b * 5 + 2 * b * 25);
+    let init = fill(slen, &mut seed, 0.5);
+    let dy = fill(b * t * 5, &mut seed, 1.0);
+    let dlast = fill(slen, &mut seed, 1.0);
+
+    let mut fwd = null_mut();
+    let mut y = vec![0.0f32; b * t * 5];
+    let mut last = vec![0.0f32; slen];
+    let mut gp = vec![0.0f32; s.params.len()];
+    let mut gi = vec![0.0f32; xs.len()];
+    let mut gs = vec![0.0f32; slen];
+    // SAFETY: as above.
+    unsafe {
+        let st = np_forward(s.layer, xs.as_ptr(), xs.len(), b, t, init.as_ptr(), init.len(), &mut fwd);
+        assert_eq!(st, NP_OK, "{}", last_error());
+        assert_eq!(np_forward_y(fwd, y.as_mut_ptr(), y.len()), NP_OK);
+        assert_eq!(np_forward_last(fwd, last.as_mut_ptr(), last.len()), NP_OK);
+        let st = np_backward(
+            s.layer,
+            fwd,
+            dy.as_ptr(),
+            dy.len(),
+            dlast.as_ptr(),
+            dlast.len(),
+            gp.as_mut_ptr(),
+            gp.len(),
+            gi.as_mut_ptr(),
+            gi.len(),
+            gs.as_mut_ptr(),
+            gs.len(),
+        );
+        assert_eq!(st, NP_OK, "{}", last_error());
+        np_forward_free(fwd);
+        np_layer_free(s.layer);
+    }
+
+    let mut p = Params::<f32>::zeros(&rcfg);
+    let mut at = 0;
+    for (_, v) in p.named_mut() {
+        let n = v.len();
+        v.copy_from_slice(&s.params[at..at + n]);
+        at += n;
+    }
+    let state = |flat: &[f32]| State {
+        h: flat[..b * 5].to_vec(),
+        hebb: flat[b * 5..b * 5 + b * 25].to_vec(),
+        elig: flat[b * 5 + b * 25..].to_vec(),
+    };
+    let mut eng = Engine::new(rcfg, Device::Cpu, Options::default()).unwrap();
+    let f = eng.forward(&p, Seq::new(&xs, b, t), Some(&state(&init))).unwrap();
+    let g = eng.backward(&p, Seq::new(&xs, b, t), &f, &dy, Some(&state(&dlast))).unwrap();
+    assert_eq!(y, f.y);
+    assert_eq!(state(&last), f.last);
+    let flat: Vec<f32> = g.params.named().iter().flat_map(|(_, v)| v.iter().copied()).collect();
+    assert_eq!(gp, flat);
+    assert_eq!(gi, g.inputs);
+    assert_eq!(state(&gs), g.init);
+    assert!(gp.iter().any(|v| *v != 0.0));
+}
+
+#[test]
+fn null_pointers_are_named() {
+    let s = setup(NP_DEVICE_REFERENCE);
+    let x = [0.0f32; 3];
+    let mut fwd = null_mut();
+    let mut n = 0;
+    // SAFETY: every call gets a NULL where the test says and valid pointers elsewhere.
+    unsafe {
+        expect(np_layer_new(null(), NP_DEVICE_CPU, 0, null(), &mut null_mut()), NP_ERR_NULL, &["config is NULL"]);
+        expect(np_layer_new(&s.cfg, NP_DEVICE_CPU, 0, null(), null_mut()), NP_ERR_NULL, &["out is NULL"]);
+        expect(np_layer_param_len(null(), &mut n), NP_ERR_NULL, &["layer is NULL"]);
+        expect(np_forward(s.layer, null(), 3, 1, 1, null(), 0, &mut fwd), NP_ERR_NULL, &["inputs is NULL", "3"]);
+        assert!(fwd.is_null());
+        expect(np_forward(null_mut(), x.as_ptr(), 3, 1, 1, null(), 0, &mut fwd), NP_ERR_NULL, &["layer is NULL"]);
+        let dy = [0.0f32; 5];
+        expect(
+            np_backward(s.layer, null(), dy.as_ptr(), 5, null(), 0, null_mut(), 0, null_mut(), 0, null_mut(), 0),
+            NP_ERR_NULL,
+            &["fwd is NULL"],
+        );
+        assert_eq!(np_forward(s.layer, x.as_ptr(), 3, 1, 1, null(), 0, &mut fwd), NP_OK);
+        expect(
+            np_backward(s.layer, fwd, dy.as_ptr(), 5, null(), 0, null_mut(), 7, null_mut(), 0, null_mut(), 0),
+            NP_ERR_NULL,
+            &["grad_params is NULL but its length is 7"],
+        );
+        // Outputs not wanted: NULL with length 0 is fine.
+        let st = np_backward(s.layer, fwd, dy.as_ptr(), 5, null(), 0, null_mut(), 0, null_mut(), 0, null_mut(), 0);
+        assert_eq!(st, NP_OK, "{}", last_error());
+        np_forward_free(fwd);
+        np_forward_free(null_mut());
+        np_layer_free(s.layer);
+        np_layer_free(null_mut());
+    }
+}
+
+#[test]
+fn wrong_lengths_and_values_are_named() {
+    let s = setup(NP_DEVICE_CPU);
+    let (b, t) = (2, 3);
+    let x = vec![0.1f32; b * t * 3];
+    let mut fwd = null_mut();
+    // SAFETY: every pointer is valid for at least the length passed.
+    unsafe {
+        let st = np_forward(s.layer, x.as_ptr(), x.len() - 1, b, t, null(), 0, &mut fwd);
+        expect(st, NP_ERR_INVALID, &["inputs", "(2, 3, 3)", "17"]);
+        let init = [0.0f32; 10];
+        let st = np_forward(s.layer, x.as_ptr(), x.len(), b, t, init.as_ptr(), init.len(), &mut fwd);
+        expect(st, NP_ERR_INVALID, &["init: expected 110 floats", "got 10", "hebb [2, 5, 5]"]);
+        expect(np_layer_set_params(s.layer, s.params.as_ptr(), 4), NP_ERR_INVALID, &["params: expected", "got 4"]);
+        let mut bad = s.params.clone();
+        let mut off = 0;
+        np_layer_param_tensor(s.layer, 3, null_mut(), &mut off, null_mut());
+        bad[off] = 1.5;
+        expect(np_layer_set_params(s.layer, bad.as_ptr(), bad.len()), NP_ERR_INVALID, &["params.eta_e", "1.5"]);
+        expect(np_layer_param_tensor(s.layer, 10, null_mut(), null_mut(), null_mut()), NP_ERR_INVALID, &["index = 10"]);
+
+        assert_eq!(np_forward(s.layer, x.as_ptr(), x.len(), b, t, null(), 0, &mut fwd), NP_OK);
+        let mut y = vec![0.0f32; 7];
+        expect(np_forward_y(fwd, y.as_mut_ptr(), y.len()), NP_ERR_INVALID, &["out: expected 30 floats"]);
+        let dy = vec![0.0f32; b * t * 5];
+        let mut gi = vec![0.0f32; 4];
+        let st = np_backward(
+            s.layer,
+            fwd,
+            dy.as_ptr(),
+            dy.len(),
+            null(),
+            0,
+            null_mut(),
+            0,
+            gi.as_mut_ptr(),
+            4,
+            null_mut(),
+            0,
+        );
+        expect(st, NP_ERR_INVALID, &["grad_inputs: expected 18 floats", "(2, 3, 3)"]);
+        let dlast = [0.0f32; 3];
+        let st = np_backward(
+            s.layer,
+            fwd,
+            dy.as_ptr(),
+            dy.len(),
+            dlast.as_ptr(),
+            3,
+            null_mut(),
+            0,
+            null_mut(),
+            0,
+            null_mut(),
+            0,
+        );
+        expect(st, NP_ERR_INVALID, &["dlast: expected 110 floats"]);
+        np_forward_free(fwd);
+
+        let mut cfg = s.cfg;
+        cfg.rule = 9;
+        expect(
+            np_layer_new(&cfg, NP_DEVICE_CPU, 0, null(), &mut null_mut()),
+            NP_ERR_INVALID,
+            &["config.rule = 9", "NP_RULE_HEBB"],
+        );
+        let mut cfg = s.cfg;
+        cfg.bias = 2;
+        expect(np_layer_new(&cfg, NP_DEVICE_CPU, 0, null(), &mut null_mut()), NP_ERR_INVALID, &["config.bias = 2"]);
+        let mut cfg = s.cfg;
+        cfg.n = 0;
+        expect(np_layer_new(&cfg, NP_DEVICE_CPU, 0, null(), &mut null_mut()), NP_ERR_INVALID, &["N"]);
+        expect(np_layer_new(&s.cfg, 7, 0, null(), &mut null_mut()), NP_ERR_INVALID, &["device = 7"]);
+        let mut opts = std::mem::MaybeUninit::<NpOptions>::uninit();
+        assert_eq!(np_options_init(opts.as_mut_ptr()), NP_OK);
+        let mut opts = opts.assume_init();
+        opts.checkpoint = NP_CHECKPOINT_EVERY;
+        opts.checkpoint_every = 0;
+        expect(np_layer_new(&s.cfg, NP_DEVICE_CPU, 0, &opts, &mut null_mut()), NP_ERR_INVALID, &["options.checkpoint"]);
+        opts.checkpoint = 5;
+        expect(
+            np_layer_new(&s.cfg, NP_DEVICE_CPU, 0, &opts, &mut null_mut()),
+            NP_ERR_INVALID,
+            &["options.checkpoint = 5"],
+        );
+        np_layer_free(s.layer);
+    }
+}
+
+#[test]
+fn cuda_is_unavailable_with_a_reason() {
+    let s = setup(NP_DEVICE_CPU);
+    let mut out = std::ptr::dangling_mut::<NpLayer>();
+    // SAFETY: valid pointers.
+    unsafe {
+        expect(np_layer_new(&s.cfg, NP_DEVICE_CUDA, 0, null(), &mut out), NP_ERR_UNAVAILABLE, &["cuda:0"]);
+        assert!(out.is_null(), "a failed create leaves *out NULL");
+        np_layer_free(s.layer);
+    }
+}
+
+#[test]
+fn the_last_error_belongs_to_its_thread() {
+    // SAFETY: a NULL out-pointer is an error, not undefined behaviour.
+    let st = unsafe { np_options_init(null_mut()) };
+    expect(st, NP_ERR_NULL, &["out is NULL"]);
+    let other = std::thread::spawn(last_error).join().unwrap();
+    assert_eq!(other, "");
+    assert!(last_error().contains("out is NULL"));
+}
