@@ -205,6 +205,7 @@ impl Engine {
             s.validate(cfg, inputs.batch, "init", finite)?;
         }
         let dims = (inputs.batch, inputs.steps);
+        crate::limits::check_run(cfg, self.device, opts, dims.0, dims.1)?;
         match self.device {
             Device::Reference => {
                 let p64 = params.map(f64::from);

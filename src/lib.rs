@@ -65,7 +65,9 @@ pub mod engine;
 pub mod error;
 #[cfg(feature = "io")]
 pub mod io;
+pub mod limits;
 pub mod model;
+pub mod overflow;
 pub mod params;
 pub mod reference;
 pub mod stream;

@@ -106,9 +106,34 @@ impl Default for PatternTask {
 }
 
 impl PatternTask {
-    /// `N`, the neurons of the layer (`bits + extra`).
+    /// `N`, the neurons of the layer (`bits + extra`; saturating, which
+    /// [`PatternTask::validate`] refuses).
     pub fn neurons(&self) -> usize {
-        self.bits + self.extra
+        self.bits.saturating_add(self.extra)
+    }
+
+    /// `T` computed without overflow, or `None` when it does not fit in `usize`.
+    fn checked_steps(&self) -> Option<usize> {
+        self.cycles
+            .checked_mul(self.patterns)?
+            .checked_mul(self.show.checked_add(self.blank)?)?
+            .checked_add(self.test)
+    }
+
+    /// The layer of [`PatternTask::model`], without its parameters: one
+    /// recurrent Hebbian layer of [`PatternTask::neurons`] neurons, η fixed,
+    /// the input added directly to the pre-activation.
+    pub fn layer(&self) -> LayerConfig {
+        let n = self.neurons();
+        let mut cfg = LayerConfig::recurrent(Rule::Hebb, n, n);
+        cfg.input_map = InputMap::Direct;
+        cfg.eta = EtaMode::Fixed;
+        cfg
+    }
+
+    /// Rows of the read-out (`bits` with extra neurons, else none: `0`).
+    pub fn head_outputs(&self) -> usize {
+        if self.extra > 0 { self.bits } else { 0 }
     }
 
     /// Checks every setting; the error names it.
@@ -134,6 +159,21 @@ impl PatternTask {
         if !self.scale.is_finite() {
             return Err(Error::Range { arg: "scale".into(), value: self.scale, expected: "a finite number".into() });
         }
+        if self.bits.checked_add(self.extra).is_none() {
+            return Err(Error::Config {
+                arg: "bits + extra".into(),
+                message: format!("{} + {} neurons do not fit in a usize", self.bits, self.extra),
+            });
+        }
+        if self.checked_steps().is_none() {
+            return Err(Error::Config {
+                arg: "cycles · patterns · (show + blank) + test".into(),
+                message: format!(
+                    "the episode length {} · {} · ({} + {}) + {} does not fit in a usize",
+                    self.cycles, self.patterns, self.show, self.blank, self.test
+                ),
+            });
+        }
         Ok(())
     }
 
@@ -157,9 +197,13 @@ impl PatternTask {
             });
         }
         let n = self.neurons();
-        let mut cfg = LayerConfig::recurrent(Rule::Hebb, n, n);
-        cfg.input_map = InputMap::Direct;
-        cfg.eta = EtaMode::Fixed;
+        let cfg = self.layer();
+        // Before allocating: a million bits is 10^12 weights, which would abort the process.
+        crate::limits::model(&cfg, self.head_outputs()).check(
+            &format!("bits = {}, extra = {}", self.bits, self.extra),
+            &format!("the pattern network's parameters (N = {n} neurons, `w` and `alpha` N × N)"),
+            "use fewer bits or extra neurons: the weights grow with the square of N",
+        )?;
         let mut params = Params::<f32>::zeros(&cfg);
         let mut rng = crate::train::init_rng(seed);
         // w first, then α: the plastic and non-plastic nets of one seed share w.
