@@ -421,19 +421,25 @@ fn check_memory(task: &PatternTask, a: &PatternArgs, device: Device, opts: &Opti
         OptArg::Adam => 2,
         OptArg::Sgd => usize::from(a.run.momentum.unwrap_or(0.0) > 0.0),
     };
-    let need = limits::training(&cfg, task.head_outputs(), moments, device, opts, batch, task.steps());
-    // Which flag to change: the weights grow with N², everything else with B.
-    let weights = limits::model(&cfg, task.head_outputs()).total() * (2 + moments as u128);
-    let fix = if weights * 2 >= need.total() {
-        "lower --bits (or --extra-neurons): the weights, their gradients and the optimizer state grow with the square of N"
-    } else {
-        "lower --batch, or shorten the episode (--patterns, --cycles, --show, --blank, --test): the traces and \
-         episodes grow with B·T"
+    let est = |b: usize| limits::training(&cfg, task.head_outputs(), moments, device, opts, b, task.steps());
+    let need = est(batch);
+    // Which flag to change: if one episode per update does not fit, the network
+    // itself is too large (its weights and traces grow with N²); else the batch is.
+    let (one, per) = (est(1).total(), est(2).total().saturating_sub(est(1).total()));
+    let limit = limits::available().map_err(|e| e.to_string())?;
+    let fix = match &limit {
+        Some(l) if one <= l.bytes && per > 0 => format!(
+            "lower --batch (at most {} episodes per update fit), or shorten the episode (--patterns, --cycles, --show, --blank, --test)",
+            (l.bytes - one) / per + 1
+        ),
+        _ => "lower --bits (or --extra-neurons): the weights, the optimizer state and the traces grow with the square of N"
+            .to_string(),
     };
-    need.check(
+    need.check_against(
+        limit.as_ref(),
         &format!("--bits {} --batch {batch}", task.bits),
         &format!("training this network (N = {} neurons, T = {} steps, B = {batch} episodes per update)", cfg.n, task.steps()),
-        fix,
+        &fix,
     )
     .map_err(|e| e.to_string())
 }
