@@ -27,7 +27,7 @@
 //! `nn.Linear.weight`); a batch of traces is `(B, N, I)`; sequences are
 //! `(B, T, features)`.
 //!
-//! ## One step (DESIGN.md §2)
+//! ## One step (`docs/design.md` §2)
 //!
 //! ```text
 //! a_j = b_j + u_j + Σ_i (W_ji + α_ji · H_ji) · x_i        u = U·x_ext (or x_ext), x = h_{t−1} or the input

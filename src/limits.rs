@@ -301,7 +301,8 @@ mod tests {
 
     #[test]
     fn a_layer_of_a_million_neurons_is_refused_with_its_size() {
-        let cfg = LayerConfig::recurrent(Rule::Hebb, 1_000_000, 1_000_000);
+        let mut cfg = LayerConfig::recurrent(Rule::Hebb, 1_000_000, 1_000_000);
+        cfg.input_map = crate::config::InputMap::Direct;
         let e = model(&cfg, 0);
         // w and alpha, 10^12 floats each.
         assert_eq!(e.total(), 2 * 4_000_000_000_000 + 4);

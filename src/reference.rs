@@ -4,7 +4,7 @@
 //! in the crate is tested against these functions, and these functions are
 //! tested against central finite differences (`tests/gradcheck.rs`). The
 //! adjoint equations implemented by [`backward`] are derived in
-//! `docs/backward.md`; the forward equations are DESIGN.md §2:
+//! `docs/backward.md`; the forward equations are `docs/design.md` §2:
 //!
 //! ```text
 //! x   = h_{t−1} (recurrent) or in_t (feed-forward)         pre-synaptic, (I)

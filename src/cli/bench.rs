@@ -1,8 +1,8 @@
 //! `neuroplastic bench`: forward + backward + Adam per episode on the four
-//! workloads of `shared/bench/plastic_bench.py` (same equations, parameter
+//! workloads of `benches/baselines/plastic_bench.py` (same equations, parameter
 //! initialisation, inputs and loss; our weights are `[post][pre]`, theirs
 //! `[pre][post]`), with peak memory, achieved bandwidth and the fraction of
-//! the byte floor of DESIGN.md §6.
+//! the byte floor of `docs/design.md` §6.
 //!
 //! Each workload runs in a fresh child process (this program with `--child`)
 //! so that its peak resident memory is its own.
@@ -304,7 +304,7 @@ fn run_one(args: &Args, w: Workload) -> Result<String, Box<dyn std::error::Error
         None => rayon::current_num_threads(),
     };
 
-    // Byte floor (DESIGN.md §6), per episode: forward reads and writes each
+    // Byte floor (`docs/design.md` §6), per episode: forward reads and writes each
     // trace once per step and reads W and α; backward reads and writes each
     // trace and each trace adjoint once per step and reads W, α and reads and
     // writes the dW and dα accumulators.

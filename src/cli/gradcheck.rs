@@ -1,5 +1,5 @@
 //! `neuroplastic gradcheck`: checks every backend's analytic gradients of the
-//! model loss (DESIGN.md §5) against central finite differences.
+//! model loss (`docs/design.md` §5) against central finite differences.
 //!
 //! The differences are taken in f64 through the reference forward pass
 //! (`reference::forward` plus the same read-out and masked squared loss in

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::model::{Model, ModelGrads};
 use crate::params::PARAM_NAMES;
 
-/// The names of the read-out's tensors (DESIGN.md §5).
+/// The names of the read-out's tensors (`docs/design.md` §5).
 pub const HEAD_NAMES: [&str; 2] = ["head.out.weight", "head.out.bias"];
 
 /// How weight decay enters the update.
