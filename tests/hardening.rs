@@ -385,3 +385,32 @@ fn killed_runs_leave_a_checkpoint_that_resumes() {
         assert_eq!(TrainCheckpoint::read(&ck).unwrap().step, step + 2);
     }
 }
+
+#[test]
+fn errors_name_the_flags_the_user_gave() {
+    let d = dir("flags");
+    let o = d.join("r");
+    let o = o.to_str().unwrap();
+    for (args, needles) in [
+        (vec!["--threads", "0"], vec!["--threads must be at least 1"]),
+        (vec!["--init-std=-1"], vec!["--init-std = -1"]),
+        (vec!["--eval-episodes", "0"], vec!["--eval-episodes must be at least 1"]),
+        (vec!["--eta", "2"], vec!["--eta = 2"]),
+        (vec!["--lr-decay", "0"], vec!["--lr-decay = 0"]),
+        (vec!["--clip-norm=-3"], vec!["--clip-norm = -3"]),
+    ] {
+        let mut a = small(&["--episodes", "1", "--out", o]);
+        a.extend(args.iter().map(|s| s.to_string()));
+        assert_names(&fails_cleanly(&run(&a)), &needles);
+    }
+    let (model, ep) = hebb(false, 0.5, 1.0, 5);
+    let (m, e) = (d.join("m.safetensors"), d.join("e.safetensors"));
+    save_model(&model, &m).unwrap();
+    save_episode(&ep, &model, &e).unwrap();
+    let out = bin()
+        .args(["grad", "--threads", "0", "--model", m.to_str().unwrap(), "--episode", e.to_str().unwrap(), "--out"])
+        .arg(d.join("g.safetensors"))
+        .output()
+        .unwrap();
+    assert_names(&fails_cleanly(&out), &["--threads 0"]);
+}

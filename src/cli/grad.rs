@@ -54,6 +54,9 @@ pub struct Args {
 pub fn run(args: Args) -> CliResult {
     // Before anything is read or computed: the result must not replace an input.
     super::paths::refuse_overwrite("--out", &args.out, &[("--model", &args.model), ("--episode", &args.episode)])?;
+    if args.threads == Some(0) {
+        return Err("--threads 0: expected at least 1 thread".into());
+    }
     let model = load_model(&args.model)?;
     let ep = load_episode(&args.episode, &model)?;
     let opts = Options { threads: args.threads, check_finite: true, ..Options::default() };

@@ -200,7 +200,50 @@ struct PatternArgs {
 /// Runs the subcommand.
 pub fn run(args: Args) -> CliResult {
     match args.task {
-        TaskCmd::Pattern(a) => pattern(*a),
+        TaskCmd::Pattern(a) => pattern(*a).map_err(in_flags),
+    }
+}
+
+/// The library names its settings after its fields (`bits`, `init_std`,
+/// `options.threads`); the user gave flags (`--bits`, `--init-std`,
+/// `--threads`). Errors about a setting are reworded to name the flag.
+fn in_flags(e: Box<dyn std::error::Error>) -> Box<dyn std::error::Error> {
+    use neuroplastic::Error;
+    const FLAGS: [(&str, &str); 20] = [
+        ("bits", "--bits"),
+        ("patterns", "--patterns"),
+        ("cycles", "--cycles"),
+        ("show", "--show"),
+        ("test", "--test"),
+        ("degrade", "--degrade"),
+        ("scale", "--scale"),
+        ("eta", "--eta"),
+        ("init_std", "--init-std"),
+        ("batch", "--batch"),
+        ("eval_episodes", "--eval-episodes"),
+        ("lr", "--lr"),
+        ("beta1", "--beta1"),
+        ("beta2", "--beta2"),
+        ("eps", "--eps"),
+        ("momentum", "--momentum"),
+        ("weight_decay", "--weight-decay"),
+        ("clip_norm", "--clip-norm"),
+        ("options.threads", "--threads"),
+        ("decay.gamma", "--lr-decay"),
+    ];
+    let flag = |arg: &str| FLAGS.iter().find(|(a, _)| *a == arg).map(|(_, f)| f.to_string());
+    let Some(err) = e.downcast_ref::<Error>() else { return e };
+    let renamed = match err {
+        Error::Empty { arg } => flag(arg).map(|arg| Error::Empty { arg }),
+        Error::Range { arg, value, expected } => {
+            flag(arg).map(|arg| Error::Range { arg, value: *value, expected: expected.clone() })
+        }
+        Error::Config { arg, message } => flag(arg).map(|arg| Error::Config { arg, message: message.clone() }),
+        _ => None,
+    };
+    match renamed {
+        Some(r) => Box::new(r),
+        None => e,
     }
 }
 
