@@ -131,7 +131,11 @@ impl TensorFile {
         // Reading holds the file's bytes and the decoded tensors at once.
         let mut need = crate::limits::Estimate::new();
         need.add("the file's bytes", len as u128).add("its decoded tensors", len as u128);
-        need.check(&p, "reading this file", "is it the file you meant? (a model or episode this large cannot be loaded here)")?;
+        need.check(
+            &p,
+            "reading this file",
+            "is it the file you meant? (a model or episode this large cannot be loaded here)",
+        )?;
         let bytes = std::fs::read(path).map_err(|source| Error::Io { path: p.clone(), source })?;
         Self::parse(&bytes, &p)
     }

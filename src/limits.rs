@@ -52,7 +52,7 @@ pub fn parse_bytes(s: &str) -> Option<u128> {
         _ => (t, 1),
     };
     let v: f64 = num.trim().parse().ok()?;
-    (v.is_finite() && v >= 0.0).then(|| (v * mult as f64) as u128)
+    (v.is_finite() && v >= 0.0).then_some((v * mult as f64) as u128)
 }
 
 /// The memory available to a computation now: [`ENV_LIMIT`] when set, else
@@ -67,10 +67,8 @@ pub fn available() -> Result<Option<Limit>> {
             }),
         };
     }
-    Ok(mem_available().map(|bytes| Limit {
-        bytes,
-        source: format!("MemAvailable in /proc/meminfo; set {ENV_LIMIT} to override"),
-    }))
+    Ok(mem_available()
+        .map(|bytes| Limit { bytes, source: format!("MemAvailable in /proc/meminfo; set {ENV_LIMIT} to override") }))
 }
 
 /// `MemAvailable` of `/proc/meminfo` in bytes (Linux), or `None`.
@@ -229,7 +227,10 @@ pub fn run(cfg: &LayerConfig, device: Device, opts: &Options, batch: usize, step
                 format!("every step's trace of one episode, f64 ({}, {n}, {i}) × {kinds}", steps + 1),
                 count(&[steps + 1, n, i]).saturating_mul(8 * kinds as u128),
             );
-            e.add(format!("states, f64 ({batch}, {n}, {i}) × {}", 3 * kinds), count(&trace).saturating_mul(24 * kinds as u128));
+            e.add(
+                format!("states, f64 ({batch}, {n}, {i}) × {}", 3 * kinds),
+                count(&trace).saturating_mul(24 * kinds as u128),
+            );
             e.add(format!("inputs and gradients, f64 ({batch}, {steps}, {x}) × 3"), count(&[batch, steps, x]) * 24);
             e.add(format!("outputs, f64 ({batch}, {steps}, {n}) × 3"), count(&[batch, steps, n]).saturating_mul(24));
         }
@@ -240,7 +241,11 @@ pub fn run(cfg: &LayerConfig, device: Device, opts: &Options, batch: usize, step
                 format!("trace snapshots and replay, ({kept}, {batch}, {n}, {i}) × {kinds} (checkpoint interval {c})"),
                 count(&[kept, batch, n, i]).saturating_mul(4 * kinds as u128),
             );
-            e.f32(format!("final state, trace adjoints and dα ({batch}, {n}, {i}) × {}", 2 * kinds + 1), &trace, 2 * kinds + 1);
+            e.f32(
+                format!("final state, trace adjoints and dα ({batch}, {n}, {i}) × {}", 2 * kinds + 1),
+                &trace,
+                2 * kinds + 1,
+            );
             e.f32(format!("per-step vectors ({batch}, {steps}, {n}) × 6"), &[batch, steps, n], 6);
             e.f32(format!("modulator per step ({batch}, {steps}, {k}) × 2"), &[batch, steps, k], 2);
             e.f32(format!("input gradients ({batch}, {steps}, {x})"), &[batch, steps, x], 1);

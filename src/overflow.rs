@@ -164,24 +164,41 @@ pub fn gradients(g: &ModelGrads, batch: usize, steps: usize) -> Result<()> {
         if let Some(k) = v.iter().position(|x| !x.is_finite()) {
             return Err(Error::Overflow {
                 quantity: format!("{name} (element {k})"),
-                message: format!("is {}: it exceeded the f32 range (|x| ≤ {F32_MAX}) (loss {:e}); {hint}", v[k], g.loss),
+                message: format!(
+                    "is {}: it exceeded the f32 range (|x| ≤ {F32_MAX}) (loss {:e}); {hint}",
+                    v[k], g.loss
+                ),
             });
         }
     }
-    let x = if batch * steps > 0 { g.layer.inputs.len() / (batch * steps) } else { 0 };
+    let x = g.layer.inputs.len().checked_div(batch * steps).unwrap_or(0);
     if let Some(k) = g.layer.inputs.iter().position(|v| !v.is_finite()) {
         let (r, i) = (k / x.max(1), k % x.max(1));
         return Err(Error::Overflow {
-            quantity: format!("gradient of `inputs` (episode {}, step {}, input {i})", r / steps.max(1), r % steps.max(1)),
-            message: format!("is {}: it exceeded the f32 range (|x| ≤ {F32_MAX}) (loss {:e}); {hint}", g.layer.inputs[k], g.loss),
+            quantity: format!(
+                "gradient of `inputs` (episode {}, step {}, input {i})",
+                r / steps.max(1),
+                r % steps.max(1)
+            ),
+            message: format!(
+                "is {}: it exceeded the f32 range (|x| ≤ {F32_MAX}) (loss {:e}); {hint}",
+                g.layer.inputs[k], g.loss
+            ),
         });
     }
     for (name, v) in [("h0", &g.layer.init.h), ("hebb0", &g.layer.init.hebb), ("elig0", &g.layer.init.elig)] {
         if let Some(k) = v.iter().position(|x| !x.is_finite()) {
             let per = v.len() / batch.max(1);
             return Err(Error::Overflow {
-                quantity: format!("gradient of the initial state `{name}` (episode {}, element {})", k / per.max(1), k % per.max(1)),
-                message: format!("is {}: it exceeded the f32 range (|x| ≤ {F32_MAX}) (loss {:e}); {hint}", v[k], g.loss),
+                quantity: format!(
+                    "gradient of the initial state `{name}` (episode {}, element {})",
+                    k / per.max(1),
+                    k % per.max(1)
+                ),
+                message: format!(
+                    "is {}: it exceeded the f32 range (|x| ≤ {F32_MAX}) (loss {:e}); {hint}",
+                    v[k], g.loss
+                ),
             });
         }
     }

@@ -27,6 +27,13 @@ pub trait Task {
     fn error(&self, ep: &Episode, yhat: &[f32]) -> f64;
     /// The task's settings, stored in checkpoints so that a run resumes on the same task.
     fn to_json(&self) -> Value;
+    /// Checks, without drawing an episode, that this task's episodes fit
+    /// `model` (sizes that a drawn episode would only reveal after allocating
+    /// it, e.g. settings read from a checkpoint). The default accepts.
+    fn fits(&self, model: &Model) -> Result<()> {
+        let _ = model;
+        Ok(())
+    }
 }
 
 /// Which network [`PatternTask::model`] builds.
@@ -114,10 +121,7 @@ impl PatternTask {
 
     /// `T` computed without overflow, or `None` when it does not fit in `usize`.
     fn checked_steps(&self) -> Option<usize> {
-        self.cycles
-            .checked_mul(self.patterns)?
-            .checked_mul(self.show.checked_add(self.blank)?)?
-            .checked_add(self.test)
+        self.cycles.checked_mul(self.patterns)?.checked_mul(self.show.checked_add(self.blank)?)?.checked_add(self.test)
     }
 
     /// The layer of [`PatternTask::model`], without its parameters: one
@@ -325,6 +329,26 @@ impl Task for PatternTask {
             total += o;
         }
         if total == 0 { 0.0 } else { wrong as f64 / total as f64 }
+    }
+
+    fn fits(&self, model: &Model) -> Result<()> {
+        // inputs: (B, T, N) with N = bits + extra; outputs: bits.
+        let (n, o) = (model.cfg.n, model.outputs());
+        if self.neurons() != n || model.cfg.inputs != n || o != self.bits {
+            return Err(Error::Config {
+                arg: "task".into(),
+                message: format!(
+                    "the pattern task with {} bits and {} extra neurons needs a layer of N = X = {} with {} outputs; \
+                     the model has N = {n}, X = {}, {o} outputs",
+                    self.bits,
+                    self.extra,
+                    self.neurons(),
+                    self.bits,
+                    model.cfg.inputs
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn to_json(&self) -> Value {

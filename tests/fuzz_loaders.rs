@@ -21,7 +21,8 @@ fn model_and_episode() -> (Model, Episode) {
     let mut cfg = LayerConfig::recurrent(Rule::Retroactive, n, 3);
     cfg.bias = true;
     cfg.clip = 1.5;
-    cfg.modulator = ModulatorConfig { k: 2, activation: ModActivation::Sigmoid, bias: true, fanout: true, fanout_bias: true };
+    cfg.modulator =
+        ModulatorConfig { k: 2, activation: ModActivation::Sigmoid, bias: true, fanout: true, fanout_bias: true };
     let mut params = Params::<f32>::zeros(&cfg);
     for (k, (_, v)) in params.named_mut().into_iter().enumerate() {
         v.iter_mut().enumerate().for_each(|(i, x)| *x = ((i * 7 + k * 3) % 11) as f32 * 0.05 - 0.25);

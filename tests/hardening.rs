@@ -29,7 +29,12 @@ fn dir(name: &str) -> PathBuf {
 }
 
 fn text(o: &Output) -> String {
-    format!("status {:?}\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn stderr(o: &Output) -> String {
@@ -79,7 +84,15 @@ fn hebb(identity: bool, w_scale: f32, input: f32, steps: usize) -> (Model, Episo
 
 fn grad(m: &Path, e: &Path, out: &Path) -> Output {
     bin()
-        .args(["grad", "--model", m.to_str().unwrap(), "--episode", e.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args([
+            "grad",
+            "--model",
+            m.to_str().unwrap(),
+            "--episode",
+            e.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .output()
         .unwrap()
 }
@@ -156,7 +169,8 @@ fn sizes_that_would_abort_in_the_allocator_are_refused_up_front() {
     let d = dir("sizes");
     let out = d.join("r");
     // 10^12 weights: 7.3 TiB each for w and alpha, on any machine.
-    let o = bin().args(["train", "pattern", "--bits", "1000000", "--episodes", "1", "--out"]).arg(&out).output().unwrap();
+    let o =
+        bin().args(["train", "pattern", "--bits", "1000000", "--episodes", "1", "--out"]).arg(&out).output().unwrap();
     let e = fails_cleanly(&o);
     assert_names(&e, &["--bits 1000000", "TiB", "N = 1000000", "lower --bits"]);
     // A batch of 10^5 episodes of 1000 bits: 42 GB of inputs alone; with an 8 GiB limit.
@@ -246,7 +260,9 @@ fn the_library_returns_errors_instead_of_aborting() {
     let inputs = vec![0.0f32; b];
     let mut engine = Engine::new(cfg, Device::Cpu, Options::default()).unwrap();
     match engine.forward(&params, Seq::new(&inputs, b, 1), None) {
-        Err(e @ Error::Memory { .. }) => assert_names(&e.to_string(), &["inputs (B = 10000000, T = 1)", "fewer episodes"]),
+        Err(e @ Error::Memory { .. }) => {
+            assert_names(&e.to_string(), &["inputs (B = 10000000, T = 1)", "fewer episodes"])
+        }
         Err(e) => panic!("another error: {e}"),
         Ok(_) => panic!("accepted"),
     }
@@ -256,7 +272,8 @@ fn train(args: &[&str]) -> Output {
     bin().args(["train", "pattern"]).args(args).output().unwrap()
 }
 
-const SMALL: [&str; 12] = ["--bits", "12", "--patterns", "2", "--cycles", "1", "--show", "2", "--blank", "1", "--test", "2"];
+const SMALL: [&str; 12] =
+    ["--bits", "12", "--patterns", "2", "--cycles", "1", "--show", "2", "--blank", "1", "--test", "2"];
 
 fn small(extra: &[&str]) -> Vec<String> {
     SMALL.iter().chain(extra).map(|s| s.to_string()).collect()
@@ -286,7 +303,17 @@ fn runs_that_would_train_nothing_say_so() {
     assert_eq!(TrainCheckpoint::read(&ck).unwrap().step, 4);
     // Resuming into another run's folder would overwrite that run.
     let other = d.join("other");
-    let o3 = run(&small(&["--episodes", "2", "--eval-every", "0", "--quiet", "--seed", "5", "--out", other.to_str().unwrap()]));
+    let o3 = run(&small(&[
+        "--episodes",
+        "2",
+        "--eval-every",
+        "0",
+        "--quiet",
+        "--seed",
+        "5",
+        "--out",
+        other.to_str().unwrap(),
+    ]));
     assert!(o3.status.success(), "{}", text(&o3));
     let before = std::fs::read(other.join("checkpoint.safetensors")).unwrap();
     let e = fails_cleanly(&train(&["--resume", ck_s, "--episodes", "6", "--out", other.to_str().unwrap()]));
@@ -305,7 +332,14 @@ fn overflow_is_reported_in_the_users_terms() {
     let msg = fails_cleanly(&grad(&m, &e, &d.join("g.safetensors")));
     assert_names(
         &msg,
-        &["m.safetensors on", "e.safetensors", "pre-activation", "(episode 0, step ", "f32 range", "identity activation"],
+        &[
+            "m.safetensors on",
+            "e.safetensors",
+            "pre-activation",
+            "(episode 0, step ",
+            "f32 range",
+            "identity activation",
+        ],
     );
     assert!(!msg.contains("dy:"), "{msg}");
     assert!(!d.join("g.safetensors").exists());
@@ -335,7 +369,16 @@ fn training_without_a_terminal_prints_progress_and_plots_every_block() {
     let d = dir("progress");
     let out = d.join("r");
     // stderr is a pipe here, as in CI or nohup.
-    let o = run(&small(&["--episodes", "60", "--eval-every", "0", "--progress-every", "0", "--out", out.to_str().unwrap()]));
+    let o = run(&small(&[
+        "--episodes",
+        "60",
+        "--eval-every",
+        "0",
+        "--progress-every",
+        "0",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
     assert!(o.status.success(), "{}", text(&o));
     let e = stderr(&o);
     let lines: Vec<&str> = e.lines().filter(|l| l.starts_with("progress: update ")).collect();
@@ -361,17 +404,14 @@ fn training_without_a_terminal_prints_progress_and_plots_every_block() {
 #[test]
 fn killed_runs_leave_a_checkpoint_that_resumes() {
     let d = dir("killed");
+    let mut resumed = 0;
     for (k, wait_ms) in [60u64, 150, 300].into_iter().enumerate() {
         let out = d.join(format!("r{k}"));
         let o = out.to_str().unwrap();
-        let args = small(&["--episodes", "100000", "--checkpoint-every", "1", "--eval-every", "0", "--quiet", "--out", o]);
-        let mut child = bin()
-            .args(["train", "pattern"])
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let args =
+            small(&["--episodes", "100000", "--checkpoint-every", "1", "--eval-every", "0", "--quiet", "--out", o]);
+        let mut child =
+            bin().args(["train", "pattern"]).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(wait_ms));
         child.kill().unwrap();
         child.wait().unwrap();
@@ -380,10 +420,14 @@ fn killed_runs_leave_a_checkpoint_that_resumes() {
             continue; // killed before the first checkpoint: nothing to resume, nothing torn
         }
         let step = TrainCheckpoint::read(&ck).unwrap_or_else(|e| panic!("kill {k}: torn checkpoint: {e}")).step;
-        let r = train(&["--resume", ck.to_str().unwrap(), "--episodes", &(step + 2).to_string(), "--quiet", "--out", o]);
+        let r =
+            train(&["--resume", ck.to_str().unwrap(), "--episodes", &(step + 2).to_string(), "--quiet", "--out", o]);
         assert!(r.status.success(), "kill {k}: {}", text(&r));
         assert_eq!(TrainCheckpoint::read(&ck).unwrap().step, step + 2);
+        resumed += 1;
     }
+    // Updates take about a millisecond here: most kills come after a checkpoint.
+    assert!(resumed >= 1, "no run lived long enough to write a checkpoint");
 }
 
 #[test]
@@ -413,4 +457,45 @@ fn errors_name_the_flags_the_user_gave() {
         .output()
         .unwrap();
     assert_names(&fails_cleanly(&out), &["--threads 0"]);
+}
+
+#[test]
+fn absurd_settings_in_a_checkpoint_are_refused_before_allocating() {
+    let d = dir("ckmeta");
+    let out = d.join("r");
+    let o = run(&small(&["--episodes", "2", "--eval-every", "0", "--quiet", "--out", out.to_str().unwrap()]));
+    assert!(o.status.success(), "{}", text(&o));
+    let ck = TensorFile::read(out.join("checkpoint.safetensors")).unwrap();
+    for (key, from, to, needles) in [
+        (
+            "neuroplastic.task.config",
+            "\"bits\":12",
+            "\"bits\":1000000000000",
+            vec!["task", "1000000000000 bits", "N = 12"],
+        ),
+        (
+            "neuroplastic.train",
+            "\"batch\":1,",
+            "\"batch\":100000000000,",
+            vec!["batch = 100000000000", "smaller batch"],
+        ),
+    ] {
+        let mut f = ck.clone();
+        let v = f.metadata.get_mut(key).unwrap();
+        assert!(v.contains(from), "{v}");
+        *v = v.replace(from, to);
+        let p = d.join("bad.safetensors");
+        f.write(&p).unwrap();
+        // Resumed into a fresh folder: the error must come before any episode is drawn.
+        let fresh = d.join("fresh");
+        let e = fails_cleanly(&train(&[
+            "--resume",
+            p.to_str().unwrap(),
+            "--episodes",
+            "5",
+            "--out",
+            fresh.to_str().unwrap(),
+        ]));
+        assert_names(&e, &needles);
+    }
 }

@@ -481,7 +481,11 @@ fn check_memory(task: &PatternTask, a: &PatternArgs, device: Device, opts: &Opti
     need.check_against(
         limit.as_ref(),
         &format!("--bits {} --batch {batch}", task.bits),
-        &format!("training this network (N = {} neurons, T = {} steps, B = {batch} episodes per update)", cfg.n, task.steps()),
+        &format!(
+            "training this network (N = {} neurons, T = {} steps, B = {batch} episodes per update)",
+            cfg.n,
+            task.steps()
+        ),
         &fix,
     )
     .map_err(|e| e.to_string())
@@ -696,7 +700,8 @@ fn smooth(pts: &[(f64, f64)], w: usize) -> Vec<(f64, f64)> {
 
 /// Whether a positive series spans more than a decade (then a log axis shows it).
 fn spans_decades(vals: impl Iterator<Item = f64>) -> bool {
-    let (lo, hi) = vals.filter(|v| *v > 0.0 && v.is_finite()).fold((f64::INFINITY, 0.0f64), |a, v| (a.0.min(v), a.1.max(v)));
+    let (lo, hi) =
+        vals.filter(|v| *v > 0.0 && v.is_finite()).fold((f64::INFINITY, 0.0f64), |a, v| (a.0.min(v), a.1.max(v)));
     hi > 0.0 && hi / lo > 10.0
 }
 
@@ -744,11 +749,7 @@ fn write_plot(path: &Path, rows: &[LogRow], fine: &[(f64, f64, f64)], title: &st
             // A log axis is drawn as log10 of the values on a linear one, labelled with the values.
             let log = spans_decades(train.iter().chain(&eval).map(|p| p.1));
             let map = |p: &(f64, f64)| -> Option<(f64, f64)> {
-                if log {
-                    (p.1 > 0.0).then(|| (p.0, p.1.log10()))
-                } else {
-                    Some(*p)
-                }
+                if log { (p.1 > 0.0).then(|| (p.0, p.1.log10())) } else { Some(*p) }
             };
             let train: Vec<(f64, f64)> = train.iter().filter_map(map).collect();
             let eval: Vec<(f64, f64)> = eval.iter().filter_map(map).collect();
@@ -762,7 +763,8 @@ fn write_plot(path: &Path, rows: &[LogRow], fine: &[(f64, f64, f64)], title: &st
             };
             let ytick = move |v: &f64| {
                 let x = if log { 10f64.powf(*v) } else { *v };
-                let s = if x != 0.0 && (x.abs() < 1e-3 || x.abs() >= 1e5) { format!("{x:.0e}") } else { format!("{x:.3}") };
+                let s =
+                    if x != 0.0 && (x.abs() < 1e-3 || x.abs() >= 1e5) { format!("{x:.0e}") } else { format!("{x:.3}") };
                 if s.contains('e') { s } else { s.trim_end_matches('0').trim_end_matches('.').to_string() }
             };
             let mut c = ChartBuilder::on(area)

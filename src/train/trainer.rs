@@ -150,6 +150,7 @@ impl<T: Task> Trainer<T> {
                 });
             }
         }
+        task.fits(&model)?;
         // Before the first batch is drawn: a batch (or an episode length) the
         // machine cannot hold would abort the process in the allocator.
         let moments = match cfg.optim.method {
