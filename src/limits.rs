@@ -213,7 +213,9 @@ pub fn episode(cfg: &LayerConfig, outputs: usize, batch: usize, steps: usize) ->
 /// CPU: the trace snapshots every `C` steps and one segment's replay buffer
 /// (`⌈T/C⌉ + C` traces of `(B, N, I)` per trace kind, `C` from the options'
 /// checkpoint interval), the final state, the trace adjoints and `dα` of each
-/// episode (`(B, N, I)` each), and six per-step vectors `(B, T, N)`.
+/// episode (`(B, N, I)` each), and six per-step vectors `(B, T, N)`. An upper
+/// bound: where the backward reconstructs Hebb/Oja traces instead of
+/// replaying them (`docs/backward.md` §6) it keeps fewer traces than this.
 /// Reference (f64): every step's state of one episode at a time, `(T + 1, N, I)`
 /// per trace kind, plus f64 copies of the inputs and the batch's state.
 pub fn run(cfg: &LayerConfig, device: Device, opts: &Options, batch: usize, steps: usize) -> Estimate {

@@ -235,7 +235,7 @@ fn apply(bytes: &mut Vec<u8>, m: &Mutation) {
 
 proptest! {
     // Modest: CI runs this on 2 cores; each case parses four files with every loader.
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
 
     #[test]
     fn mutated_files_never_panic_and_errors_name_the_file(
