@@ -192,6 +192,10 @@ fn sizes_that_would_abort_in_the_allocator_are_refused_up_front() {
         .unwrap();
     assert_names(&fails_cleanly(&o), &["cycles", "does not fit"]);
 
+    // bench: --N of a workload, in the child process it runs.
+    let o = bin().args(["bench", "--workload", "plastic", "--N", "100000", "--min-seconds", "0"]).output().unwrap();
+    assert_names(&fails_cleanly(&o), &["--N 100000 --B 32 --T 100", "the plastic workload", "lower --N"]);
+
     // grad: a small episode file whose batch needs far more traces than the limit.
     let (model, _) = hebb(false, 0.5, 1.0, 5);
     let mut big = model.clone();
