@@ -338,8 +338,9 @@ impl Task for PatternTask {
             return Err(Error::Config {
                 arg: "task".into(),
                 message: format!(
-                    "the pattern task with {} bits and {} extra neurons needs a layer of N = X = {} with {} outputs; \
-                     the model has N = {n}, X = {}, {o} outputs",
+                    "the pattern task with {} bits and {} extra neurons draws episodes whose inputs are (B, T, {}) \
+                     and targets (B, T, {}), for a layer of N = X = {2} with {3} outputs; the model has N = {n}, \
+                     X = {}, {o} outputs",
                     self.bits,
                     self.extra,
                     self.neurons(),

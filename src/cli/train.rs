@@ -815,4 +815,29 @@ mod tests {
         assert!(!spans_decades(std::iter::empty()));
         assert_eq!(hms(3725.4), "1:02:05");
     }
+
+    #[test]
+    fn a_curve_over_decades_is_drawn_on_a_log_axis() {
+        let row = |step: u64, v: f64| LogRow {
+            step,
+            episodes: step,
+            train_loss: v,
+            train_err: v / 1000.0,
+            eval_loss: v,
+            eval_err: v / 1000.0,
+            lr: 3e-4,
+            seconds: 0.0,
+        };
+        let rows: Vec<LogRow> = (0..5).map(|k| row(100 * k, 1000.0 / 10f64.powi(k as i32))).collect();
+        // Block means of training between the evaluations, one with a zero error (not drawable on a log axis).
+        let fine: Vec<(f64, f64, f64)> = (1..400).map(|k| (k as f64, 1000.0 / (1.0 + k as f64), 0.0)).collect();
+        let path = std::env::temp_dir().join(format!("neuroplastic-curve-{}.svg", std::process::id()));
+        write_plot(&path, &rows, &fine, "test").unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(svg.contains("loss per episode, log scale"), "the loss spans 5 decades");
+        assert!(svg.contains("error rate (%), log scale"), "the evaluation error spans 4 decades");
+        // Five evaluations per panel, as markers (plus one in each legend).
+        assert_eq!(svg.matches("<circle").count(), 12);
+    }
 }
