@@ -501,5 +501,6 @@ fn absurd_settings_in_a_checkpoint_are_refused_before_allocating() {
             fresh.to_str().unwrap(),
         ]));
         assert_names(&e, &needles);
+        assert!(e.contains("bad.safetensors"), "{e}");
     }
 }

@@ -424,7 +424,8 @@ fn pattern(a: PatternArgs) -> CliResult {
                 ck.config.eval_episodes = e;
             }
             let engine = Engine::new(ck.model.cfg, device, opts)?;
-            Trainer::resume(task, engine, ck)?
+            // The run's settings come from the file: errors about them name it.
+            Trainer::resume(task, engine, ck).map_err(|e| format!("{}: {e}", file.display()))?
         }
         None => {
             if s.episodes == 0 {
