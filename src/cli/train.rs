@@ -407,12 +407,11 @@ fn pattern(a: PatternArgs) -> CliResult {
             }
             if ck.step >= s.episodes {
                 return Err(format!(
-                    "nothing to train: the run saved in {} has done {} updates and --episodes {} asks for {}; \
-                     pass a larger --episodes (e.g. --episodes {}) to continue it",
+                    "nothing to train: the run saved in {} has done {} updates, and --episodes {} (the total to \
+                     reach) is not more than that; pass a larger --episodes (e.g. --episodes {}) to continue it",
                     file.display(),
                     ck.step,
                     s.episodes,
-                    if s.episodes == ck.step { "no more".to_string() } else { "fewer".to_string() },
                     ck.step + ck.step.max(100)
                 )
                 .into());
