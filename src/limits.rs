@@ -21,8 +21,9 @@
 //! fit.
 
 use crate::config::LayerConfig;
-use crate::engine::{Device, Options};
+use crate::engine::Device;
 use crate::error::{Error, Result};
+use crate::options::{Checkpoint, Options};
 use crate::params::param_shapes;
 
 /// The environment variable that sets the memory available to neuroplastic,
@@ -237,7 +238,13 @@ pub fn run(cfg: &LayerConfig, device: Device, opts: &Options, batch: usize, step
             e.add(format!("outputs, f64 ({batch}, {steps}, {n}) × 3"), count(&[batch, steps, n]).saturating_mul(24));
         }
         Device::Cpu | Device::Cuda(_) => {
-            let c = opts.checkpoint.interval(steps).max(1);
+            // Without the parameters, `Auto` is taken at ⌈√T⌉, where ⌈T/C⌉ + C is
+            // smallest; the longer reconstructing interval it may choose keeps fewer traces.
+            let c = match opts.checkpoint {
+                Checkpoint::Auto => (steps as f64).sqrt().ceil().max(1.0) as usize,
+                Checkpoint::Every(c) => c.max(1),
+                Checkpoint::All => 1,
+            };
             let kept = steps.div_ceil(c).saturating_add(c);
             e.add(
                 format!("trace snapshots and replay, ({kept}, {batch}, {n}, {i}) × {kinds} (checkpoint interval {c})"),
