@@ -7,7 +7,7 @@
 //! forward it needs is run once outside the timing).
 //!
 //! The reported throughput is the traffic of the performance model
-//! (DESIGN.md §6), so it reads directly as an effective bandwidth:
+//! (`docs/design.md` §6), so it reads directly as an effective bandwidth:
 //!
 //! - forward: `T · 2·B·N·I·4` bytes (read `H`, write `H'`), doubled with an
 //!   eligibility trace;

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 
-/// How the plastic trace `H` is updated after each step (DESIGN.md §2).
+/// How the plastic trace `H` is updated after each step (`docs/design.md` §2).
 ///
 /// `P_ji = y_j · x_i` is the Hebbian outer product of the same step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

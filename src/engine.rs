@@ -260,9 +260,11 @@ impl Engine {
             s.validate(cfg, inputs.batch, "init", finite)?;
         }
         let dims = (inputs.batch, inputs.steps);
+        crate::limits::check_run(cfg, self.device, opts, dims.0, dims.1)?;
         let (y, last, saved) = self.backend.plastic_fwd(cfg, params, inputs, init, opts)?;
         Ok(Forward { y, last, dims, cfg: *cfg, saved })
     }
+
     /// Back-propagates through the episode of `fwd`.
     ///
     /// `params` and `inputs` must be those of the forward pass. `dy`:

@@ -112,6 +112,27 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A computation would need more memory than the machine has: refused
+    /// before anything is allocated (see [`crate::limits`]).
+    #[error("{arg}: {message}")]
+    Memory {
+        /// The argument, flag or file whose size is too large.
+        arg: String,
+        /// Bytes the computation needs.
+        needed: u128,
+        /// Bytes available (`None`: unknown, and the size is beyond any allocation).
+        available: Option<u128>,
+        /// What the memory is for, its largest parts, and what to change.
+        message: String,
+    },
+    /// A value left the f32 range (or became NaN) during a computation.
+    #[error("{quantity}: {message}")]
+    Overflow {
+        /// The quantity and where: e.g. "pre-activation a (episode 0, step 12, neuron 3)".
+        quantity: String,
+        /// What happened and what usually causes it.
+        message: String,
+    },
     /// A file is readable but its contents are not what was expected.
     #[error("{path}: {message}")]
     Format {

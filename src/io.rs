@@ -1,4 +1,4 @@
-//! Safetensors interchange (DESIGN.md §5): a small typed layer over the
+//! Safetensors interchange (`docs/design.md` §5): a small typed layer over the
 //! `safetensors` crate ([`TensorFile`]) and atomic writes ([`write_atomic`]),
 //! and on top of it the model, episode and gradient files ([`load_model`],
 //! [`save_model`], [`load_episode`], [`save_episode`], [`save_gradients`],
@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use safetensors::{Dtype, SafeTensors};
 
 use crate::config::{
     Activation, AlphaShape, EtaMode, InputMap, LayerConfig, ModActivation, ModulatorConfig, Rule, Topology,
@@ -36,14 +36,6 @@ pub enum Data {
 }
 
 impl Data {
-    fn dtype(&self) -> Dtype {
-        match self {
-            Data::F32(_) => Dtype::F32,
-            Data::F64(_) => Dtype::F64,
-            Data::I64(_) => Dtype::I64,
-            Data::U8(_) => Dtype::U8,
-        }
-    }
     /// Number of elements.
     pub fn len(&self) -> usize {
         match self {
@@ -63,6 +55,14 @@ impl Data {
             Data::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Data::U8(v) => v.clone(),
+        }
+    }
+    /// Bytes per element.
+    fn elem_size(&self) -> usize {
+        match self {
+            Data::F32(_) => 4,
+            Data::F64(_) | Data::I64(_) => 8,
+            Data::U8(_) => 1,
         }
     }
     fn dtype_name(&self) -> &'static str {
@@ -127,6 +127,15 @@ impl TensorFile {
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let p = path.display().to_string();
+        let len = std::fs::metadata(path).map_err(|source| Error::Io { path: p.clone(), source })?.len();
+        // Reading holds the file's bytes and the decoded tensors at once.
+        let mut need = crate::limits::Estimate::new();
+        need.add("the file's bytes", len as u128).add("its decoded tensors", len as u128);
+        need.check(
+            &p,
+            "reading this file",
+            "is it the file you meant? (a model or episode this large cannot be loaded here)",
+        )?;
         let bytes = std::fs::read(path).map_err(|source| Error::Io { path: p.clone(), source })?;
         Self::parse(&bytes, &p)
     }
@@ -156,21 +165,69 @@ impl TensorFile {
         Ok(TensorFile { tensors, metadata, path: path.to_string() })
     }
 
-    /// Serializes to safetensors bytes.
+    /// Serializes to safetensors bytes. The same contents always give the
+    /// same bytes (users hash and cache these files): metadata keys in
+    /// sorted order, tensors by element size (8-byte types first, so every
+    /// tensor is aligned to its element size) then by name. The `safetensors`
+    /// crate's own writer takes the metadata as a `HashMap`, whose order
+    /// changes from run to run, hence this writer.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let bufs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> =
-            self.tensors.iter().map(|(n, t)| (n.clone(), t.data.dtype(), t.shape.clone(), t.data.bytes())).collect();
-        let mut views = Vec::with_capacity(bufs.len());
-        for (n, d, s, b) in &bufs {
-            let v = TensorView::new(*d, s.clone(), b).map_err(|e| Error::Format {
-                path: self.path.clone(),
-                message: format!("tensor `{n}`: shape {} does not match its data: {e}", Shape(s.clone())),
-            })?;
-            views.push((n.clone(), v));
+        let fmt = |message: String| Error::Format { path: self.path.clone(), message };
+        let mut order: Vec<(&String, &Tensor)> = self.tensors.iter().collect();
+        order.sort_by(|a, b| b.1.data.elem_size().cmp(&a.1.data.elem_size()).then(a.0.cmp(b.0)));
+        let js = |v: &str| serde_json::to_string(v).expect("a string serializes");
+        let mut header = String::from("{");
+        let mut first = true;
+        if !self.metadata.is_empty() {
+            header.push_str("\"__metadata__\":{");
+            let kv: Vec<String> = self.metadata.iter().map(|(k, v)| format!("{}:{}", js(k), js(v))).collect();
+            header.push_str(&kv.join(","));
+            header.push('}');
+            first = false;
         }
-        let meta = if self.metadata.is_empty() { None } else { Some(self.metadata.clone().into_iter().collect()) };
-        safetensors::serialize(views, meta)
-            .map_err(|e| Error::Format { path: self.path.clone(), message: format!("cannot serialize: {e}") })
+        let mut offset = 0usize;
+        let mut data = Vec::with_capacity(order.len());
+        for (name, t) in order {
+            if name == "__metadata__" {
+                return Err(fmt("a tensor cannot be named `__metadata__` (the header's metadata key)".into()));
+            }
+            let want = crate::error::element_count(&t.shape);
+            if want != Some(t.data.len()) {
+                return Err(fmt(format!(
+                    "tensor `{name}`: shape {} does not match its {} elements",
+                    Shape(t.shape.clone()),
+                    t.data.len()
+                )));
+            }
+            let bytes = t.data.bytes();
+            let shape: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
+            if !first {
+                header.push(',');
+            }
+            first = false;
+            header.push_str(&format!(
+                "{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}",
+                js(name),
+                t.data.dtype_name(),
+                shape.join(","),
+                offset,
+                offset + bytes.len()
+            ));
+            offset += bytes.len();
+            data.push(bytes);
+        }
+        header.push('}');
+        // The data starts 8-byte aligned: pad the header with spaces, as the format allows.
+        while header.len() % 8 != 0 {
+            header.push(' ');
+        }
+        let mut out = Vec::with_capacity(8 + header.len() + offset);
+        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        for b in data {
+            out.extend_from_slice(&b);
+        }
+        Ok(out)
     }
 
     /// Writes the file atomically (see [`write_atomic`]).
@@ -259,7 +316,7 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------
-// Model, episode and gradient files (DESIGN.md §5; the format is documented
+// Model, episode and gradient files (`docs/design.md` §5; the format is documented
 // for users in docs/formats.md, which must change with this code).
 // ---------------------------------------------------------------------------
 
@@ -691,7 +748,7 @@ fn check_model_keys(f: &TensorFile) -> Result<()> {
     Ok(())
 }
 
-/// Reads a model file (DESIGN.md §5, docs/formats.md).
+/// Reads a model file (`docs/formats.md`).
 ///
 /// Errors name the tensor or metadata key: unknown tensors or
 /// `neuroplastic.*` keys, missing required tensors, wrong shapes or dtypes,

@@ -29,7 +29,7 @@
 //! `nn.Linear.weight`); a batch of traces is `(B, N, I)`; sequences are
 //! `(B, T, features)`.
 //!
-//! ## One step (DESIGN.md §2)
+//! ## One step (`docs/design.md` §2)
 //!
 //! ```text
 //! a_j = b_j + u_j + Σ_i (W_ji + α_ji · H_ji) · x_i        u = U·x_ext (or x_ext), x = h_{t−1} or the input
@@ -68,8 +68,10 @@ pub mod engine;
 pub mod error;
 #[cfg(feature = "io")]
 pub mod io;
+pub mod limits;
 pub mod model;
 pub mod options;
+pub mod overflow;
 pub mod params;
 pub mod reference;
 pub mod stream;

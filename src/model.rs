@@ -1,6 +1,6 @@
 //! A recurrent (or feed-forward) plastic network as the trainer and the
 //! command line see it: one plastic layer, an optional linear read-out
-//! `head.out`, and the masked squared-error loss of DESIGN.md §5:
+//! `head.out`, and the masked squared-error loss of `docs/design.md` §5:
 //!
 //! ```text
 //! ŷ[b,t] = W_o · h[b,t] + b_o            (or ŷ = h without a head)
@@ -35,7 +35,7 @@ pub struct Model {
     pub head: Option<Head>,
 }
 
-/// A batch of training episodes (DESIGN.md §5).
+/// A batch of training episodes (`docs/design.md` §5).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Episode {
     /// `B`.
@@ -156,6 +156,7 @@ impl Model {
         self.check_engine(engine)?;
         self.validate_episode(ep, engine.options().check_finite)?;
         let fwd = engine.forward(&self.params, Seq::new(&ep.inputs, ep.batch, ep.steps), ep.init.as_ref())?;
+        crate::overflow::outputs(&self.cfg, &fwd.y, &fwd.last, ep.batch, ep.steps)?;
         let yhat = self.readout(&fwd.y, ep.batch * ep.steps);
         Ok(masked_sq_loss(&yhat, &ep.targets, &ep.mask, self.outputs()).0)
     }
@@ -175,6 +176,7 @@ impl Model {
         self.validate_episode(ep, engine.options().check_finite)?;
         let seq = Seq::new(&ep.inputs, ep.batch, ep.steps);
         let mut fwd = engine.forward(&self.params, seq, ep.init.as_ref())?;
+        crate::overflow::outputs(&self.cfg, &fwd.y, &fwd.last, ep.batch, ep.steps)?;
         // The final state is not part of this loss: free it before the backward pass, whose
         // recomputed segment is the peak of memory (a whole batch of traces, e.g. 4 MiB at N = 1000).
         drop(std::mem::take(&mut fwd.last));
@@ -182,6 +184,7 @@ impl Model {
         let o = self.outputs();
         let yhat = self.readout(&fwd.y, rows);
         let (loss, dyhat) = masked_sq_loss(&yhat, &ep.targets, &ep.mask, o);
+        crate::overflow::loss(loss, &dyhat, ep.steps, o)?;
         let n = self.cfg.n;
         let (dy, head) = match &self.head {
             None => (dyhat, None),
@@ -218,8 +221,13 @@ impl Model {
                 )
             }
         };
+        if head.is_some() {
+            crate::overflow::output_gradient(loss, &dy, ep.steps, n)?;
+        }
         let layer = engine.backward(&self.params, seq, &fwd, &dy, None)?;
-        Ok((ModelGrads { loss, layer, head }, yhat))
+        let grads = ModelGrads { loss, layer, head };
+        crate::overflow::gradients(&grads, ep.batch, ep.steps)?;
+        Ok((grads, yhat))
     }
 }
 

@@ -33,7 +33,7 @@ pub struct Params<F> {
     pub fanout_bias: Vec<F>,
 }
 
-/// The names of [`Params`]' fields as used in files (DESIGN.md §5), in order.
+/// The names of [`Params`]' fields as used in files (`docs/design.md` §5), in order.
 pub const PARAM_NAMES: [&str; 10] =
     ["w", "alpha", "eta", "eta_e", "u", "b", "mod.v", "mod.c", "mod.fanout", "mod.fanout_bias"];
 

@@ -57,6 +57,13 @@ pub trait Task {
     fn error(&self, ep: &Episode, yhat: &[f32]) -> f64;
     /// The task's settings, stored in checkpoints so that a run resumes on the same task.
     fn to_json(&self) -> Value;
+    /// Checks, without drawing an episode, that this task's episodes fit
+    /// `model` (sizes that a drawn episode would only reveal after allocating
+    /// it, e.g. settings read from a checkpoint). The default accepts.
+    fn fits(&self, model: &Model) -> Result<()> {
+        let _ = model;
+        Ok(())
+    }
 }
 
 /// Which network [`PatternTask::model`] builds.
@@ -136,9 +143,31 @@ impl Default for PatternTask {
 }
 
 impl PatternTask {
-    /// `N`, the neurons of the layer (`bits + extra`).
+    /// `N`, the neurons of the layer (`bits + extra`; saturating, which
+    /// [`PatternTask::validate`] refuses).
     pub fn neurons(&self) -> usize {
-        self.bits + self.extra
+        self.bits.saturating_add(self.extra)
+    }
+
+    /// `T` computed without overflow, or `None` when it does not fit in `usize`.
+    fn checked_steps(&self) -> Option<usize> {
+        self.cycles.checked_mul(self.patterns)?.checked_mul(self.show.checked_add(self.blank)?)?.checked_add(self.test)
+    }
+
+    /// The layer of [`PatternTask::model`], without its parameters: one
+    /// recurrent Hebbian layer of [`PatternTask::neurons`] neurons, η fixed,
+    /// the input added directly to the pre-activation.
+    pub fn layer(&self) -> LayerConfig {
+        let n = self.neurons();
+        let mut cfg = LayerConfig::recurrent(Rule::Hebb, n, n);
+        cfg.input_map = InputMap::Direct;
+        cfg.eta = EtaMode::Fixed;
+        cfg
+    }
+
+    /// Rows of the read-out (`bits` with extra neurons, else none: `0`).
+    pub fn head_outputs(&self) -> usize {
+        if self.extra > 0 { self.bits } else { 0 }
     }
 
     /// Checks every setting; the error names it.
@@ -164,6 +193,21 @@ impl PatternTask {
         if !self.scale.is_finite() {
             return Err(Error::Range { arg: "scale".into(), value: self.scale, expected: "a finite number".into() });
         }
+        if self.bits.checked_add(self.extra).is_none() {
+            return Err(Error::Config {
+                arg: "bits + extra".into(),
+                message: format!("{} + {} neurons do not fit in a usize", self.bits, self.extra),
+            });
+        }
+        if self.checked_steps().is_none() {
+            return Err(Error::Config {
+                arg: "cycles · patterns · (show + blank) + test".into(),
+                message: format!(
+                    "the episode length {} · {} · ({} + {}) + {} does not fit in a usize",
+                    self.cycles, self.patterns, self.show, self.blank, self.test
+                ),
+            });
+        }
         Ok(())
     }
 
@@ -187,9 +231,13 @@ impl PatternTask {
             });
         }
         let n = self.neurons();
-        let mut cfg = LayerConfig::recurrent(Rule::Hebb, n, n);
-        cfg.input_map = InputMap::Direct;
-        cfg.eta = EtaMode::Fixed;
+        let cfg = self.layer();
+        // Before allocating: a million bits is 10^12 weights, which would abort the process.
+        crate::limits::model(&cfg, self.head_outputs()).check(
+            &format!("bits = {}, extra = {}", self.bits, self.extra),
+            &format!("the pattern network's parameters (N = {n} neurons, `w` and `alpha` N × N)"),
+            "use fewer bits or extra neurons: the weights grow with the square of N",
+        )?;
         let mut params = Params::<f32>::zeros(&cfg);
         let mut rng = init_rng(seed);
         // w first, then α: the plastic and non-plastic nets of one seed share w.
@@ -311,6 +359,27 @@ impl Task for PatternTask {
             total += o;
         }
         if total == 0 { 0.0 } else { wrong as f64 / total as f64 }
+    }
+
+    fn fits(&self, model: &Model) -> Result<()> {
+        // inputs: (B, T, N) with N = bits + extra; outputs: bits.
+        let (n, o) = (model.cfg.n, model.outputs());
+        if self.neurons() != n || model.cfg.inputs != n || o != self.bits {
+            return Err(Error::Config {
+                arg: "task".into(),
+                message: format!(
+                    "the pattern task with {} bits and {} extra neurons draws episodes whose inputs are (B, T, {}) \
+                     and targets (B, T, {}), for a layer of N = X = {2} with {3} outputs; the model has N = {n}, \
+                     X = {}, {o} outputs",
+                    self.bits,
+                    self.extra,
+                    self.neurons(),
+                    self.bits,
+                    model.cfg.inputs
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn to_json(&self) -> Value {

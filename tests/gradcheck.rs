@@ -15,7 +15,7 @@
 //! (`EtaMode::Fixed`) must get a gradient of exactly zero.
 //!
 //! L is evaluated with `spec_run` below, a second forward pass written
-//! independently from the equations of DESIGN.md §2, and each case first
+//! independently from the equations of `docs/design.md` §2, and each case first
 //! asserts that `reference::forward` agrees with it; so the backward pass is
 //! checked against the specification, not just against the reference's own
 //! forward pass.
@@ -159,7 +159,7 @@ struct Run {
     y_max: f64,
 }
 
-/// DESIGN.md §2, written from the equations: `xs` is `(B, T, X)`, `init` the state before step 0.
+/// `docs/design.md` §2, written from the equations: `xs` is `(B, T, X)`, `init` the state before step 0.
 fn spec_run(cfg: &LayerConfig, p: &Params<f64>, xs: &[f64], batch: usize, steps: usize, init: &State<f64>) -> Run {
     let (n, ni, nx, k) = (cfg.n, cfg.pre(), cfg.inputs, cfg.k());
     let recurrent = cfg.topology == Topology::Recurrent;

@@ -179,7 +179,7 @@ fn feed_forward_models_and_episodes_round_trip() {
 
 #[test]
 fn a_model_written_by_hand_gets_the_documented_defaults() {
-    // Only what DESIGN.md §5 requires: rule, clip (clipped rules), tensors.
+    // Only what `docs/design.md` §5 requires: rule, clip (clipped rules), tensors.
     let mut f = TensorFile::new();
     let n = 4;
     f.put_f32("w", &[n, n], vec![0.1; n * n]);

@@ -1,8 +1,8 @@
 //! `neuroplastic bench`: forward + backward + Adam per episode on the four
-//! workloads of `shared/bench/plastic_bench.py` (same equations, parameter
+//! workloads of `benches/baselines/plastic_bench.py` (same equations, parameter
 //! initialisation, inputs and loss; our weights are `[post][pre]`, theirs
 //! `[pre][post]`), with peak memory, achieved bandwidth and the fraction of
-//! the byte floor of DESIGN.md §6.
+//! the byte floor of `docs/design.md` §6.
 //!
 //! Each workload runs in a fresh child process (this program with `--child`)
 //! so that its peak resident memory is its own.
@@ -50,6 +50,13 @@ impl Workload {
             Workload::Simplest => (1000, 1, 106, 1000),
             Workload::Plastic => (256, 32, 100, 256),
             Workload::Neuromod | Workload::Retro => (200, 32, 200, 17),
+        }
+    }
+    fn rule(self) -> Rule {
+        match self {
+            Workload::Simplest | Workload::Plastic => Rule::Hebb,
+            Workload::Neuromod => Rule::Modulated,
+            Workload::Retro => Rule::Retroactive,
         }
     }
     fn traces(self) -> usize {
@@ -178,11 +185,7 @@ fn normal(rng: &mut ChaCha8Rng, scale: f64) -> f32 {
 
 /// The model of `make_params` (transposed to `[post][pre]`).
 fn make_model(w: Workload, n: usize, x: usize, rng: &mut ChaCha8Rng) -> Model {
-    let rule = match w {
-        Workload::Simplest | Workload::Plastic => Rule::Hebb,
-        Workload::Neuromod => Rule::Modulated,
-        Workload::Retro => Rule::Retroactive,
-    };
+    let rule = w.rule();
     let mut cfg = LayerConfig::recurrent(rule, n, x);
     cfg.alpha = AlphaShape::Connection;
     cfg.input_map =
@@ -309,6 +312,17 @@ fn run_one(args: &Args, w: Workload) -> Result<String, Box<dyn std::error::Error
         checkpoint: args.checkpoint.map_or(Checkpoint::Auto, Checkpoint::Every),
         ..Options::default()
     };
+    // Before allocating: --N, --B and --T multiply into B·N² traces and B·T·N episodes.
+    let rule = w.rule();
+    let mut cfg = LayerConfig::recurrent(rule, n, x);
+    cfg.modulator.k = 1;
+    let mut need = neuroplastic::limits::training(&cfg, 0, 2, device, &opts, b, t);
+    need.extend("3 more episode batches: ", &neuroplastic::limits::episode(&cfg, 0, 3 * b, t));
+    need.check(
+        &format!("--N {n} --B {b} --T {t}"),
+        &format!("the {} workload", w.name()),
+        "lower --N (traces grow with N²), --B or --T",
+    )?;
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     let mut model = make_model(w, n, x, &mut rng);
     let mut drng = ChaCha8Rng::seed_from_u64(args.seed + 1);
@@ -320,7 +334,7 @@ fn run_one(args: &Args, w: Workload) -> Result<String, Box<dyn std::error::Error
         None => rayon::current_num_threads(),
     };
 
-    // Byte floor (DESIGN.md §6), per episode: forward reads and writes each
+    // Byte floor (`docs/design.md` §6), per episode: forward reads and writes each
     // trace once per step and reads W and α; backward reads and writes each
     // trace and each trace adjoint once per step and reads W, α and reads and
     // writes the dW and dα accumulators.

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use neuroplastic::io::{load_episode, load_model, save_gradients};
-use neuroplastic::{Device, Engine, Options};
+use neuroplastic::{Device, Engine, Options, limits};
 
 use super::CliResult;
 
@@ -55,12 +55,37 @@ pub struct Args {
 
 /// Runs the subcommand: prints `loss = …` on stdout, then where the gradients went.
 pub fn run(args: Args) -> CliResult {
+    // Before anything is read or computed: the result must not replace an input.
+    super::paths::refuse_overwrite("--out", &args.out, &[("--model", &args.model), ("--episode", &args.episode)])?;
+    if args.threads == Some(0) {
+        return Err("--threads 0: expected at least 1 thread".into());
+    }
     let model = load_model(&args.model)?;
     let ep = load_episode(&args.episode, &model)?;
     let opts = Options { threads: args.threads, check_finite: true, ..Options::default() };
-    let mut engine = Engine::new(model.cfg, args.device.device(), opts)?;
+    let device = args.device.device();
+    let (m, e) = (args.model.display(), args.episode.display());
+    // The episode file is small next to the traces it asks for (B·N·I floats per kept step).
+    let mut need = limits::run(&model.cfg, device, &opts, ep.batch, ep.steps);
+    need.extend("gradients: ", &limits::model(&model.cfg, model.head.as_ref().map_or(0, |h| h.bias.len())));
+    need.check(
+        &format!("--episode {e}"),
+        &format!(
+            "the gradients of {m} (N = {}, I = {}) over its B = {} episodes of T = {} steps",
+            model.cfg.n,
+            model.cfg.pre(),
+            ep.batch,
+            ep.steps
+        ),
+        "split the episode file into several with fewer episodes (B), run them one by one and add the gradients",
+    )?;
+    let mut engine = Engine::new(model.cfg, device, opts)?;
     let start = Instant::now();
-    let grads = model.loss_and_grad(&mut engine, &ep)?;
+    // An overflow is a property of this model on this episode: name both files.
+    let grads = model.loss_and_grad(&mut engine, &ep).map_err(|err| match err {
+        neuroplastic::Error::Overflow { .. } => format!("{m} on {e}: {err}"),
+        err => err.to_string(),
+    })?;
     let secs = start.elapsed().as_secs_f64();
     save_gradients(&args.out, grads.loss, &grads, &model)?;
     // `{}` prints the shortest decimal that reads back to the same f64.

@@ -1,5 +1,5 @@
 //! `neuroplastic gradcheck`: checks every backend's analytic gradients of the
-//! model loss (DESIGN.md §5) against central finite differences.
+//! model loss (`docs/design.md` §5) against central finite differences.
 //!
 //! The numerics (the f64 model loss, its central differences, the error
 //! measure, the choice of c_max away from the clip's kinks) are the

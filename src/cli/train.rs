@@ -15,7 +15,7 @@ use neuroplastic::tasks::{Net, PatternTask, Task};
 use neuroplastic::train::{
     Event, LogRow, Method, OptimConfig, StepDecay, TrainCheckpoint, TrainConfig, Trainer, WeightDecay,
 };
-use neuroplastic::{Device, Engine, Options};
+use neuroplastic::{Device, Engine, Options, limits};
 
 use super::CliResult;
 
@@ -183,6 +183,10 @@ struct SessionOpts {
     /// No progress bar and no messages (errors still go to stderr)
     #[arg(long)]
     quiet: bool,
+    /// Seconds between two progress lines when stderr is not a terminal (CI
+    /// logs, nohup, notebooks); a terminal gets a progress bar instead
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    progress_every: f64,
 }
 
 #[derive(clap::Args)]
@@ -198,7 +202,50 @@ struct PatternArgs {
 /// Runs the subcommand.
 pub fn run(args: Args) -> CliResult {
     match args.task {
-        TaskCmd::Pattern(a) => pattern(*a),
+        TaskCmd::Pattern(a) => pattern(*a).map_err(in_flags),
+    }
+}
+
+/// The library names its settings after its fields (`bits`, `init_std`,
+/// `options.threads`); the user gave flags (`--bits`, `--init-std`,
+/// `--threads`). Errors about a setting are reworded to name the flag.
+fn in_flags(e: Box<dyn std::error::Error>) -> Box<dyn std::error::Error> {
+    use neuroplastic::Error;
+    const FLAGS: [(&str, &str); 20] = [
+        ("bits", "--bits"),
+        ("patterns", "--patterns"),
+        ("cycles", "--cycles"),
+        ("show", "--show"),
+        ("test", "--test"),
+        ("degrade", "--degrade"),
+        ("scale", "--scale"),
+        ("eta", "--eta"),
+        ("init_std", "--init-std"),
+        ("batch", "--batch"),
+        ("eval_episodes", "--eval-episodes"),
+        ("lr", "--lr"),
+        ("beta1", "--beta1"),
+        ("beta2", "--beta2"),
+        ("eps", "--eps"),
+        ("momentum", "--momentum"),
+        ("weight_decay", "--weight-decay"),
+        ("clip_norm", "--clip-norm"),
+        ("options.threads", "--threads"),
+        ("decay.gamma", "--lr-decay"),
+    ];
+    let flag = |arg: &str| FLAGS.iter().find(|(a, _)| *a == arg).map(|(_, f)| f.to_string());
+    let Some(err) = e.downcast_ref::<Error>() else { return e };
+    let renamed = match err {
+        Error::Empty { arg } => flag(arg).map(|arg| Error::Empty { arg }),
+        Error::Range { arg, value, expected } => {
+            flag(arg).map(|arg| Error::Range { arg, value: *value, expected: expected.clone() })
+        }
+        Error::Config { arg, message } => flag(arg).map(|arg| Error::Config { arg, message: message.clone() }),
+        _ => None,
+    };
+    match renamed {
+        Some(r) => Box::new(r),
+        None => e,
     }
 }
 
@@ -361,6 +408,17 @@ fn pattern(a: PatternArgs) -> CliResult {
                 )
                 .into());
             }
+            if ck.step >= s.episodes {
+                return Err(format!(
+                    "nothing to train: the run saved in {} has done {} updates, and --episodes {} (the total to \
+                     reach) is not more than that; pass a larger --episodes (e.g. --episodes {}) to continue it",
+                    file.display(),
+                    ck.step,
+                    s.episodes,
+                    ck.step + ck.step.max(100)
+                )
+                .into());
+            }
             if let Some(e) = s.eval_every {
                 ck.config.eval_every = e;
             }
@@ -368,10 +426,16 @@ fn pattern(a: PatternArgs) -> CliResult {
                 ck.config.eval_episodes = e;
             }
             let engine = Engine::new(ck.model.cfg, device, opts)?;
-            Trainer::resume(task, engine, ck)?
+            // The run's settings come from the file: errors about them name it.
+            Trainer::resume(task, engine, ck).map_err(|e| format!("{}: {e}", file.display()))?
         }
         None => {
+            if s.episodes == 0 {
+                return Err("--episodes 0: a new run needs at least one update (e.g. --episodes 300)".into());
+            }
             let task = a.task.task();
+            task.validate()?;
+            check_memory(&task, &a, device, &opts)?;
             let net = match a.task.net.unwrap_or(NetArg::Plastic) {
                 NetArg::Plastic => Net::Plastic,
                 NetArg::Nonplastic => Net::NonPlastic,
@@ -394,6 +458,42 @@ fn pattern(a: PatternArgs) -> CliResult {
     train(&mut trainer, s)
 }
 
+/// Refuses, before anything is allocated, a run this machine cannot hold,
+/// naming the flags that set its size.
+fn check_memory(task: &PatternTask, a: &PatternArgs, device: Device, opts: &Options) -> Result<(), String> {
+    let cfg = task.layer();
+    let batch = a.run.batch.unwrap_or(1);
+    let moments = match a.run.optimizer.unwrap_or(OptArg::Adam) {
+        OptArg::Adam => 2,
+        OptArg::Sgd => usize::from(a.run.momentum.unwrap_or(0.0) > 0.0),
+    };
+    let est = |b: usize| limits::training(&cfg, task.head_outputs(), moments, device, opts, b, task.steps());
+    let need = est(batch);
+    // Which flag to change: if one episode per update does not fit, the network
+    // itself is too large (its weights and traces grow with N²); else the batch is.
+    let (one, per) = (est(1).total(), est(2).total().saturating_sub(est(1).total()));
+    let limit = limits::available().map_err(|e| e.to_string())?;
+    let fix = match &limit {
+        Some(l) if one <= l.bytes && per > 0 => format!(
+            "lower --batch (at most {} episodes per update fit), or shorten the episode (--patterns, --cycles, --show, --blank, --test)",
+            (l.bytes - one) / per + 1
+        ),
+        _ => "lower --bits (or --extra-neurons): the weights, the optimizer state and the traces grow with the square of N"
+            .to_string(),
+    };
+    need.check_against(
+        limit.as_ref(),
+        &format!("--bits {} --batch {batch}", task.bits),
+        &format!(
+            "training this network (N = {} neurons, T = {} steps, B = {batch} episodes per update)",
+            cfg.n,
+            task.steps()
+        ),
+        &fix,
+    )
+    .map_err(|e| e.to_string())
+}
+
 /// The training session shared by every task: progress bar, log, plot, checkpoints.
 fn train<T: Task>(trainer: &mut Trainer<T>, s: &SessionOpts) -> CliResult {
     if s.out.exists() && !s.out.is_dir() {
@@ -401,12 +501,30 @@ fn train<T: Task>(trainer: &mut Trainer<T>, s: &SessionOpts) -> CliResult {
     }
     std::fs::create_dir_all(&s.out).map_err(|e| format!("--out {}: cannot create the folder: {e}", s.out.display()))?;
     let ckpt = s.out.join("checkpoint.safetensors");
-    if s.resume.is_none() && ckpt.exists() {
-        return Err(format!(
-            "{} exists: continue that run with --resume {0}, or choose another --out (a new run would overwrite it)",
-            ckpt.display()
-        )
-        .into());
+    match &s.resume {
+        None if ckpt.exists() => {
+            return Err(format!(
+                "{} exists: continue that run with --resume {0}, or choose another --out (a new run would overwrite it)",
+                ckpt.display()
+            )
+            .into());
+        }
+        // Resuming in place replaces the checkpoint by a later one of the same
+        // run; resuming into another run's folder would destroy that run.
+        Some(r) if ckpt.exists() && !super::paths::same_file(r, &ckpt) => {
+            return Err(format!(
+                "--out {}: holds another run's checkpoint ({}), which continuing --resume {} there would \
+                 overwrite; choose another --out, or resume from that checkpoint",
+                s.out.display(),
+                ckpt.display(),
+                r.display()
+            )
+            .into());
+        }
+        _ => {}
+    }
+    if !(s.progress_every.is_finite() && s.progress_every >= 0.0) {
+        return Err(format!("--progress-every {}: expected a number of seconds ≥ 0", s.progress_every).into());
     }
     let (csv, svg) = (s.out.join("log.csv"), s.out.join("curve.svg"));
     let start = trainer.step_count();
@@ -447,6 +565,15 @@ fn train<T: Task>(trainer: &mut Trainer<T>, s: &SessionOpts) -> CliResult {
     let mut last_eval = String::new();
     // The trainer is busy during the run: the callback keeps its own copy of the curve.
     let mut rows: Vec<LogRow> = trainer.log().to_vec();
+    // The training curve between evaluations: means over blocks of `block`
+    // updates (about 400 points over the session), (episodes, loss, error).
+    let block = ((total - start) / 400).max(1);
+    let batch = trainer.config().batch as u64;
+    let mut fine: Vec<(f64, f64, f64)> = Vec::new();
+    let mut acc = (0.0f64, 0.0f64, 0u64);
+    // Without a terminal the bar is hidden: a line every --progress-every seconds instead.
+    let progress_lines = !terminal && !s.quiet;
+    let mut last_line = Instant::now();
     let session = Instant::now();
     // Seconds spent in updates and in evaluations: the time between the end
     // of the previous event and this one is the work this event reports.
@@ -464,6 +591,31 @@ fn train<T: Task>(trainer: &mut Trainer<T>, s: &SessionOpts) -> CliResult {
                 let (l, er) = recent.iter().fold((0.0, 0.0), |a, &(l, e)| (a.0 + l, a.1 + e));
                 bar.set_position(r.step);
                 bar.set_message(format!("loss {:.3} err {:.2}%{last_eval}", l / k, 100.0 * er / k));
+                acc = (acc.0 + r.loss, acc.1 + r.err, acc.2 + 1);
+                if acc.2 == block {
+                    let c = acc.2 as f64;
+                    fine.push(((r.step * batch) as f64, acc.0 / c, acc.1 / c));
+                    acc = (0.0, 0.0, 0);
+                }
+                if progress_lines && last_line.elapsed().as_secs_f64() >= s.progress_every {
+                    last_line = Instant::now();
+                    let done = r.step - start;
+                    let el = session.elapsed().as_secs_f64();
+                    let rate = done as f64 / el.max(1e-9);
+                    let left = (total - r.step) as f64 / rate.max(1e-9);
+                    eprintln!(
+                        "progress: update {}/{} ({:.1}%)  loss {:.4} err {:.2}% (mean of last {}){last_eval}  {:.2} updates/s, {} elapsed, ~{} left",
+                        r.step,
+                        total,
+                        100.0 * r.step as f64 / total.max(1) as f64,
+                        l / k,
+                        100.0 * er / k,
+                        recent.len(),
+                        rate,
+                        hms(el),
+                        hms(left)
+                    );
+                }
             }
             Event::Eval(row) => {
                 eval_secs += secs;
@@ -482,7 +634,7 @@ fn train<T: Task>(trainer: &mut Trainer<T>, s: &SessionOpts) -> CliResult {
                 ));
                 rows.push(*row);
                 write_log(&csv, &rows)?;
-                write_plot(&svg, &rows, &title)?;
+                write_plot(&svg, &rows, &fine, &title)?;
             }
             Event::Saved(_) => {}
         }
@@ -529,26 +681,67 @@ fn write_log(path: &Path, rows: &[LogRow]) -> neuroplastic::Result<()> {
     write_atomic(path, s.as_bytes())
 }
 
-/// Draws the learning curve: error rate (left) and loss per episode
-/// (right), training means and evaluations, against episodes seen.
-fn write_plot(path: &Path, rows: &[LogRow], title: &str) -> neuroplastic::Result<()> {
+/// `h:mm:ss`.
+fn hms(secs: f64) -> String {
+    let t = secs.max(0.0).round() as u64;
+    format!("{}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60)
+}
+
+/// Trailing moving average over `w` points (the first points average what there is).
+fn smooth(pts: &[(f64, f64)], w: usize) -> Vec<(f64, f64)> {
+    let mut out = Vec::with_capacity(pts.len());
+    let mut sum = 0.0;
+    for (k, &(x, y)) in pts.iter().enumerate() {
+        sum += y;
+        if k >= w {
+            sum -= pts[k - w].1;
+        }
+        out.push((x, sum / (k + 1).min(w) as f64));
+    }
+    out
+}
+
+/// Whether a positive series spans more than a decade (then a log axis shows it).
+fn spans_decades(vals: impl Iterator<Item = f64>) -> bool {
+    let (lo, hi) =
+        vals.filter(|v| *v > 0.0 && v.is_finite()).fold((f64::INFINITY, 0.0f64), |a, v| (a.0.min(v), a.1.max(v)));
+    hi > 0.0 && hi / lo > 10.0
+}
+
+/// Draws the learning curve: error rate (left) and loss per episode (right)
+/// against episodes seen. Training: the means over blocks of updates
+/// (`fine`, this session) or since the previous evaluation (`rows`, earlier
+/// sessions), smoothed over 5 points, as a line; evaluations on fresh
+/// episodes as markers. An axis whose values span more than a decade is
+/// logarithmic.
+fn write_plot(path: &Path, rows: &[LogRow], fine: &[(f64, f64, f64)], title: &str) -> neuroplastic::Result<()> {
     use plotters::prelude::*;
     let err = |e: &dyn std::fmt::Display| neuroplastic::Error::Format {
         path: path.display().to_string(),
         message: format!("cannot draw the learning curve: {e}"),
     };
-    let xmax = rows.iter().map(|r| r.episodes).max().unwrap_or(0).max(1) as f64;
-    let series = |g: fn(&LogRow) -> f64, scale: f64| -> Vec<(f64, f64)> {
-        rows.iter().map(|r| (r.episodes as f64, scale * g(r))).filter(|p| p.1.is_finite()).collect()
+    let first_fine = fine.first().map_or(f64::INFINITY, |p| p.0);
+    let xmax = rows.iter().map(|r| r.episodes as f64).chain(fine.iter().map(|p| p.0)).fold(1.0f64, f64::max);
+    let series = |g: fn(&LogRow) -> f64, f: fn(&(f64, f64, f64)) -> f64, scale: f64| -> Vec<(f64, f64)> {
+        let mut train: Vec<(f64, f64)> = rows
+            .iter()
+            .map(|r| (r.episodes as f64, scale * g(r)))
+            .filter(|p| p.1.is_finite() && p.0 < first_fine)
+            .collect();
+        train.extend(fine.iter().map(|p| (p.0, scale * f(p))).filter(|p| p.1.is_finite()));
+        smooth(&train, 5)
     };
-    let tick = |v: &f64| {
+    let train_err = series(|r| r.train_err, |p| p.2, 100.0);
+    let train_loss = series(|r| r.train_loss, |p| p.1, 1.0);
+    let eval_err: Vec<(f64, f64)> =
+        rows.iter().map(|r| (r.episodes as f64, 100.0 * r.eval_err)).filter(|p| p.1.is_finite()).collect();
+    let eval_loss: Vec<(f64, f64)> =
+        rows.iter().map(|r| (r.episodes as f64, r.eval_loss)).filter(|p| p.1.is_finite()).collect();
+    let xtick = |v: &f64| {
         let s = format!("{v:.3}");
         s.trim_end_matches('0').trim_end_matches('.').to_string()
     };
-    let panels = [
-        ("error rate (%)", series(|r| r.train_err, 100.0), series(|r| r.eval_err, 100.0)),
-        ("loss per episode", series(|r| r.train_loss, 1.0), series(|r| r.eval_loss, 1.0)),
-    ];
+    let panels = [("error rate (%)", train_err, eval_err), ("loss per episode", train_loss, eval_loss)];
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (1100, 420)).into_drawing_area();
@@ -556,28 +749,49 @@ fn write_plot(path: &Path, rows: &[LogRow], title: &str) -> neuroplastic::Result
         let root = root.titled(title, ("sans-serif", 18)).map_err(|e| err(&e))?;
         let (left, right) = root.split_horizontally(550);
         for (area, (ylabel, train, eval)) in [left, right].iter().zip(panels) {
-            let ymax = train.iter().chain(&eval).map(|p| p.1).fold(0.0f64, f64::max).max(1e-9) * 1.05;
+            // A log axis is drawn as log10 of the values on a linear one, labelled with the values.
+            let log = spans_decades(train.iter().chain(&eval).map(|p| p.1));
+            let map = |p: &(f64, f64)| -> Option<(f64, f64)> {
+                if log { (p.1 > 0.0).then(|| (p.0, p.1.log10())) } else { Some(*p) }
+            };
+            let train: Vec<(f64, f64)> = train.iter().filter_map(map).collect();
+            let eval: Vec<(f64, f64)> = eval.iter().filter_map(map).collect();
+            let ys = || train.iter().chain(&eval).map(|p| p.1);
+            let (ylo, yhi) = if log {
+                let lo = ys().fold(f64::INFINITY, f64::min);
+                let hi = ys().fold(f64::NEG_INFINITY, f64::max);
+                (lo.floor(), hi.ceil().max(lo.floor() + 1.0))
+            } else {
+                (0.0, ys().fold(0.0f64, f64::max).max(1e-9) * 1.05)
+            };
+            let ytick = move |v: &f64| {
+                let x = if log { 10f64.powf(*v) } else { *v };
+                let s =
+                    if x != 0.0 && (x.abs() < 1e-3 || x.abs() >= 1e5) { format!("{x:.0e}") } else { format!("{x:.3}") };
+                if s.contains('e') { s } else { s.trim_end_matches('0').trim_end_matches('.').to_string() }
+            };
             let mut c = ChartBuilder::on(area)
                 .margin(12)
                 .x_label_area_size(36)
                 .y_label_area_size(60)
-                .build_cartesian_2d(0.0..xmax, 0.0..ymax)
+                .build_cartesian_2d(0.0..xmax, ylo..yhi)
                 .map_err(|e| err(&e))?;
+            let ydesc = if log { format!("{ylabel}, log scale") } else { ylabel.to_string() };
             c.configure_mesh()
                 .x_desc("episodes")
-                .y_desc(ylabel)
-                .x_label_formatter(&tick)
-                .y_label_formatter(&tick)
+                .y_desc(ydesc)
+                .x_label_formatter(&xtick)
+                .y_label_formatter(&ytick)
                 .draw()
                 .map_err(|e| err(&e))?;
-            for (pts, name, color) in
-                [(train, "train (mean since last point)", RED), (eval, "eval (fresh episodes)", BLUE)]
-            {
-                c.draw_series(LineSeries::new(pts, color.stroke_width(2)))
-                    .map_err(|e| err(&e))?
-                    .label(name)
-                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
-            }
+            c.draw_series(LineSeries::new(train, RED.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label("train (mean of blocks of updates, smoothed)")
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
+            c.draw_series(eval.into_iter().map(|p| Circle::new(p, 4, BLUE.filled())))
+                .map_err(|e| err(&e))?
+                .label("eval (fresh episodes)")
+                .legend(|(x, y)| Circle::new((x + 10, y), 4, BLUE.filled()));
             c.configure_series_labels()
                 .position(SeriesLabelPosition::UpperRight)
                 .border_style(BLACK)
@@ -588,4 +802,45 @@ fn write_plot(path: &Path, rows: &[LogRow], title: &str) -> neuroplastic::Result
         root.present().map_err(|e| err(&e))?;
     }
     write_atomic(path, svg.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smoothing_is_a_trailing_mean_and_log_axes_need_a_decade() {
+        let pts: Vec<(f64, f64)> = (0..6).map(|k| (k as f64, k as f64)).collect();
+        let s = smooth(&pts, 3);
+        assert_eq!(s.iter().map(|p| p.1).collect::<Vec<_>>(), vec![0.0, 0.5, 1.0, 2.0, 3.0, 4.0]);
+        assert!(spans_decades([50.0, 3.0, 0.0].into_iter()));
+        assert!(!spans_decades([50.0, 6.0, 0.0].into_iter()));
+        assert!(!spans_decades(std::iter::empty()));
+        assert_eq!(hms(3725.4), "1:02:05");
+    }
+
+    #[test]
+    fn a_curve_over_decades_is_drawn_on_a_log_axis() {
+        let row = |step: u64, v: f64| LogRow {
+            step,
+            episodes: step,
+            train_loss: v,
+            train_err: v / 1000.0,
+            eval_loss: v,
+            eval_err: v / 1000.0,
+            lr: 3e-4,
+            seconds: 0.0,
+        };
+        let rows: Vec<LogRow> = (0..5).map(|k| row(100 * k, 1000.0 / 10f64.powi(k as i32))).collect();
+        // Block means of training between the evaluations, one with a zero error (not drawable on a log axis).
+        let fine: Vec<(f64, f64, f64)> = (1..400).map(|k| (k as f64, 1000.0 / (1.0 + k as f64), 0.0)).collect();
+        let path = std::env::temp_dir().join(format!("neuroplastic-curve-{}.svg", std::process::id()));
+        write_plot(&path, &rows, &fine, "test").unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(svg.contains("loss per episode, log scale"), "the loss spans 5 decades");
+        assert!(svg.contains("error rate (%), log scale"), "the evaluation error spans 4 decades");
+        // Five evaluations per panel, as markers (plus one in each legend).
+        assert_eq!(svg.matches("<circle").count(), 12);
+    }
 }

@@ -21,7 +21,7 @@
 //! `α` about 64 KiB; a function of `N` and `I` only, never of the thread
 //! count), and one task runs a block for every batch element, so the rows of
 //! `W` and `α` it needs stay in cache while each element's trace rows stream
-//! through once (read `H`, write `H'`; DESIGN.md §6). Results are bitwise the
+//! through once (read `H`, write `H'`; `docs/design.md` §6). Results are bitwise the
 //! same on any number of threads: every sum has a fixed order (within a row
 //! by the chunked sweep of `simd.rs`, across blocks in block order). Each row
 //! kernel walks its row in chunks of eight lanes with four independent

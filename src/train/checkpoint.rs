@@ -1,4 +1,4 @@
-//! Training checkpoints: one safetensors file (DESIGN.md §5) holding the
+//! Training checkpoints: one safetensors file (`docs/design.md` §5) holding the
 //! parameters under their usual names, the optimizer state, the step count,
 //! the episode generator's exact position, the learning curve and the run's
 //! configuration, so that a resumed run continues bit for bit.
@@ -13,7 +13,7 @@
 //! | `log.train_loss`, `log.train_err`, `log.eval_loss`, `log.eval_err`, `log.lr`, `log.seconds` | F64 | (R,) |
 //! | `train.acc` (Σ loss, Σ error, updates since the last row), `train.seconds` | F64 | (3,), (1,) |
 //!
-//! Metadata: the model keys of DESIGN.md §5 (`neuroplastic.rule`, …; the
+//! Metadata: the model keys of `docs/design.md` §5 (`neuroplastic.rule`, …; the
 //! model part is written and read by [`crate::io::put_model`] and
 //! [`crate::io::take_model`], the code of model files), and
 //! `neuroplastic.checkpoint` (format version), `neuroplastic.train` (seed,
@@ -218,7 +218,7 @@ impl TrainCheckpoint {
     /// The checkpoint as tensors and metadata.
     pub fn to_file(&self) -> Result<TensorFile> {
         let mut f = TensorFile::new();
-        // The model part: same tensors and metadata keys as a model file (DESIGN.md §5), same code.
+        // The model part: same tensors and metadata keys as a model file (`docs/design.md` §5), same code.
         put_model(&mut f, &self.model)?;
         let cfg = &self.model.cfg;
         let mut shapes: BTreeMap<&str, Vec<usize>> = param_shapes(cfg).into_iter().collect::<BTreeMap<_, _>>();

@@ -150,6 +150,34 @@ impl<T: Task> Trainer<T> {
                 });
             }
         }
+        task.fits(&model)?;
+        // Before the first batch is drawn: a batch (or an episode length) the
+        // machine cannot hold would abort the process in the allocator.
+        let moments = match cfg.optim.method {
+            crate::train::Method::Adam { .. } => 2,
+            crate::train::Method::Sgd { momentum, .. } => usize::from(momentum > 0.0),
+        };
+        let outputs = model.head.as_ref().map_or(0, |h| h.bias.len());
+        crate::limits::training(
+            &model.cfg,
+            outputs,
+            moments,
+            engine.device(),
+            engine.options(),
+            cfg.batch,
+            task.steps(),
+        )
+        .check(
+            &format!("batch = {}", cfg.batch),
+            &format!(
+                "training on task `{}` (N = {}, T = {} steps, B = {} episodes per update)",
+                task.name(),
+                model.cfg.n,
+                task.steps(),
+                cfg.batch
+            ),
+            "use a smaller batch, shorter episodes or fewer neurons",
+        )?;
         // One throwaway episode: a task whose episodes do not fit the model
         // fails here, with the shape that is wrong, not in the middle of a run.
         model.validate_episode(&task.sample(&mut init_rng(cfg.seed), 1), true).map_err(|e| Error::Config {
@@ -239,7 +267,15 @@ impl<T: Task> Trainer<T> {
     /// One update on a fresh batch of episodes.
     pub fn step(&mut self) -> Result<StepReport> {
         let ep = self.task.sample(&mut self.rng, self.cfg.batch);
-        let (grads, yhat) = self.model.loss_grad_output(&mut self.engine, &ep)?;
+        let update = self.step + 1;
+        let (grads, yhat) = self.model.loss_grad_output(&mut self.engine, &ep).map_err(|e| match e {
+            // Say which update diverged, and the usual remedy in training.
+            Error::Overflow { quantity, message } => Error::Overflow {
+                quantity: format!("update {update}: {quantity}"),
+                message: format!("{message} (in training: lower the learning rate, or clip gradients with clip_norm)"),
+            },
+            e => e,
+        })?;
         if !grads.loss.is_finite() {
             return Err(Error::NonFinite {
                 arg: format!("loss of update {} (lower the learning rate, or clip gradients)", self.step + 1),
@@ -267,6 +303,12 @@ impl<T: Task> Trainer<T> {
             let b = left.min(self.cfg.batch);
             let ep = self.task.sample(&mut rng, b);
             let fwd = self.engine.forward(&self.model.params, Seq::new(&ep.inputs, b, ep.steps), ep.init.as_ref())?;
+            crate::overflow::outputs(&self.model.cfg, &fwd.y, &fwd.last, b, ep.steps).map_err(|e| match e {
+                Error::Overflow { quantity, message } => {
+                    Error::Overflow { quantity: format!("evaluation after update {}: {quantity}", self.step), message }
+                }
+                e => e,
+            })?;
             let yhat = self.model.readout(&fwd.y, b * ep.steps);
             loss += masked_sq_loss(&yhat, &ep.targets, &ep.mask, self.model.outputs()).0;
             err += self.task.error(&ep, &yhat) * b as f64;

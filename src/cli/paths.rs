@@ -1,0 +1,74 @@
+//! Output paths checked against input paths before a command computes
+//! anything: an output that is one of the inputs (the same path, another
+//! spelling of it, a symbolic or hard link to it) would replace the user's
+//! file with the result.
+
+use std::path::Path;
+
+/// Whether `a` and `b` name the same existing file (through any path or link).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        ma.dev() == mb.dev() && ma.ino() == mb.ino()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (ma, mb);
+        match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => false,
+        }
+    }
+}
+
+/// Errors when the output `out` (given with flag `out_flag`) is one of
+/// `inputs` (`(flag, path)`), naming both flags and paths.
+pub fn refuse_overwrite(out_flag: &str, out: &Path, inputs: &[(&str, &Path)]) -> Result<(), String> {
+    for (flag, input) in inputs {
+        if same_file(out, input) {
+            let how = if out == *input { "the same path" } else { "the same file, through another path or a link" };
+            return Err(format!(
+                "{out_flag} {} is {flag} {} ({how}): writing the result there would replace that input. \
+                 Choose another {out_flag}",
+                out.display(),
+                input.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_file_is_found_through_other_paths_and_links() {
+        let d = std::env::temp_dir().join(format!("neuroplastic-paths-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        let m = d.join("m.safetensors");
+        std::fs::write(&m, b"model").unwrap();
+        std::fs::write(d.join("other"), b"model").unwrap();
+        let dotted = d.join("sub").join("..").join("m.safetensors");
+        assert!(same_file(&m, &m));
+        assert!(same_file(&m, &dotted));
+        assert!(!same_file(&m, &d.join("other")), "equal contents are not the same file");
+        assert!(!same_file(&m, &d.join("absent")));
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(&m, d.join("sym")).unwrap();
+            std::fs::hard_link(&m, d.join("hard")).unwrap();
+            assert!(same_file(&d.join("sym"), &m));
+            assert!(same_file(&d.join("hard"), &m));
+        }
+        let e = refuse_overwrite("--out", &dotted, &[("--episode", &d.join("other")), ("--model", &m)]).unwrap_err();
+        assert!(e.contains("--out") && e.contains("--model") && e.contains("another path"), "{e}");
+        assert!(refuse_overwrite("--out", &d.join("g"), &[("--model", &m)]).is_ok());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
