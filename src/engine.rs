@@ -127,8 +127,8 @@ pub struct Engine {
     cfg: LayerConfig,
     device: Device,
     opts: Options,
-    pool: Option<rayon::ThreadPool>,
-    ws: cpu::Workspace,
+    pub(crate) pool: Option<rayon::ThreadPool>,
+    pub(crate) ws: cpu::Workspace,
 }
 
 impl Engine {
@@ -179,7 +179,7 @@ impl Engine {
         Ok(())
     }
 
-    fn run<R: Send>(pool: &Option<rayon::ThreadPool>, f: impl FnOnce() -> R + Send) -> R {
+    pub(crate) fn run<R: Send>(pool: &Option<rayon::ThreadPool>, f: impl FnOnce() -> R + Send) -> R {
         match pool {
             Some(p) => p.install(f),
             None => f(),

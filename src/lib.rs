@@ -68,6 +68,9 @@ pub mod io;
 pub mod model;
 pub mod params;
 pub mod reference;
+#[cfg(feature = "train")]
+pub mod rl;
+pub mod step;
 pub mod stream;
 #[cfg(feature = "train")]
 pub mod tasks;
@@ -82,6 +85,7 @@ pub use error::{Error, Result, Shape};
 pub use model::{Episode, Head, Model, ModelGrads};
 pub use params::{Gradients, Params, Seq, State, Truncation, param_shapes, state_shapes};
 pub use stream::Stream;
+pub use step::{Stepped, SteppedF64, Stepper, StepperF64};
 
 // The README's Rust example runs as a doctest.
 #[cfg(doctest)]

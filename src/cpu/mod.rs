@@ -82,6 +82,7 @@
 mod bwd;
 mod fwd;
 mod simd;
+pub(crate) mod step;
 
 use std::marker::PhantomData;
 
