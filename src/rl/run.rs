@@ -355,11 +355,17 @@ impl RunState {
         cfg.validate()?;
         let model = take_model(&mut f)?;
         let (obs, actions) = cfg.task.shape();
-        let agent = Agent { variant: cfg.variant, model, obs, actions };
         let want = Agent::new(cfg.variant, obs, actions, cfg.hidden, cfg.seed)?;
-        if agent.model.cfg != want.model.cfg || agent.model.head.as_ref().map(|h| h.bias.len()) != Some(actions + 1) {
+        // A model file leaves out what its rule does not use (e.g. the modulator of Hebb):
+        // compare what it holds, then take the run's configuration.
+        let (a, b) = (&model.cfg, &want.model.cfg);
+        if (a.rule, a.n, a.inputs, a.alpha, a.bias) != (b.rule, b.n, b.inputs, b.alpha, b.bias)
+            || crate::params::param_shapes(a) != crate::params::param_shapes(b)
+            || model.head.as_ref().map(|h| h.bias.len()) != Some(actions + 1)
+        {
             return Err(fmt_err(&p, "the model's shapes do not match the run's settings".into()));
         }
+        let agent = Agent { variant: cfg.variant, model: crate::model::Model { cfg: *b, ..model }, obs, actions };
         let mut take_f64 = |name: &str| -> Result<Vec<f64>> {
             match f.take(name)?.data {
                 Data::F64(v) => Ok(v),
