@@ -84,7 +84,7 @@ fn bench(c: &mut Criterion) {
                 it.iter(|| black_box(eng.forward(&p, seq, None).unwrap()))
             });
             let fwd = eng.forward(&p, seq, None).unwrap();
-            let ck = eng.options().checkpoint.interval(T) as f64;
+            let ck = eng.options().checkpoint.interval(&cfg, &p, T) as f64;
             // Hebb and Oja at η = 0.1 with C = 4 reconstruct the traces
             // backwards (`docs/backward.md` §6.1); the others replay them.
             let per_step = match rule {

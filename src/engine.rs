@@ -1,10 +1,16 @@
 //! One API over every backend: build an [`Engine`] for a layer
 //! configuration and a [`Device`], then call [`Engine::forward`] and
 //! [`Engine::backward`] with `f32` host tensors.
+//!
+//! The engine checks every argument once (shapes, finiteness, that a
+//! [`Forward`] belongs to it) and hands the call to its backend (the private
+//! `enum Backend`, whose docs list what a backend variant provides). The
+//! options live in the leaf module [`crate::options`] (re-exported here).
 
 use crate::config::LayerConfig;
 use crate::error::{Error, Result, check_len};
-use crate::params::{Gradients, Params, Seq, State, Truncation};
+pub use crate::options::{Checkpoint, Options};
+use crate::params::{Gradients, Params, Seq, State};
 use crate::{cpu, reference};
 
 /// Which implementation runs the layer.
@@ -30,66 +36,6 @@ impl Device {
     }
 }
 
-/// How many trace snapshots the forward pass keeps for the backward pass.
-///
-/// Between snapshots the CPU backend recomputes a segment's traces forwards
-/// (gradients bitwise the same for every interval) or, for Hebb and Oja at
-/// small η, reconstructs them backwards from the segment's last state (no
-/// segment buffer; gradients equal to f32 rounding). See `docs/backward.md` §6.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Checkpoint {
-    /// Every `⌈√T⌉` steps: memory `O(B·N·I·√T)`, about one extra forward of
-    /// work. Where the CPU backend can reconstruct the traces (Hebb or Oja at
-    /// small η) it uses the longest interval that still reconstructs (41 at
-    /// η = 0.01) when that keeps fewer traces ([`crate::cpu::interval`]).
-    #[default]
-    Auto,
-    /// Every `C` steps (`C ≥ 1`).
-    Every(usize),
-    /// Keep every step's traces (`C = 1`): no recomputation, `O(B·N·I·T)` memory.
-    All,
-}
-
-impl Checkpoint {
-    /// The checkpoint interval `C` for an episode of `steps` steps.
-    pub fn interval(&self, steps: usize) -> usize {
-        match *self {
-            Checkpoint::Auto => (steps as f64).sqrt().ceil().max(1.0) as usize,
-            Checkpoint::Every(c) => c.max(1),
-            Checkpoint::All => 1,
-        }
-    }
-}
-
-/// Execution options shared by every backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Options {
-    /// Threads for the CPU backend: `None` uses rayon's global pool,
-    /// `Some(n)` a private pool of `n` threads. Results are bitwise the same
-    /// for any number of threads.
-    pub threads: Option<usize>,
-    /// Trace checkpointing of the backward pass.
-    pub checkpoint: Checkpoint,
-    /// Truncated back-propagation.
-    pub truncate: Truncation,
-    /// Check every input, parameter and state for NaN/∞ (an error names the
-    /// first one found).
-    pub check_finite: bool,
-}
-
-impl Options {
-    /// Checks the options.
-    pub fn validate(&self) -> Result<()> {
-        if self.threads == Some(0) {
-            return Err(Error::Empty { arg: "options.threads".into() });
-        }
-        if self.checkpoint == Checkpoint::Every(0) {
-            return Err(Error::Empty { arg: "options.checkpoint (Every(C))".into() });
-        }
-        self.truncate.validate()
-    }
-}
-
 /// What a forward pass returns: the outputs, the final state, and what the
 /// backward pass needs (opaque, backend-specific).
 pub struct Forward {
@@ -104,20 +50,129 @@ pub struct Forward {
     pub(crate) saved: Saved,
 }
 
+/// What a backend keeps between its forward and its backward pass, one
+/// variant per [`Backend`] variant.
 pub(crate) enum Saved {
     /// The reference recomputes everything from the initial state.
-    Reference {
-        init: State<f64>,
-    },
+    Reference(reference::Saved),
+    /// Trace snapshots and per-step vectors.
     Cpu(cpu::Saved),
+}
+
+impl Saved {
+    fn backend(&self) -> &'static str {
+        match self {
+            Saved::Reference(_) => "reference",
+            Saved::Cpu(_) => "cpu",
+        }
+    }
 }
 
 impl Forward {
     /// Bytes held for the backward pass (checkpoints and per-step vectors).
     pub fn saved_bytes(&self) -> usize {
         match &self.saved {
-            Saved::Reference { init } => 8 * (init.h.len() + init.hebb.len() + init.elig.len()),
+            Saved::Reference(s) => s.bytes(),
             Saved::Cpu(s) => s.bytes(),
+        }
+    }
+}
+
+/// The implementation an [`Engine`] runs, owning everything it reuses across
+/// calls (pools, workspaces, device contexts).
+///
+/// # What a backend variant provides
+///
+/// A backend lives in its own module (`src/reference/`, `src/cpu/`,
+/// `src/cuda/`) and offers the same two operations under the same names and
+/// argument order, so that the variants here are one line each:
+///
+/// - a handle type ([`cpu::Cpu`], [`reference::Reference`]) made from the
+///   [`Options`] (`cpu::Cpu::new(&Options) -> Result<Self>`), which reports
+///   an unusable device as [`Error::Unavailable`] with a sentence saying why;
+/// - `plastic_fwd(&mut self, cfg: &LayerConfig, params: &Params<f32>, inputs:
+///   Seq<f32>, init: Option<&State<f32>>, opts: &Options) ->
+///   Result<(Vec<f32>, State<f32>, Saved)>`: outputs `y` `(B, T, N)`, the
+///   final state, and the backend's saved state;
+/// - `plastic_bwd(&mut self, cfg, params, inputs, saved: &Saved, dy: &[f32],
+///   dlast: Option<&State<f32>>, opts: &Options) -> Result<Gradients<f32>>`,
+///   parameter gradients assigned, honouring `opts.truncate` and
+///   `opts.checkpoint` ([`Checkpoint::interval`] is the interval every
+///   backend uses; the reference takes just `opts.truncate`, it keeps no
+///   checkpoints);
+/// - a saved-state type (`cpu::Saved`, `reference::Saved`) with
+///   `bytes(&self) -> usize` (what [`Forward::saved_bytes`] reports), which
+///   becomes a variant of the crate's private `Saved` enum;
+/// - a test: `testing::check_backend` run against the reference on the
+///   cases of `tests/cpu_vs_reference.rs` (the CPU's call is there).
+///
+/// The engine validates every argument before it calls a backend, and the
+/// backend's functions validate again (they are public on their own).
+pub(crate) enum Backend {
+    /// The f64 reference: converts at the boundary, keeps the initial state.
+    Reference(reference::Reference),
+    /// The SIMD CPU backend with its pool and workspace (boxed: the
+    /// workspace is large next to the other variants).
+    Cpu(Box<cpu::Cpu>),
+}
+
+impl Backend {
+    fn new(device: Device, opts: &Options) -> Result<Backend> {
+        match device {
+            Device::Reference => Ok(Backend::Reference(reference::Reference)),
+            Device::Cpu => Ok(Backend::Cpu(Box::new(cpu::Cpu::new(opts)?))),
+            Device::Cuda(_) => Err(Error::Unavailable {
+                backend: device.name(),
+                reason: "this build of neuroplastic has no CUDA backend yet; use Device::Cpu".into(),
+            }),
+        }
+    }
+
+    fn plastic_fwd(
+        &mut self,
+        cfg: &LayerConfig,
+        params: &Params<f32>,
+        inputs: Seq<'_, f32>,
+        init: Option<&State<f32>>,
+        opts: &Options,
+    ) -> Result<(Vec<f32>, State<f32>, Saved)> {
+        match self {
+            Backend::Reference(r) => {
+                let (y, last, saved) = r.plastic_fwd(cfg, params, inputs, init)?;
+                Ok((y, last, Saved::Reference(saved)))
+            }
+            Backend::Cpu(c) => {
+                let (y, last, saved) = c.plastic_fwd(cfg, params, inputs, init, opts)?;
+                Ok((y, last, Saved::Cpu(saved)))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn plastic_bwd(
+        &mut self,
+        device: Device,
+        cfg: &LayerConfig,
+        params: &Params<f32>,
+        inputs: Seq<'_, f32>,
+        saved: &Saved,
+        dy: &[f32],
+        dlast: Option<&State<f32>>,
+        opts: &Options,
+    ) -> Result<Gradients<f32>> {
+        match (self, saved) {
+            (Backend::Reference(r), Saved::Reference(s)) => {
+                r.plastic_bwd(cfg, params, inputs, s, dy, dlast, opts.truncate)
+            }
+            (Backend::Cpu(c), Saved::Cpu(s)) => c.plastic_bwd(cfg, params, inputs, s, dy, dlast, opts),
+            (_, saved) => Err(Error::Config {
+                arg: "fwd".into(),
+                message: format!(
+                    "this Forward was made by a {} engine, but this engine runs on {}",
+                    saved.backend(),
+                    device.name()
+                ),
+            }),
         }
     }
 }
@@ -127,8 +182,7 @@ pub struct Engine {
     cfg: LayerConfig,
     device: Device,
     opts: Options,
-    pub(crate) pool: Option<rayon::ThreadPool>,
-    pub(crate) ws: cpu::Workspace,
+    pub(crate) backend: Backend,
 }
 
 impl Engine {
@@ -137,20 +191,8 @@ impl Engine {
     pub fn new(cfg: LayerConfig, device: Device, opts: Options) -> Result<Self> {
         cfg.validate()?;
         opts.validate()?;
-        if let Device::Cuda(_) = device {
-            return Err(Error::Unavailable {
-                backend: device.name(),
-                reason: "this build of neuroplastic has no CUDA backend yet; use Device::Cpu".into(),
-            });
-        }
-        let pool = match opts.threads {
-            Some(n) => Some(rayon::ThreadPoolBuilder::new().num_threads(n).build().map_err(|e| Error::Config {
-                arg: "options.threads".into(),
-                message: format!("could not start a pool of {n} threads: {e}"),
-            })?),
-            None => None,
-        };
-        Ok(Engine { cfg, device, opts, pool, ws: cpu::Workspace::default() })
+        let backend = Backend::new(device, &opts)?;
+        Ok(Engine { cfg, device, opts, backend })
     }
 
     /// The layer configuration.
@@ -179,13 +221,6 @@ impl Engine {
         Ok(())
     }
 
-    pub(crate) fn run<R: Send>(pool: &Option<rayon::ThreadPool>, f: impl FnOnce() -> R + Send) -> R {
-        match pool {
-            Some(p) => p.install(f),
-            None => f(),
-        }
-    }
-
     /// Runs the layer over a batch of episodes.
     ///
     /// `inputs`: `(B, T, X)`; `init`: the state before the first step
@@ -205,32 +240,9 @@ impl Engine {
             s.validate(cfg, inputs.batch, "init", finite)?;
         }
         let dims = (inputs.batch, inputs.steps);
-        match self.device {
-            Device::Reference => {
-                let p64 = params.map(f64::from);
-                let x64: Vec<f64> = inputs.data.iter().map(|&v| v as f64).collect();
-                let init64 = match init {
-                    Some(s) => s.map(f64::from),
-                    None => State::zeros(cfg, inputs.batch),
-                };
-                let (y, last) = reference::forward(cfg, &p64, Seq::new(&x64, dims.0, dims.1), Some(&init64))?;
-                Ok(Forward {
-                    y: y.iter().map(|&v| v as f32).collect(),
-                    last: last.map(|v| v as f32),
-                    dims,
-                    cfg: *cfg,
-                    saved: Saved::Reference { init: init64 },
-                })
-            }
-            Device::Cpu => {
-                let ws = &mut self.ws;
-                let (y, last, saved) = Self::run(&self.pool, || cpu::forward(cfg, params, inputs, init, opts, ws))?;
-                Ok(Forward { y, last, dims, cfg: *cfg, saved: Saved::Cpu(saved) })
-            }
-            Device::Cuda(_) => unreachable!("Engine::new refuses CUDA"),
-        }
+        let (y, last, saved) = self.backend.plastic_fwd(cfg, params, inputs, init, opts)?;
+        Ok(Forward { y, last, dims, cfg: *cfg, saved })
     }
-
     /// Back-propagates through the episode of `fwd`.
     ///
     /// `params` and `inputs` must be those of the forward pass. `dy`:
@@ -277,42 +289,6 @@ impl Engine {
         if let Some(s) = dlast {
             s.validate(cfg, inputs.batch, "dlast", finite)?;
         }
-        match (&fwd.saved, self.device) {
-            (Saved::Reference { init }, Device::Reference) => {
-                let p64 = params.map(f64::from);
-                let x64: Vec<f64> = inputs.data.iter().map(|&v| v as f64).collect();
-                let dy64: Vec<f64> = dy.iter().map(|&v| v as f64).collect();
-                let dlast64 = dlast.map(|s| s.map(f64::from));
-                let g = reference::backward(
-                    cfg,
-                    &p64,
-                    Seq::new(&x64, inputs.batch, inputs.steps),
-                    Some(init),
-                    &dy64,
-                    dlast64.as_ref(),
-                    opts.truncate,
-                )?;
-                Ok(Gradients {
-                    params: g.params.map(|v| v as f32),
-                    inputs: g.inputs.iter().map(|&v| v as f32).collect(),
-                    init: g.init.map(|v| v as f32),
-                })
-            }
-            (Saved::Cpu(saved), Device::Cpu) => {
-                let ws = &mut self.ws;
-                Self::run(&self.pool, || cpu::backward(cfg, params, inputs, saved, dy, dlast, opts, ws))
-            }
-            (saved, device) => Err(Error::Config {
-                arg: "fwd".into(),
-                message: format!(
-                    "this Forward was made by a {} engine, but this engine runs on {}",
-                    match saved {
-                        Saved::Reference { .. } => "reference",
-                        Saved::Cpu(_) => "cpu",
-                    },
-                    device.name()
-                ),
-            }),
-        }
+        self.backend.plastic_bwd(self.device, cfg, params, inputs, &fwd.saved, dy, dlast, opts)
     }
 }

@@ -911,3 +911,8 @@ pub fn load_gradients(path: impl AsRef<Path>, model: &Model) -> Result<ModelGrad
         head,
     })
 }
+
+/// `v[key]`, or an error naming the key and the file.
+pub(crate) fn json_get<'a>(v: &'a serde_json::Value, key: &str, path: &str) -> Result<&'a serde_json::Value> {
+    v.get(key).ok_or_else(|| Error::Format { path: path.into(), message: format!("missing setting `{key}`") })
+}

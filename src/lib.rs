@@ -66,6 +66,7 @@ pub mod error;
 #[cfg(feature = "io")]
 pub mod io;
 pub mod model;
+pub mod options;
 pub mod params;
 pub mod reference;
 #[cfg(feature = "train")]
@@ -74,16 +75,19 @@ pub mod step;
 pub mod stream;
 #[cfg(feature = "train")]
 pub mod tasks;
+#[cfg(feature = "testing")]
+pub mod testing;
 #[cfg(feature = "train")]
 pub mod train;
 
 pub use config::{
     Activation, AlphaShape, EtaMode, InputMap, LayerConfig, ModActivation, ModulatorConfig, Rule, Topology,
 };
-pub use engine::{Checkpoint, Device, Engine, Forward, Options};
+pub use engine::{Device, Engine, Forward};
 pub use error::{Error, Result, Shape};
 pub use model::{Episode, Head, Model, ModelGrads};
-pub use params::{Gradients, Params, Seq, State, Truncation, param_shapes, state_shapes};
+pub use options::{Checkpoint, Options, Truncation};
+pub use params::{Gradients, Params, Seq, State, param_shapes, state_shapes};
 pub use stream::Stream;
 pub use step::{Stepped, SteppedF64, Stepper, StepperF64};
 

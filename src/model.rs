@@ -12,6 +12,9 @@ use crate::engine::Engine;
 use crate::error::{Error, Result, check_finite, check_len};
 use crate::params::{Gradients, Params, Seq, State};
 
+/// The names of the read-out's tensors in files, weight then bias.
+pub const HEAD_NAMES: [&str; 2] = ["head.out.weight", "head.out.bias"];
+
 /// The linear read-out `ŷ = W_o h + b_o`.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Head {

@@ -273,58 +273,6 @@ impl<'a, F: Copy + Into<f64>> Seq<'a, F> {
     }
 }
 
-/// How far back the backward pass goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Truncation {
-    /// Through the whole episode.
-    #[default]
-    None,
-    /// Only through the last `K` steps: `dy` of earlier steps is not used and the
-    /// state before step `T−K` is a constant (the gradient of the initial state
-    /// is then zero unless `K ≥ T`).
-    Last(usize),
-    /// In windows of `K` steps (`[0, K)`, `[K, 2K)`, …): each window's `dy`
-    /// flows back to its start and no further; the state at a window border
-    /// is a constant. The gradient of the initial state comes from the first
-    /// window only.
-    Windows(usize),
-}
-
-impl Truncation {
-    /// Checks that `K ≥ 1`.
-    pub fn validate(&self) -> Result<()> {
-        match *self {
-            Truncation::Last(0) | Truncation::Windows(0) => Err(Error::Empty { arg: "truncate (K)".into() }),
-            _ => Ok(()),
-        }
-    }
-
-    /// For step `t` (0-based) of an episode of `steps` steps, returns
-    /// `(use_dy, carry)`: whether `dy` of step `t` enters the backward pass,
-    /// and whether the adjoint of the state *before* step `t` (produced by
-    /// step t's backward) is kept — carried into step `t−1`, or, for `t = 0`,
-    /// returned as the gradient of the initial state. Steps before a cut that
-    /// have `use_dy = false` contribute nothing and may be skipped.
-    pub fn flow(&self, t: usize, steps: usize) -> (bool, bool) {
-        match *self {
-            Truncation::None => (true, true),
-            Truncation::Last(k) => {
-                let first = steps.saturating_sub(k);
-                (t >= first, t > first || first == 0)
-            }
-            Truncation::Windows(k) => (true, t % k != 0 || t == 0),
-        }
-    }
-
-    /// The first step whose backward pass does any work.
-    pub fn first_step(&self, steps: usize) -> usize {
-        match *self {
-            Truncation::Last(k) => steps.saturating_sub(k),
-            _ => 0,
-        }
-    }
-}
-
 /// Gradients of a loss with respect to everything a layer's forward pass read.
 /// Parameter gradients are *assigned* (not accumulated) by each backward call.
 #[derive(Clone, Debug, PartialEq, Default)]

@@ -42,9 +42,10 @@
 
 use crate::config::{LayerConfig, Topology};
 use crate::cpu;
-use crate::engine::{Device, Engine, Forward, Saved};
+use crate::engine::{Backend, Engine, Forward, Saved};
 use crate::error::{Error, Result, check_finite, check_len};
-use crate::params::{Gradients, Params, Seq, State, Truncation};
+use crate::options::Truncation;
+use crate::params::{Gradients, Params, Seq, State};
 use crate::reference;
 
 /// A finished episode batch: the [`Forward`] for [`Engine::backward`] and
@@ -98,17 +99,14 @@ impl Engine {
         if let Some(s) = init {
             s.validate(&cfg, batch, "init", finite)?;
         }
-        let inner = match self.device() {
-            Device::Reference => {
+        let opts = *self.options();
+        let inner = match &mut self.backend {
+            Backend::Reference(_) => {
                 let init64 = init.map(|s| s.map(f64::from));
                 let s = StepperF64::new(cfg, params.map(f64::from), batch, steps, init64.as_ref())?;
                 Inner::Reference { s, x64: vec![0.0; batch * cfg.inputs], out: vec![0.0; batch * cfg.n] }
             }
-            Device::Cpu => {
-                let opts = *self.options();
-                Inner::Cpu(cpu::step::Steps::new(&cfg, params, batch, steps, init, &opts, &mut self.ws))
-            }
-            Device::Cuda(_) => unreachable!("Engine::new refuses CUDA"),
+            Backend::Cpu(c) => Inner::Cpu(c.steps_start(&cfg, params, batch, steps, init, &opts)),
         };
         Ok(Stepper { engine: self, params, batch, steps, inner })
     }
@@ -155,14 +153,13 @@ impl<'e> Stepper<'e> {
                 out.iter_mut().zip(y).for_each(|(d, &v)| *d = v as f32);
                 Ok(out)
             }
-            Inner::Cpu(c) => {
-                let (params, engine) = (self.params, &mut *self.engine);
-                let ws = &mut engine.ws;
-                Engine::run(&engine.pool, || {
-                    c.step(&cfg, params, x, ws);
-                });
-                Ok(c.out())
-            }
+            Inner::Cpu(c) => match &mut self.engine.backend {
+                Backend::Cpu(cpu) => {
+                    cpu.steps_step(c, &cfg, self.params, x);
+                    Ok(c.out())
+                }
+                _ => unreachable!("a CPU stepper runs on a CPU engine"),
+            },
         }
     }
 
@@ -191,12 +188,13 @@ impl<'e> Stepper<'e> {
                     last: e.last.map(|v| v as f32),
                     dims,
                     cfg,
-                    saved: Saved::Reference { init: e.init },
+                    saved: Saved::Reference(reference::Saved::from_init(e.init)),
                 };
                 Stepped { fwd, inputs: e.inputs.iter().map(|&v| v as f32).collect() }
             }
             Inner::Cpu(c) => {
-                let (inputs, y, last, saved) = c.finish(&cfg, &engine.ws);
+                let Backend::Cpu(cpu) = &engine.backend else { unreachable!("a CPU stepper runs on a CPU engine") };
+                let (inputs, y, last, saved) = cpu.steps_finish(c, &cfg);
                 Stepped { fwd: Forward { y, last, dims, cfg, saved: Saved::Cpu(saved) }, inputs }
             }
         };

@@ -4,16 +4,46 @@
 //! - [`PatternTask`]: binary pattern memorization and completion (Miconi,
 //!   Clune & Stanley 2018, §4.1).
 
-use rand::RngExt;
 use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use serde_json::{Value, json};
 
 use crate::config::{EtaMode, InputMap, LayerConfig, Rule};
 use crate::error::{Error, Result};
-use crate::model::{Episode, Head, Model};
+use crate::io::json_get;
+use crate::model::{Episode, HEAD_NAMES, Head, Model};
 use crate::params::Params;
-use crate::train::{HEAD_NAMES, TaskRng, json_get};
+
+/// The generator tasks draw episodes from (the streams of a run are listed
+/// in [`crate::train`]).
+pub type TaskRng = ChaCha8Rng;
+
+fn stream(seed: u64, s: u64) -> TaskRng {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    r.set_stream(s);
+    r
+}
+
+/// The generator of training episodes of a run with this seed (stream 0).
+pub fn episode_rng(seed: u64) -> TaskRng {
+    stream(seed, 0)
+}
+
+/// The generator of the evaluation episodes drawn after `step` updates
+/// (stream 1, starting at word `step · 2³²`): fresh episodes at every
+/// evaluation, the same ones in a resumed run.
+pub fn eval_rng(seed: u64, step: u64) -> TaskRng {
+    let mut r = stream(seed, 1);
+    r.set_word_pos((step as u128) << 32);
+    r
+}
+
+/// The generator of initial parameters (stream 2).
+pub fn init_rng(seed: u64) -> TaskRng {
+    stream(seed, 2)
+}
 
 /// A source of training episodes and the score that goes with them.
 pub trait Task {
@@ -161,7 +191,7 @@ impl PatternTask {
         cfg.input_map = InputMap::Direct;
         cfg.eta = EtaMode::Fixed;
         let mut params = Params::<f32>::zeros(&cfg);
-        let mut rng = crate::train::init_rng(seed);
+        let mut rng = init_rng(seed);
         // w first, then α: the plastic and non-plastic nets of one seed share w.
         for x in params.w.iter_mut() {
             *x = (init_std * rng.sample::<f64, _>(StandardNormal)) as f32;

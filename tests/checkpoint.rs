@@ -141,9 +141,9 @@ fn auto_takes_the_longest_reconstructing_interval() {
     let cfg = LayerConfig::recurrent(Rule::Hebb, 13, 6);
     let mut pb = problem(cfg, 2, t, 5);
     pb.p.eta[0] = 0.01;
-    assert_eq!(cpu::interval(&cfg, &pb.p, Checkpoint::Auto, t), 41);
-    assert_eq!(cpu::interval(&cfg, &pb.p, Checkpoint::Auto, 30), 30);
-    assert_eq!(cpu::interval(&cfg, &pb.p, Checkpoint::Every(7), t), 7);
+    assert_eq!(Checkpoint::Auto.interval(&cfg, &pb.p, t), 41);
+    assert_eq!(Checkpoint::Auto.interval(&cfg, &pb.p, 30), 30);
+    assert_eq!(Checkpoint::Every(7).interval(&cfg, &pb.p, t), 7);
     let (auto, auto_bytes) = grads(&pb, Checkpoint::Auto, Truncation::None);
     let (sqrt, sqrt_bytes) = grads(&pb, Checkpoint::Every(15), Truncation::None);
     let trace = 2 * 13 * 13 * 4;
@@ -156,11 +156,11 @@ fn auto_takes_the_longest_reconstructing_interval() {
     }
     // Long episodes: 10000/41 + 1 = 245 snapshots reconstructing, against
     // 100 + 99 replaying at ⌈√T⌉ = 100 (which cannot reconstruct).
-    assert_eq!(cpu::interval(&cfg, &pb.p, Checkpoint::Auto, 10000), 100);
+    assert_eq!(Checkpoint::Auto.interval(&cfg, &pb.p, 10000), 100);
     // 3600: 88 + 1 against 60 + 59.
-    assert_eq!(cpu::interval(&cfg, &pb.p, Checkpoint::Auto, 3600), 41);
+    assert_eq!(Checkpoint::Auto.interval(&cfg, &pb.p, 3600), 41);
     pb.p.eta[0] = 0.4;
-    assert_eq!(cpu::interval(&cfg, &pb.p, Checkpoint::Auto, t), 15);
+    assert_eq!(Checkpoint::Auto.interval(&cfg, &pb.p, t), 15);
 }
 
 #[test]

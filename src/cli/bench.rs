@@ -386,11 +386,7 @@ fn run_one(args: &Args, w: Workload) -> Result<String, Box<dyn std::error::Error
         "device": args.device,
         "N": n, "B": b, "T": t, "I": x,
         "threads": threads,
-        "checkpoint": if args.device == "cpu" {
-            neuroplastic::cpu::interval(&model.cfg, &model.params, opts.checkpoint, t)
-        } else {
-            opts.checkpoint.interval(t)
-        },
+        "checkpoint": opts.checkpoint.interval(&model.cfg, &model.params, t),
         "simd": neuroplastic::simd_features(),
         "fwd_median_s": fwd_med,
         "train_median_s": train_med,

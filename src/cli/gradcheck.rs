@@ -1,33 +1,23 @@
 //! `neuroplastic gradcheck`: checks every backend's analytic gradients of the
 //! model loss (DESIGN.md §5) against central finite differences.
 //!
-//! The differences are taken in f64 through the reference forward pass
-//! (`reference::forward` plus the same read-out and masked squared loss in
-//! f64), at the f32 point every backend sees, so they are accurate to about
-//! 1e-9 relative: the error measured is the backend's. For each tensor (a
-//! parameter, the inputs, or a part of the initial state) the error is
-//!
-//! ```text
-//! err = max_e |g_e − fd_e| / max(max_e |fd_e|, 1e-6 · max over all tensors of max_e |fd_e|)
-//! ```
-//!
-//! (relative to the gradient's scale, so that tiny entries do not amplify f32
-//! rounding), and an entry reports the largest over tensors. A fixed η or η_e
-//! must have a gradient of exactly zero (its "difference" is zero).
-//!
-//! The clipped rules are not differentiable where a pre-clip value equals
-//! ±c_max; each problem's c_max is chosen so that every pre-clip value of the
-//! trajectory stays at least [`KINK_MARGIN`] away from ±c_max while some
-//! values are clipped (the "clip" column), and a draw where that fails is
-//! replaced by the next one.
+//! The numerics (the f64 model loss, its central differences, the error
+//! measure, the choice of c_max away from the clip's kinks) are the
+//! library's `neuroplastic::testing::gradcheck`, which its docs describe;
+//! this file draws the problems, runs the backends and prints the report.
+//! A draw where no c_max keeps the margin (the "clip" column is the clipped
+//! share) is replaced by the next one.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use neuroplastic::reference;
+use neuroplastic::testing::gradcheck::{
+    FD_STEP, KINK_MARGIN, ModelProblem as Problem, Named, Point, SCALE_FLOOR, choose_clip, compare, model_fd_gradients,
+    model_gradients, model_gradients_f64,
+};
 use neuroplastic::{
     Activation, AlphaShape, Device, Engine, EtaMode, Head, InputMap, LayerConfig, ModActivation, Model,
-    ModulatorConfig, Options, Params, Rule, Seq, State, Topology, Truncation,
+    ModulatorConfig, Options, Params, Rule, State, Topology,
 };
 use neuroplastic::{Episode, Error as NpError};
 use rand::{RngExt, SeedableRng};
@@ -49,21 +39,13 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Finite-difference step, in f64 (central differences: truncation error
-/// ~h², rounding ~1e-16·|L|/h, both far below the tolerances).
-const FD_STEP: f64 = 1e-5;
-/// Least distance between a pre-clip value and ±c_max (≫ FD_STEP times any
-/// sensitivity here, and ≫ the f32 rounding of the trace).
-pub const KINK_MARGIN: f64 = 1e-3;
-/// Scale floor, relative to the largest difference of the problem.
-const SCALE_FLOOR: f64 = 1e-2;
 /// Draws tried per case before giving up on finding one away from the kinks.
 const MAX_DRAWS: u64 = 32;
 
 /// What computes the analytic gradient of an entry.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Backend {
-    /// `reference::backward` in f64 end to end, with the read-out and dL/dŷ
+    /// `reference::plastic_bwd` in f64 end to end, with the read-out and dL/dŷ
     /// in f64 too: checks the oracle (and the differences) at full precision.
     F64,
     /// `Model::loss_and_grad` through an [`Engine`] on this device (f32 in and out).
@@ -93,10 +75,10 @@ impl Backend {
 
     fn gradients(self, p: &Problem) -> Result<Named, NpError> {
         match self {
-            Backend::F64 => analytic_f64(p),
+            Backend::F64 => model_gradients_f64(p),
             Backend::Engine(d) => {
                 let mut engine = Engine::new(p.model.cfg, d, Options::default())?;
-                analytic(p, &mut engine)
+                model_gradients(p, &mut engine)
             }
         }
     }
@@ -194,222 +176,6 @@ fn config(rule: Rule, alpha: AlphaShape, v: &Variant) -> LayerConfig {
     cfg
 }
 
-/// A random problem: the f32 model and episode every backend sees.
-#[derive(Clone, Debug)]
-pub struct Problem {
-    model: Model,
-    ep: Episode,
-    /// Fraction of pre-clip values beyond ±c_max (clipped rules only).
-    clipped: Option<f64>,
-}
-
-/// The same point in f64: every tensor the loss depends on, by name.
-#[derive(Clone)]
-struct Point {
-    params: Params<f64>,
-    head_w: Vec<f64>,
-    head_b: Vec<f64>,
-    inputs: Vec<f64>,
-    init: State<f64>,
-}
-
-impl Point {
-    fn of(p: &Problem) -> Self {
-        let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
-        let init = p.ep.init.clone().expect("problems always carry an initial state");
-        Point {
-            params: p.model.params.map(f64::from),
-            head_w: p.model.head.as_ref().map(|h| f(&h.weight)).unwrap_or_default(),
-            head_b: p.model.head.as_ref().map(|h| f(&h.bias)).unwrap_or_default(),
-            inputs: f(&p.ep.inputs),
-            init: init.map(f64::from),
-        }
-    }
-
-    /// Every tensor with its name, in a fixed order (empty ones included).
-    fn tensors_mut(&mut self) -> Vec<(&'static str, &mut Vec<f64>)> {
-        let mut v: Vec<(&'static str, &mut Vec<f64>)> = self.params.named_mut().into_iter().collect();
-        v.push(("head.out.weight", &mut self.head_w));
-        v.push(("head.out.bias", &mut self.head_b));
-        v.push(("inputs", &mut self.inputs));
-        v.push(("h0", &mut self.init.h));
-        v.push(("hebb0", &mut self.init.hebb));
-        v.push(("elig0", &mut self.init.elig));
-        v
-    }
-}
-
-/// The model loss in f64: `Σ mask · Σ_o (W_o y + b_o − target)²`.
-fn loss64(p: &Problem, pt: &Point) -> Result<f64, NpError> {
-    let (b, t) = (p.ep.batch, p.ep.steps);
-    let cfg = &p.model.cfg;
-    let (y, _) = reference::forward(cfg, &pt.params, Seq::new(&pt.inputs, b, t), Some(&pt.init))?;
-    let n = cfg.n;
-    let o = p.model.outputs();
-    let mut loss = 0.0;
-    for r in 0..b * t {
-        let m = p.ep.mask[r] as f64;
-        let yr = &y[r * n..(r + 1) * n];
-        for q in 0..o {
-            let yhat = if p.model.head.is_some() {
-                pt.head_b[q] + (0..n).map(|j| pt.head_w[q * n + j] * yr[j]).sum::<f64>()
-            } else {
-                yr[q]
-            };
-            let e = yhat - p.ep.targets[r * o + q] as f64;
-            loss += m * e * e;
-        }
-    }
-    Ok(loss)
-}
-
-/// A named gradient tensor.
-type Named = Vec<(&'static str, Vec<f64>)>;
-
-/// Central differences of [`loss64`] for every tensor (zero for a fixed rate).
-fn fd_gradients(p: &Problem) -> Result<Named, NpError> {
-    let base = Point::of(p);
-    let fixed = p.model.cfg.eta == EtaMode::Fixed;
-    let mut out = Vec::new();
-    let count = base.clone().tensors_mut().len();
-    for ti in 0..count {
-        let mut probe = base.clone();
-        let (name, len) = {
-            let ts = probe.tensors_mut();
-            (ts[ti].0, ts[ti].1.len())
-        };
-        let mut g = vec![0.0; len];
-        if !(fixed && (name == "eta" || name == "eta_e")) {
-            for (e, ge) in g.iter_mut().enumerate() {
-                let x0 = probe.tensors_mut()[ti].1[e];
-                probe.tensors_mut()[ti].1[e] = x0 + FD_STEP;
-                let lp = loss64(p, &probe)?;
-                probe.tensors_mut()[ti].1[e] = x0 - FD_STEP;
-                let lm = loss64(p, &probe)?;
-                probe.tensors_mut()[ti].1[e] = x0;
-                *ge = (lp - lm) / (2.0 * FD_STEP);
-            }
-        }
-        out.push((name, g));
-    }
-    Ok(out)
-}
-
-/// A backend's analytic gradients, in the order of [`Point::tensors_mut`].
-fn analytic(p: &Problem, engine: &mut Engine) -> Result<Named, NpError> {
-    let g = p.model.loss_and_grad(engine, &p.ep)?;
-    let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
-    let mut out: Named = g.layer.params.named().into_iter().map(|(n, v)| (n, f(v))).collect();
-    let (hw, hb) = g.head.as_ref().map(|h| (f(&h.weight), f(&h.bias))).unwrap_or_default();
-    out.push(("head.out.weight", hw));
-    out.push(("head.out.bias", hb));
-    out.push(("inputs", f(&g.layer.inputs)));
-    out.push(("h0", f(&g.layer.init.h)));
-    out.push(("hebb0", f(&g.layer.init.hebb)));
-    out.push(("elig0", f(&g.layer.init.elig)));
-    Ok(out)
-}
-
-/// The analytic gradients in f64 end to end (the oracle; see [`Backend::F64`]).
-fn analytic_f64(p: &Problem) -> Result<Named, NpError> {
-    // y: (B, T, N)  ŷ, dŷ: (B, T, O)
-    let pt = Point::of(p);
-    let cfg = &p.model.cfg;
-    let (b, t, n, o) = (p.ep.batch, p.ep.steps, cfg.n, p.model.outputs());
-    let seq = Seq::new(&pt.inputs, b, t);
-    let (y, _) = reference::forward(cfg, &pt.params, seq, Some(&pt.init))?;
-    let head = p.model.head.is_some();
-    let (mut gw, mut gb) = (vec![0.0; pt.head_w.len()], vec![0.0; pt.head_b.len()]);
-    let mut dy = vec![0.0; y.len()];
-    for r in 0..b * t {
-        let m = p.ep.mask[r] as f64;
-        let yr = &y[r * n..(r + 1) * n];
-        for q in 0..o {
-            let yhat =
-                if head { pt.head_b[q] + (0..n).map(|j| pt.head_w[q * n + j] * yr[j]).sum::<f64>() } else { yr[q] };
-            let d = 2.0 * m * (yhat - p.ep.targets[r * o + q] as f64);
-            if head {
-                gb[q] += d;
-                for j in 0..n {
-                    gw[q * n + j] += d * yr[j];
-                    dy[r * n + j] += d * pt.head_w[q * n + j];
-                }
-            } else {
-                dy[r * n + q] = d;
-            }
-        }
-    }
-    let g = reference::backward(cfg, &pt.params, seq, Some(&pt.init), &dy, None, Truncation::None)?;
-    let mut out: Named = g.params.named().into_iter().map(|(name, v)| (name, v.clone())).collect();
-    out.push(("head.out.weight", gw));
-    out.push(("head.out.bias", gb));
-    out.push(("inputs", g.inputs));
-    out.push(("h0", g.init.h));
-    out.push(("hebb0", g.init.hebb));
-    out.push(("elig0", g.init.elig));
-    Ok(out)
-}
-
-/// The largest scale-relative error over tensors (see the module docs) and
-/// where it is, e.g. `mod.v[3]`.
-fn compare(an: &Named, fd: &Named) -> (f64, String) {
-    let global = fd.iter().flat_map(|(_, v)| v.iter()).fold(0.0f64, |m, x| m.max(x.abs()));
-    let floor = (SCALE_FLOOR * global).max(f64::MIN_POSITIVE);
-    let (mut worst, mut at) = (0.0f64, String::from("-"));
-    for ((name, a), (fname, d)) in an.iter().zip(fd) {
-        debug_assert_eq!(name, fname);
-        if a.len() != d.len() {
-            return (f64::INFINITY, format!("{name} (length {} vs {})", a.len(), d.len()));
-        }
-        let scale = d.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(floor);
-        for (e, (x, y)) in a.iter().zip(d).enumerate() {
-            let err = (x - y).abs() / scale;
-            // NaN compares false: count it as infinitely wrong.
-            let err = if err.is_nan() { f64::INFINITY } else { err };
-            if err > worst {
-                (worst, at) = (err, format!("{name}[{e}]"));
-            }
-        }
-    }
-    (worst, at)
-}
-
-/// |pre-clip value| of every trace entry at every step, in f64 (clipped rules).
-fn preclip_magnitudes(cfg: &LayerConfig, pt: &Point, b: usize, t: usize) -> Vec<f64> {
-    // The problem was drawn with this configuration's shapes, so the reference cannot refuse them.
-    reference::preclip(cfg, &pt.params, Seq::new(&pt.inputs, b, t), Some(&pt.init))
-        .expect("gradcheck draws consistent shapes")
-        .into_iter()
-        .map(f64::abs)
-        .collect()
-}
-
-/// Picks c_max for a clipped rule: between two neighbouring pre-clip
-/// magnitudes of the unclipped run (so that some entries clip), then checks
-/// the clipped run's own trajectory against [`KINK_MARGIN`]. Returns c_max
-/// and the clipped fraction, or `None` when no candidate keeps the margin.
-fn choose_clip(cfg: &mut LayerConfig, pt: &Point, b: usize, t: usize) -> Option<(f64, f64)> {
-    cfg.clip = 1e30;
-    let mut mags = preclip_magnitudes(cfg, pt, b, t);
-    mags.sort_by(f64::total_cmp);
-    let len = mags.len();
-    for q in [0.8, 0.7, 0.9, 0.6, 0.85, 0.75, 0.95, 0.5] {
-        let k = ((q * len as f64) as usize).min(len - 2);
-        let c = 0.5 * (mags[k] + mags[k + 1]);
-        if c <= 0.0 || !c.is_finite() {
-            continue;
-        }
-        cfg.clip = c;
-        let now = preclip_magnitudes(cfg, pt, b, t);
-        let margin = now.iter().fold(f64::INFINITY, |m, &z| m.min((z - c).abs()));
-        let frac = now.iter().filter(|&&z| z > c).count() as f64 / now.len() as f64;
-        if margin >= KINK_MARGIN && frac > 0.0 && frac < 1.0 {
-            return Some((c, frac));
-        }
-    }
-    None
-}
-
 /// Draws one problem for `cfg`; `None` when the draw lands too close to a clip kink.
 fn draw(mut cfg: LayerConfig, head: bool, rng: &mut ChaCha8Rng) -> Option<Problem> {
     let mut u = |lo: f64, hi: f64| rng.random_range(lo..hi) as f32;
@@ -504,7 +270,7 @@ pub fn run(args: Args) -> CliResult {
                 let cfg = config(rule, alpha, v);
                 for case in 0..args.cases {
                     let p = problem(args.seed, index, case, cfg, v.head);
-                    let fd = p.as_ref().map(fd_gradients);
+                    let fd = p.as_ref().map(model_fd_gradients);
                     for &be in &backends {
                         let mut e = Entry {
                             rule,
@@ -657,6 +423,7 @@ fn print_json(args: &Args, entries: &[Entry], skipped: &[(&str, String)], failed
 #[cfg(test)]
 mod tests {
     use super::*;
+    use neuroplastic::testing::gradcheck::{model_loss_f64, preclip_magnitudes};
 
     fn some_problem(rule: Rule, v: usize) -> Problem {
         let cfg = config(rule, AlphaShape::Connection, &VARIANTS[v]);
@@ -666,7 +433,7 @@ mod tests {
     #[test]
     fn a_wrong_gradient_is_flagged_and_located() {
         let p = some_problem(Rule::Retroactive, 0);
-        let fd = fd_gradients(&p).unwrap();
+        let fd = model_fd_gradients(&p).unwrap();
         let mut an = Backend::Engine(Device::Reference).gradients(&p).unwrap();
         let (err, _) = compare(&an, &fd);
         assert!(err < Backend::Engine(Device::Reference).tolerance(), "reference err {err}");
@@ -685,7 +452,7 @@ mod tests {
     fn a_nonzero_gradient_of_a_fixed_rate_is_flagged() {
         let p = some_problem(Rule::Hebb, 1);
         assert_eq!(p.model.cfg.eta, EtaMode::Fixed);
-        let fd = fd_gradients(&p).unwrap();
+        let fd = model_fd_gradients(&p).unwrap();
         let mut an = Backend::Engine(Device::Reference).gradients(&p).unwrap();
         let k = an.iter().position(|(n, _)| *n == "eta").unwrap();
         assert_eq!(an[k].1, vec![0.0]);
@@ -702,7 +469,7 @@ mod tests {
                 assert!(frac > 0.0 && frac < 1.0, "{rule:?} {v}: clipped share {frac}");
                 let pt = Point::of(&p);
                 let c = p.model.cfg.clip;
-                let mags = preclip_magnitudes(&p.model.cfg, &pt, B, T);
+                let mags = preclip_magnitudes(&p.model.cfg, &pt, B, T).unwrap();
                 let margin = mags.iter().fold(f64::INFINITY, |m, &z| m.min((z - c).abs()));
                 assert!(margin >= KINK_MARGIN, "{rule:?} {v}: margin {margin}");
             }
@@ -714,7 +481,7 @@ mod tests {
         for rule in Rule::ALL {
             for v in 0..VARIANTS.len() {
                 let p = some_problem(rule, v);
-                let l64 = loss64(&p, &Point::of(&p)).unwrap();
+                let l64 = model_loss_f64(&p, &Point::of(&p)).unwrap();
                 let mut eng = Engine::new(p.model.cfg, Device::Reference, Options::default()).unwrap();
                 let l = p.model.loss(&mut eng, &p.ep).unwrap();
                 assert!((l - l64).abs() <= 1e-5 * l64.abs().max(1.0), "{rule:?} {v}: {l} vs {l64}");

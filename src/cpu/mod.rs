@@ -1,7 +1,18 @@
 //! The CPU backend: f32, SIMD through `wide` (only in `simd.rs`), threads
-//! through rayon, fused passes, checkpointed back-propagation. It mirrors
-//! [`crate::reference::forward`] and [`crate::reference::backward`] (same
-//! equations, same [`crate::Truncation`] semantics) and is tested against them.
+//! through rayon, fused passes, checkpointed back-propagation. Its
+//! [`plastic_fwd`] and [`plastic_bwd`] are the twins of
+//! [`crate::reference::plastic_fwd`] and [`crate::reference::plastic_bwd`]
+//! (same equations, same argument order, same [`crate::Truncation`]
+//! semantics) and are tested against them; [`Cpu`] is what an
+//! [`crate::Engine`] holds (pool and workspace).
+//!
+//! # Files
+//!
+//! - `fwd.rs`: the forward row kernels, block tasks and time loop;
+//! - `bwd/`: the backward, by role: `rows.rs` (SIMD row kernels),
+//!   `tasks.rs` (block tasks of one pass), `driver.rs` (the checkpointed
+//!   time sweep), `reduce.rs` (parameter gradients after the sweep);
+//! - `simd.rs`: the only file that names `wide`.
 //!
 //! # How a step runs
 //!
@@ -45,7 +56,7 @@
 //!
 //! The forward keeps the small per-step vectors (`y`, `M`, `m`; `x` is the
 //! input or the previous `y`) and a snapshot of the traces every `C` steps
-//! ([`crate::Checkpoint::interval`]). The backward sweeps the segments from the
+//! ([`Checkpoint::interval`]). The backward sweeps the segments from the
 //! last: it recomputes a segment's traces from its snapshot into the workspace
 //! (update-only passes, same code as the forward, so the values are bitwise the
 //! forward's), then runs the segment's steps backwards, each one pass that
@@ -90,8 +101,8 @@ use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
 use crate::config::{Activation, AlphaShape, LayerConfig, ModActivation, Rule, Topology};
-use crate::engine::{Checkpoint, Options};
 use crate::error::{Error, Result};
+use crate::options::{Checkpoint, Options};
 use crate::params::{Gradients, Params, Seq, State};
 
 /// Rule codes for the kernels' const generics.
@@ -166,39 +177,10 @@ impl Plan {
         }
     }
 
-    /// Whether the backward of this call reconstructs the traces of a segment
-    /// backwards, step by step from the segment's last state, instead of
-    /// recomputing them forwards from its first into a buffer of `C − 1`
-    /// states: Hebb `H_t = (H_{t+1} − η y_t x_tᵀ)/(1 − η)`, Oja `H_t =
-    /// (H_{t+1} − η y_t x_tᵀ)/(1 − η y_t²)`. That needs no segment buffer
-    /// (memory `O(B·N·I·T/C)` instead of `O(B·N·I·(T/C + C))`) and one
-    /// stream less per step; the price is rounding: each step back divides by
-    /// `1 − η` (or `1 − η y²`), so an error grows by at most that factor per
-    /// step and is reset at every snapshot. It is used only where the growth
-    /// over a segment is at most 1.5×: Hebb, or Oja with tanh (`y² < 1`),
-    /// `C > 1` and `(1 − η)^−(C−1) ≤ 1.5` (η = 0.01 allows C up to 41). The
-    /// clipped rules cannot be undone where the clip acts and always
-    /// recompute.
+    /// Whether the backward of this call reconstructs a segment's traces
+    /// backwards from its last state ([`Checkpoint::reconstructs`]).
     pub fn reconstructs(cfg: &LayerConfig, prm: &Params<f32>, c: usize) -> bool {
-        c > 1 && Self::longest_reconstructing(cfg, prm).is_some_and(|l| c <= l)
-    }
-
-    /// The longest interval `L` whose segments [`Plan::reconstructs`]:
-    /// `1 + ⌊ln 1.5 / −ln(1 − η)⌋` (unbounded at η = 0), `None` for a rule or
-    /// rate that never reconstructs.
-    pub fn longest_reconstructing(cfg: &LayerConfig, prm: &Params<f32>) -> Option<usize> {
-        let ok_rule = match cfg.rule {
-            Rule::Hebb => true,
-            Rule::Oja => cfg.activation == Activation::Tanh,
-            _ => false,
-        };
-        let eta = prm.eta.first().copied().unwrap_or(1.0) as f64;
-        if !ok_rule || !(0.0..1.0).contains(&eta) {
-            return None;
-        }
-        let per_step = -(1.0 - eta).ln();
-        let longest = if per_step > 0.0 { 1.0 + (1.5f64.ln() / per_step).floor() } else { f64::INFINITY };
-        Some(if longest >= usize::MAX as f64 { usize::MAX } else { longest as usize })
+        Checkpoint::reconstructs(cfg, prm, c)
     }
 
     /// Whether a call runs episode by episode: each episode's whole time loop
@@ -565,30 +547,83 @@ fn check_saved(cfg: &LayerConfig, inputs: &Seq<'_, f32>, saved: &Saved) -> Resul
 }
 
 /// The checkpoint interval `C` the CPU forward pass uses for an episode of
-/// `steps` steps: `checkpoint.interval(steps)`, except with
-/// [`Checkpoint::Auto`] for a layer whose backward can reconstruct its traces
-/// (Hebb or Oja at small η, see `docs/backward.md` §6.1). There the longest
-/// interval `L` that still reconstructs (41 at η = 0.01) keeps `⌈T/L⌉ + 1`
-/// traces and no segment buffer, against `⌈T/C⌉ + C − 1` for the replayed
-/// `C = ⌈√T⌉` (or `⌈T/C⌉ + 1` if `C` reconstructs too); the smaller wins, `L`
-/// on a tie (no replay). The rounding growth per segment stays bounded by
-/// 1.5× either way.
+/// `steps` steps: [`Checkpoint::interval`], the one rule every backend
+/// follows (this name is kept for callers that asked the CPU backend).
 pub fn interval(cfg: &LayerConfig, params: &Params<f32>, checkpoint: Checkpoint, steps: usize) -> usize {
-    let c = checkpoint.interval(steps);
-    let longest = match Plan::longest_reconstructing(cfg, params) {
-        Some(l) if checkpoint == Checkpoint::Auto && steps >= 2 && l >= 2 => l.min(steps),
-        _ => return c,
-    };
-    let kept =
-        |every: usize| steps.div_ceil(every) + if Plan::reconstructs(cfg, params, every) { 1 } else { every - 1 };
-    if kept(longest) <= kept(c) { longest } else { c }
+    checkpoint.interval(cfg, params, steps)
 }
 
-/// Forward over an episode batch. See [`crate::Engine::forward`].
+/// The CPU backend as an [`crate::Engine`] holds it: its thread pool and its
+/// workspace, both reused across calls.
+pub struct Cpu {
+    /// A private pool of `options.threads` threads, or `None` for rayon's
+    /// global pool.
+    pool: Option<rayon::ThreadPool>,
+    ws: Workspace,
+}
+
+impl Cpu {
+    /// Starts the backend for `opts` (a private pool when `opts.threads` is set).
+    pub fn new(opts: &Options) -> Result<Cpu> {
+        opts.validate()?;
+        let pool = match opts.threads {
+            Some(n) => Some(rayon::ThreadPoolBuilder::new().num_threads(n).build().map_err(|e| Error::Config {
+                arg: "options.threads".into(),
+                message: format!("could not start a pool of {n} threads: {e}"),
+            })?),
+            None => None,
+        };
+        Ok(Cpu { pool, ws: Workspace::default() })
+    }
+
+    fn run<R: Send>(pool: &Option<rayon::ThreadPool>, f: impl FnOnce() -> R + Send) -> R {
+        match pool {
+            Some(p) => p.install(f),
+            None => f(),
+        }
+    }
+
+    /// [`plastic_fwd`] on this backend's pool and workspace.
+    pub fn plastic_fwd(
+        &mut self,
+        cfg: &LayerConfig,
+        params: &Params<f32>,
+        inputs: Seq<'_, f32>,
+        init: Option<&State<f32>>,
+        opts: &Options,
+    ) -> Result<(Vec<f32>, State<f32>, Saved)> {
+        let ws = &mut self.ws;
+        Self::run(&self.pool, || plastic_fwd(cfg, params, inputs, init, opts, ws))
+    }
+
+    /// [`plastic_bwd`] on this backend's pool and workspace.
+    #[allow(clippy::too_many_arguments)]
+    pub fn plastic_bwd(
+        &mut self,
+        cfg: &LayerConfig,
+        params: &Params<f32>,
+        inputs: Seq<'_, f32>,
+        saved: &Saved,
+        dy: &[f32],
+        dlast: Option<&State<f32>>,
+        opts: &Options,
+    ) -> Result<Gradients<f32>> {
+        let ws = &mut self.ws;
+        Self::run(&self.pool, || plastic_bwd(cfg, params, inputs, saved, dy, dlast, opts, ws))
+    }
+}
+
+/// The name [`plastic_bwd`] had before the backends were paired by name.
+pub use plastic_bwd as backward;
+/// The name [`plastic_fwd`] had before the backends were paired by name.
+pub use plastic_fwd as forward;
+
+/// Forward over an episode batch (twin of [`crate::reference::plastic_fwd`]).
+/// See [`crate::Engine::forward`].
 ///
 /// `inputs`: `(B, T, X)`; `init`: the state before step 0 (`None` = zeros).
 /// Returns `y` `(B, T, N)`, the final state and what the backward pass needs.
-pub fn forward(
+pub fn plastic_fwd(
     cfg: &LayerConfig,
     params: &Params<f32>,
     inputs: Seq<'_, f32>,
@@ -602,18 +637,19 @@ pub fn forward(
     if let Some(s) = init {
         s.validate(cfg, inputs.batch, "init", opts.check_finite)?;
     }
-    let mut plan = Plan::new(cfg, inputs.batch, inputs.steps, interval(cfg, params, opts.checkpoint, inputs.steps));
+    let mut plan = Plan::new(cfg, inputs.batch, inputs.steps, opts.checkpoint.interval(cfg, params, inputs.steps));
     plan.recon = Plan::reconstructs(cfg, params, plan.c);
     Ok(fwd::run(cfg, &plan, params, inputs.data, init, ws))
 }
 
-/// Backward over an episode batch. See [`crate::Engine::backward`].
+/// Backward over an episode batch (twin of [`crate::reference::plastic_bwd`],
+/// whose `init` is this `saved`). See [`crate::Engine::backward`].
 ///
 /// `dy`: `(B, T, N)`; `dlast`: dL/d(final state) (`None` = zero). Parameter
 /// gradients are assigned; the truncation is `opts.truncate`; the checkpoint
 /// interval is the one the forward pass ran with.
 #[allow(clippy::too_many_arguments)]
-pub fn backward(
+pub fn plastic_bwd(
     cfg: &LayerConfig,
     params: &Params<f32>,
     inputs: Seq<'_, f32>,

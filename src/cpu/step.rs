@@ -7,7 +7,7 @@
 //! recorded inputs.
 
 use super::fwd::{Pending, drive_row};
-use super::{Plan, Saved, Workspace, grow, interval};
+use super::{Cpu, Plan, Saved, Workspace, grow};
 use crate::config::LayerConfig;
 use super::Options;
 use crate::params::{Params, State};
@@ -40,7 +40,7 @@ impl Steps {
         ws: &mut Workspace,
     ) -> Steps {
         // The plan of a whole-episode forward of the same shapes: same interval, same partition.
-        let mut plan = Plan::new(cfg, batch, steps, interval(cfg, params, opts.checkpoint, steps));
+        let mut plan = Plan::new(cfg, batch, steps, opts.checkpoint.interval(cfg, params, steps));
         plan.recon = Plan::reconstructs(cfg, params, plan.c);
         let pending = Pending::new(&plan, init, ws);
         Steps {
@@ -90,5 +90,31 @@ impl Steps {
     pub(crate) fn finish(self, cfg: &LayerConfig, ws: &Workspace) -> (Vec<f32>, Vec<f32>, State<f32>, Saved) {
         let (y, last, saved) = self.pending.finish(cfg, ws);
         (self.inputs, y, last, saved)
+    }
+}
+
+impl Cpu {
+    /// Starts a step-at-a-time forward on this backend's workspace.
+    pub(crate) fn steps_start(
+        &mut self,
+        cfg: &LayerConfig,
+        params: &Params<f32>,
+        batch: usize,
+        steps: usize,
+        init: Option<&State<f32>>,
+        opts: &Options,
+    ) -> Steps {
+        Steps::new(cfg, params, batch, steps, init, opts, &mut self.ws)
+    }
+
+    /// Runs the next step of `s` on this backend's pool and workspace.
+    pub(crate) fn steps_step(&mut self, s: &mut Steps, cfg: &LayerConfig, params: &Params<f32>, x: &[f32]) {
+        let ws = &mut self.ws;
+        Self::run(&self.pool, || s.step(cfg, params, x, ws));
+    }
+
+    /// Ends `s`: see [`Steps::finish`].
+    pub(crate) fn steps_finish(&self, s: Steps, cfg: &LayerConfig) -> (Vec<f32>, Vec<f32>, State<f32>, Saved) {
+        s.finish(cfg, &self.ws)
     }
 }

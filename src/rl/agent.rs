@@ -19,7 +19,8 @@ use crate::config::{LayerConfig, ModActivation, ModulatorConfig, Rule};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::{Head, Model, ModelGrads};
-use crate::params::{Gradients, Params, Truncation};
+use crate::options::Truncation;
+use crate::params::{Gradients, Params};
 use crate::step::{Stepper, StepperF64};
 use crate::train::{Optimizer, StepStats, TaskRng, init_rng};
 

@@ -16,8 +16,7 @@ use crate::error::{Error, Result};
 use crate::model::{Model, ModelGrads};
 use crate::params::PARAM_NAMES;
 
-/// The names of the read-out's tensors (DESIGN.md §5).
-pub const HEAD_NAMES: [&str; 2] = ["head.out.weight", "head.out.bias"];
+pub use crate::model::HEAD_NAMES;
 
 /// How weight decay enters the update.
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
