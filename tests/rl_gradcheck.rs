@@ -5,11 +5,11 @@
 //! their unperturbed values (the loss's stop-gradient). The CPU engine's f32
 //! gradient of the same batch is then compared with the f64 one.
 
+use neuroplastic::rl::Variant;
 use neuroplastic::rl::a2c::A2cConfig;
 use neuroplastic::rl::agent::{Agent, batch_grads, batch_grads_f64};
 use neuroplastic::rl::env::{CueReward, CueRewardConfig, Env, Maze, MazeConfig};
 use neuroplastic::rl::run::action_rng;
-use neuroplastic::rl::Variant;
 use neuroplastic::train::episode_rng;
 use neuroplastic::{Device, Engine, Options, Params};
 
@@ -33,18 +33,23 @@ fn fd_check<E: Env>(variant: Variant, make: impl Fn(&mut neuroplastic::train::Ta
         batch_grads_f64(&cfg, p, (hw, hb), &A2C, &mut envs, steps, &mut episode_rng(6), &mut action_rng(7), forced, det)
             .unwrap()
     };
-    let (ro, l0, g, (dw, db)) = run(&p, &hw, &hb, None, None);
+    let r0 = run(&p, &hw, &hb, None, None);
+    let (ro, l0, g, (dw, db)) = (r0.rollout, r0.loss, r0.layer, r0.head);
     let acts = ro.actions.clone();
     let det = l0.advantages.clone();
     // The replay reproduces the batch.
-    let (ro2, l2, _, _) = run(&p, &hw, &hb, Some(&acts), Some(&det));
+    let r2 = run(&p, &hw, &hb, Some(&acts), Some(&det));
+    let (ro2, l2) = (r2.rollout, r2.loss);
     assert_eq!(ro2, ro);
     assert_eq!(l2.loss, l0.loss);
-    let loss = |p: &Params<f64>, hw: &[f64], hb: &[f64]| run(p, hw, hb, Some(&acts), Some(&det)).1.loss;
+    let loss = |p: &Params<f64>, hw: &[f64], hb: &[f64]| run(p, hw, hb, Some(&acts), Some(&det)).loss.loss;
     let eps = 1e-6;
     let mut checked = 0;
     let close = |fd: f64, an: f64, what: &str| {
-        assert!((fd - an).abs() <= 1e-7 + 1e-5 * an.abs().max(fd.abs()), "{variant:?} {what}: analytic {an:e}, finite differences {fd:e}");
+        assert!(
+            (fd - an).abs() <= 1e-7 + 1e-5 * an.abs().max(fd.abs()),
+            "{variant:?} {what}: analytic {an:e}, finite differences {fd:e}"
+        );
     };
     let frozen = variant.frozen();
     for (name, _) in p.named() {

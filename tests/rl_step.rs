@@ -9,7 +9,7 @@ mod common;
 
 use common::Rng;
 use neuroplastic::{
-    Checkpoint, Device, Engine, Gradients, LayerConfig, Options, Params, Rule, Seq, State, StepperF64, Stepped,
+    Checkpoint, Device, Engine, Gradients, LayerConfig, Options, Params, Rule, Seq, State, Stepped, StepperF64,
 };
 
 fn params(cfg: &LayerConfig, rng: &mut Rng) -> Params<f32> {
@@ -58,6 +58,7 @@ fn closed_loop(
     (s, g, ys)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check(device: Device, rule: Rule, b: usize, n: usize, x: usize, t: usize, with_init: bool, ck: Checkpoint) {
     let cfg = config(rule, n, x);
     let mut rng = Rng::new((b * 1000 + n * 10 + t) as u64);

@@ -203,11 +203,7 @@ const PILOT_UPDATES: u64 = 1500;
 
 fn config(task: TaskConfig, net: &NetOpts, variant: Variant, seed: u64) -> RunConfig {
     let paper = RunConfig::paper(task, variant, 6667, seed);
-    let mut c = if net.paper {
-        paper
-    } else {
-        RunConfig { hidden: 50, lr: 1e-3, updates: PILOT_UPDATES, ..paper }
-    };
+    let mut c = if net.paper { paper } else { RunConfig { hidden: 50, lr: 1e-3, updates: PILOT_UPDATES, ..paper } };
     c.updates = net.updates.unwrap_or(c.updates);
     c.hidden = net.hidden.unwrap_or(c.hidden);
     c.batch = net.batch.unwrap_or(c.batch);
@@ -291,9 +287,11 @@ impl Session<'_> {
             if self.s.quiet || !self.terminal { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
         let bar = ProgressBar::with_draw_target(Some(total), target);
         bar.set_style(
-            ProgressStyle::with_template("{prefix} {elapsed_precise} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta}) {msg}")
-                .expect("the template is valid")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{prefix} {elapsed_precise} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta}) {msg}",
+            )
+            .expect("the template is valid")
+            .progress_chars("=> "),
         );
         bar.set_prefix(label.to_string());
         bar.set_position(state.step());
@@ -326,7 +324,11 @@ impl Session<'_> {
         if stopped {
             self.say(
                 None,
-                format!("stopped at update {} of {label}; checkpoint {} (continue with --resume)", state.step(), ckpt.display()),
+                format!(
+                    "stopped at update {} of {label}; checkpoint {} (continue with --resume)",
+                    state.step(),
+                    ckpt.display()
+                ),
             );
         }
         Ok(!stopped)
@@ -356,11 +358,9 @@ fn train_one(task: TaskConfig, one: &OneRun, net: &NetOpts, s: &SessionOpts) -> 
         st
     } else {
         if ckpt.exists() {
-            return Err(format!(
-                "{} exists: continue that run with --resume, or choose another --out",
-                ckpt.display()
-            )
-            .into());
+            return Err(
+                format!("{} exists: continue that run with --resume, or choose another --out", ckpt.display()).into()
+            );
         }
         RunState::new(config(task, net, variant, one.seed))?
     };
@@ -410,13 +410,17 @@ fn read_curve(path: &Path) -> Result<Vec<f64>, String> {
     text.lines()
         .skip(1)
         .map(|l| {
-            l.split(',').nth(1).and_then(|v| v.parse::<f64>().ok()).ok_or_else(|| format!("{}: bad line `{l}`", path.display()))
+            l.split(',')
+                .nth(1)
+                .and_then(|v| v.parse::<f64>().ok())
+                .ok_or_else(|| format!("{}: bad line `{l}`", path.display()))
         })
         .collect()
 }
 
 fn compare(task: TaskConfig, cmp: &Comparison, net: &NetOpts, s: &SessionOpts) -> CliResult {
-    let variants = cmp.variants.split(',').map(|v| Variant::parse(v.trim())).collect::<neuroplastic::Result<Vec<_>>>()?;
+    let variants =
+        cmp.variants.split(',').map(|v| Variant::parse(v.trim())).collect::<neuroplastic::Result<Vec<_>>>()?;
     if variants.is_empty() || cmp.seeds == 0 {
         return Err("need at least one variant (--variants) and one seed (--seeds)".into());
     }
@@ -516,13 +520,20 @@ fn summary(curves: &[(Variant, Vec<Vec<f64>>)], c: &RunConfig, seeds: u64, train
         let each: Vec<String> = finals.iter().map(|f| format!("{f:.2}")).collect();
         s.push_str(&format!("| {} | {m:.3} | ± {h:.3} | {} |\n", v.name(), each.join(" ")));
     }
-    s.push_str(&format!("\nTraining time {train_secs:.0} s in all runs; this session's wall-clock time {wall:.0} s.\n"));
+    s.push_str(&format!(
+        "\nTraining time {train_secs:.0} s in all runs; this session's wall-clock time {wall:.0} s.\n"
+    ));
     s
 }
 
 /// Learning curves: per variant the mean over seeds of the smoothed reward
 /// and a band of ± the 95% CI.
-fn write_figure(path: &Path, curves: &[(Variant, Vec<Vec<f64>>)], title: &str, window: usize) -> neuroplastic::Result<()> {
+fn write_figure(
+    path: &Path,
+    curves: &[(Variant, Vec<Vec<f64>>)],
+    title: &str,
+    window: usize,
+) -> neuroplastic::Result<()> {
     use plotters::prelude::*;
     let err = |e: &dyn std::fmt::Display| neuroplastic::Error::Format {
         path: path.display().to_string(),

@@ -746,7 +746,8 @@ impl Pending {
         let per = self.snap_h.len() / p.b.max(1);
         let (py, pmm, pm) = (Par::new(&mut self.y), Par::new(&mut self.mm), Par::new(&mut self.m));
         let (psh, pse) = (Par::new(&mut self.snap_h), Par::new(&mut self.snap_e));
-        let (plh, ple, pfin) = (Par::new(&mut self.last.hebb), Par::new(&mut self.last.elig), Par::new(&mut self.fin_h));
+        let (plh, ple, pfin) =
+            (Par::new(&mut self.last.hebb), Par::new(&mut self.last.elig), Par::new(&mut self.fin_h));
         let h0r = &self.h0[..];
         let range = |q: &Plan, b0: usize, b1: usize| {
             let (nb, elig) = (b1 - b0, p.elig);

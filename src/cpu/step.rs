@@ -6,10 +6,10 @@
 //! and its gradients are bitwise those of a whole-episode forward on the
 //! recorded inputs.
 
+use super::Options;
 use super::fwd::{Pending, drive_row};
 use super::{Cpu, Plan, Saved, Workspace, grow};
 use crate::config::LayerConfig;
-use super::Options;
 use crate::params::{Params, State};
 
 /// A forward pass in progress, one step per [`Steps::step`].

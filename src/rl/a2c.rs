@@ -202,7 +202,14 @@ pub fn loss(
         d[na] = -2.0 * s * cfg.value_coef * adv[r];
     }
     let (pol, val, ent) = (pol * s, val * s, ent * s);
-    Ok(A2cLoss { loss: pol + val - cfg.entropy_coef * ent, policy: pol, value: val, entropy: ent, advantages: adv, dout })
+    Ok(A2cLoss {
+        loss: pol + val - cfg.entropy_coef * ent,
+        policy: pol,
+        value: val,
+        entropy: ent,
+        advantages: adv,
+        dout,
+    })
 }
 
 #[cfg(test)]
@@ -229,8 +236,8 @@ mod tests {
         let l = loss(&A2cConfig { gamma: 0.5, ..Default::default() }, &out, &[0, 1, 1, 0], &rewards, 2, None).unwrap();
         assert_eq!(l.advantages, a);
         // ∂L/∂v = −2 s c_v Â with s = 1/4, c_v = 0.1.
-        for k in 0..4 {
-            assert!((l.dout[k * 3 + 2] - (-0.05 * a[k])).abs() < 1e-15);
+        for (k, ak) in a.iter().enumerate() {
+            assert!((l.dout[k * 3 + 2] - (-0.05 * ak)).abs() < 1e-15);
         }
         // Uniform policy over 2 actions: −log π(a) = ln 2, entropy ln 2.
         let ln2 = std::f64::consts::LN_2;

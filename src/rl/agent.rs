@@ -124,11 +124,7 @@ impl Agent {
             return Err(Error::Empty { arg: "hidden (N)".into() });
         }
         if actions < 2 {
-            return Err(Error::Range {
-                arg: "actions".into(),
-                value: actions as f64,
-                expected: "at least 2".into(),
-            });
+            return Err(Error::Range { arg: "actions".into(), value: actions as f64, expected: "at least 2".into() });
         }
         let x = input_size(obs, actions);
         let cfg = variant.layer(hidden, x);
@@ -402,7 +398,6 @@ pub fn update<E: Env>(
 /// The f64 twin of [`batch_grads`] on the reference stepper, for gradient
 /// checks: parameters `params` and head `(weight, bias)` in f64; `detached`:
 /// the advantages the policy term holds constant (see [`a2c::loss`]).
-/// Returns the loss, the layer's gradients and the head's `(dW, db)`.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_grads_f64<E: Env>(
     cfg: &LayerConfig,
@@ -415,12 +410,24 @@ pub fn batch_grads_f64<E: Env>(
     act_rng: &mut TaskRng,
     forced: Option<&[usize]>,
     detached: Option<&[f64]>,
-) -> Result<(Rollout, A2cLoss, Gradients<f64>, (Vec<f64>, Vec<f64>))> {
+) -> Result<AgentGradsF64> {
     let (n, o) = (cfg.n, head.1.len());
     let mut st = StepperF64::new(*cfg, params.clone(), envs.len(), steps, None)?;
     let ro = rollout(&mut st, head, envs, steps, env_rng, act_rng, forced)?;
     let loss = a2c::loss(a2c_cfg, &ro.out, &ro.actions, &ro.rewards, steps, detached)?;
     let (dw, db, dy) = a2c::heads_backward(head.0, &ro.y, &loss.dout, n, o);
-    let (_, g) = st.backward(&dy, None, Truncation::None)?;
-    Ok((ro, loss, g, (dw, db)))
+    let (_, layer) = st.backward(&dy, None, Truncation::None)?;
+    Ok(AgentGradsF64 { rollout: ro, loss, layer, head: (dw, db) })
+}
+
+/// What [`batch_grads_f64`] returns.
+pub struct AgentGradsF64 {
+    /// The batch.
+    pub rollout: Rollout,
+    /// The loss.
+    pub loss: A2cLoss,
+    /// The layer's gradients.
+    pub layer: Gradients<f64>,
+    /// The head's `(dW (A + 1, N), db (A + 1))`.
+    pub head: (Vec<f64>, Vec<f64>),
 }

@@ -293,8 +293,7 @@ impl RunState {
         let start = std::time::Instant::now();
         let u = match self.cfg.task {
             TaskConfig::CueReward(c) => {
-                let mut envs =
-                    (0..b).map(|_| CueReward::new(c, &mut self.env_rng)).collect::<Result<Vec<_>>>()?;
+                let mut envs = (0..b).map(|_| CueReward::new(c, &mut self.env_rng)).collect::<Result<Vec<_>>>()?;
                 self.play(engine, &mut envs, t)?
             }
             TaskConfig::Maze(c) => {
@@ -431,10 +430,16 @@ pub fn final_reward(rewards: &[f64]) -> f64 {
 /// The 0.975 quantile of Student's t with `df` degrees of freedom.
 fn t975(df: usize) -> f64 {
     const T: [f64; 30] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120,
-        2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
     ];
-    if df == 0 { f64::NAN } else if df <= 30 { T[df - 1] } else { 1.96 }
+    if df == 0 {
+        f64::NAN
+    } else if df <= 30 {
+        T[df - 1]
+    } else {
+        1.96
+    }
 }
 
 /// Mean and half-width of the 95% confidence interval of the mean
