@@ -62,7 +62,7 @@ pub struct NetOpts {
     /// explicitly still win.
     #[arg(long)]
     paper: bool,
-    /// Updates (each on --batch episodes) [default: the documented pilot configuration; --paper: 6667]
+    /// Updates (each on --batch episodes) [default: 1200; --paper: 6667]
     #[arg(long)]
     updates: Option<u64>,
     /// Neurons N [default: 50; --paper: 200 (cue-reward) or 100 (maze)]
@@ -199,7 +199,7 @@ struct ExpMaze {
 }
 
 /// Default updates of the pilot configuration (see README).
-const PILOT_UPDATES: u64 = 1500;
+const PILOT_UPDATES: u64 = 1200;
 
 fn config(task: TaskConfig, net: &NetOpts, variant: Variant, seed: u64) -> RunConfig {
     let paper = RunConfig::paper(task, variant, 6667, seed);
@@ -541,8 +541,15 @@ fn write_figure(
     };
     let colors = [RGBColor(90, 90, 90), RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44)];
     let mut series = Vec::new();
+    // The y range covers every seed's smoothed curve: the mean lies inside it, and a band
+    // wider than the data (few seeds) is cut at the data instead of flattening the curves.
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
     for (v, runs) in curves {
         let smoothed: Vec<Vec<f64>> = runs.iter().map(|r| smooth(r, window)).collect();
+        for x in smoothed.iter().flatten() {
+            lo = lo.min(*x);
+            hi = hi.max(*x);
+        }
         let len = smoothed.iter().map(|r| r.len()).min().unwrap_or(0);
         let pts: Vec<(f64, f64, f64)> = (0..len)
             .map(|k| {
@@ -554,8 +561,6 @@ fn write_figure(
         series.push((*v, pts));
     }
     let xmax = series.iter().map(|(_, p)| p.len()).max().unwrap_or(1).max(1) as f64;
-    let lo = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.1 - q.2)).fold(f64::INFINITY, f64::min);
-    let hi = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.1 + q.2)).fold(f64::NEG_INFINITY, f64::max);
     let (lo, hi) = if lo.is_finite() && hi > lo { (lo, hi) } else { (-1.0, 1.0) };
     let pad = 0.05 * (hi - lo);
     let mut svg = String::new();
@@ -576,8 +581,12 @@ fn write_figure(
             .map_err(|e| err(&e))?;
         for (k, (v, pts)) in series.iter().enumerate() {
             let col = colors[k % colors.len()];
-            let band: Vec<(f64, f64)> =
-                pts.iter().map(|p| (p.0, p.1 + p.2)).chain(pts.iter().rev().map(|p| (p.0, p.1 - p.2))).collect();
+            let (top, bottom) = (hi + pad, lo - pad);
+            let band: Vec<(f64, f64)> = pts
+                .iter()
+                .map(|p| (p.0, (p.1 + p.2).min(top)))
+                .chain(pts.iter().rev().map(|p| (p.0, (p.1 - p.2).max(bottom))))
+                .collect();
             c.draw_series(std::iter::once(Polygon::new(band, col.mix(0.2).filled()))).map_err(|e| err(&e))?;
             c.draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.1)), col.stroke_width(2)))
                 .map_err(|e| err(&e))?
