@@ -3,7 +3,7 @@
 //! step `t` changes its input at step `t + 1`, run one step at a time through
 //! [`crate::Stepper`] and trained by batched advantage actor-critic.
 //!
-//! - [`env`]: the environments (cue-reward association, grid maze);
+//! - [`env`](mod@env): the environments (cue-reward association, grid maze);
 //! - [`a2c`]: the heads and the A2C loss with their gradients;
 //! - [`agent`]: the agent, its rollouts and its update;
 //! - [`run`]: a seeded training run with checkpoints, and the statistics of
