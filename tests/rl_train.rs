@@ -81,3 +81,22 @@ fn bad_settings_are_clear_errors() {
         .to_string();
     assert!(e.contains("cues"), "{e}");
 }
+
+#[test]
+fn learned_rates_stay_in_the_unit_interval() {
+    // A learning rate so large that Adam's first steps (±lr per parameter) throw η and η_e
+    // out of [0, 1]: the runs must go on, with the rates projected back.
+    let mut clamped = 0;
+    for seed in 0..4 {
+        for v in [Variant::Plastic, Variant::Retroactive] {
+            let cfg = RunConfig { lr: 0.5, seed, ..small(cue(), v) };
+            let st = train(cfg, 2, 3);
+            let p = &st.agent.model.params;
+            for &r in p.eta.iter().chain(&p.eta_e) {
+                assert!((0.0..=1.0).contains(&r), "{v:?} seed {seed}: rate {r}");
+                clamped += (r == 0.0 || r == 1.0) as usize;
+            }
+        }
+    }
+    assert!(clamped > 0, "no rate reached a bound: the test proves nothing");
+}

@@ -155,6 +155,14 @@ impl Agent {
         Ok(Agent { variant, model, obs, actions })
     }
 
+    /// Puts the learned rates η and η_e back into `[0, 1]`, where the trace
+    /// rules are defined (and the engine accepts them): an optimizer step
+    /// can take a rate that sits near 0 below it. A projected gradient step.
+    pub fn project_rates(&mut self) {
+        let p = &mut self.model.params;
+        p.eta.iter_mut().chain(p.eta_e.iter_mut()).for_each(|r| *r = r.clamp(0.0, 1.0));
+    }
+
     /// `N`.
     pub fn hidden(&self) -> usize {
         self.model.cfg.n
@@ -392,6 +400,7 @@ pub fn update<E: Env>(
 ) -> Result<Update> {
     let g = batch_grads(agent, engine, a2c_cfg, envs, steps, env_rng, act_rng, None)?;
     let stats = opt.step_model(&mut agent.model, &g.grads)?;
+    agent.project_rates();
     Ok(Update { reward: g.rollout.mean_reward(), loss: g.loss, stats })
 }
 
