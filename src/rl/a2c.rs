@@ -80,16 +80,21 @@ pub fn advantages(returns: &[f64], values: &[f64]) -> Vec<f64> {
 /// The heads of `O` outputs on every row: `out[r] = bias + W · y[r]`.
 /// `w`: `(O, N)`; `bias`: `(O)`; `y`: `(rows, N)`; returns `(rows, O)`.
 pub fn heads_forward(w: &[f64], bias: &[f64], y: &[f64], n: usize) -> Vec<f64> {
+    let mut out = vec![0.0f64; y.len() / n * bias.len()];
+    heads_forward_into(w, bias, y, n, &mut out);
+    out
+}
+
+/// [`heads_forward`] into `out` `(rows, O)`.
+pub fn heads_forward_into(w: &[f64], bias: &[f64], y: &[f64], n: usize, out: &mut [f64]) {
     let o = bias.len();
     let rows = y.len() / n;
-    let mut out = vec![0.0f64; rows * o];
     for r in 0..rows {
         let yr = &y[r * n..(r + 1) * n];
         for q in 0..o {
             out[r * o + q] = bias[q] + w[q * n..(q + 1) * n].iter().zip(yr).map(|(a, b)| a * b).sum::<f64>();
         }
     }
-    out
 }
 
 /// The heads' backward: `(dW, db, dy)` from `dout` `(rows, O)`; `dW`

@@ -221,10 +221,9 @@ impl Rollout {
     }
 }
 
-/// Samples from `softmax(z)` with one uniform draw.
-fn sample(z: &[f64], rng: &mut TaskRng) -> usize {
-    let mut lp = vec![0.0; z.len()];
-    a2c::log_softmax(z, &mut lp);
+/// Samples from `softmax(z)` with one uniform draw; `lp`: scratch of `z`'s length.
+fn sample(z: &[f64], lp: &mut [f64], rng: &mut TaskRng) -> usize {
+    a2c::log_softmax(z, lp);
     let u: f64 = rng.random();
     let mut acc = 0.0;
     for (k, l) in lp.iter().enumerate() {
@@ -282,8 +281,11 @@ pub fn rollout<E: Env>(
         out: vec![0.0; batch * steps * o],
         y: vec![0.0; batch * steps * n],
     };
+    // The step loop reuses these buffers.
     let mut xs = vec![0.0f32; batch * x];
     let mut ys = vec![0.0f64; batch * n];
+    let mut out = vec![0.0f64; batch * o];
+    let mut lp = vec![0.0f64; na];
     for t in 0..steps {
         for (b, env) in envs.iter().enumerate() {
             let xb = &mut xs[b * x..(b + 1) * x];
@@ -297,13 +299,13 @@ pub fn rollout<E: Env>(
             xb[obs + 1 + na] = t as f32 / steps as f32;
         }
         core.step(&xs, &mut ys)?;
-        let out = a2c::heads_forward(head.0, head.1, &ys, n);
+        a2c::heads_forward_into(head.0, head.1, &ys, n, &mut out);
         for (b, env) in envs.iter_mut().enumerate() {
             let row = b * steps + t;
             let ob = &out[b * o..(b + 1) * o];
             let a = match forced {
                 Some(f) => f[row],
-                None => sample(&ob[..na], act_rng),
+                None => sample(&ob[..na], &mut lp, act_rng),
             };
             ro.rewards[row] = env.act(t, a, env_rng)?;
             ro.actions[row] = a;
