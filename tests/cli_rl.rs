@@ -104,3 +104,36 @@ fn bad_arguments_are_clear_errors() {
     assert!(!r.status.success() && stderr(&r).contains("unknown variant `bogus`"), "{}", stderr(&r));
     std::fs::remove_dir_all(&out).ok();
 }
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_saves_and_the_run_resumes() {
+    let out = tmp("sigint");
+    let o = out.to_str().unwrap();
+    let mut a = vec!["train", "cue-reward", "--steps", "10", "--bits", "4", "--updates", "1000000", "--out", o];
+    a.extend(SMALL);
+    a.extend(["--checkpoint-every", "1", "--quiet"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_neuroplastic")).args(&a).spawn().unwrap();
+    let ckpt = out.join("checkpoint.safetensors");
+    let t0 = std::time::Instant::now();
+    while !ckpt.exists() {
+        assert!(t0.elapsed().as_secs() < 120, "no checkpoint after 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "a stopped run exits with 130");
+    let st = neuroplastic::rl::RunState::read(&ckpt).unwrap();
+    let done = st.step();
+    assert!(done >= 1 && done < 1_000_000, "{done} updates saved");
+    // Resume to two more updates than were saved.
+    let more = (done + 2).to_string();
+    let mut b = a.clone();
+    b[7] = &more;
+    b.push("--resume");
+    let r = np(&b);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert_eq!(neuroplastic::rl::RunState::read(&ckpt).unwrap().step(), done + 2);
+    std::fs::remove_dir_all(&out).ok();
+}

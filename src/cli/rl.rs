@@ -263,7 +263,13 @@ fn interrupted() -> Arc<AtomicBool> {
     let f = flag.clone();
     // A second handler cannot be installed (e.g. in tests); Ctrl-C then just ends the process,
     // and the last periodic checkpoint is where a resumed run continues.
-    let _ = ctrlc::set_handler(move || f.store(true, Ordering::SeqCst));
+    // A second Ctrl-C ends the process at once (the last checkpoint written stays valid: files
+    // are replaced atomically).
+    let _ = ctrlc::set_handler(move || {
+        if f.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
     flag
 }
 
