@@ -126,7 +126,7 @@ fn ctrl_c_saves_and_the_run_resumes() {
     assert_eq!(status.code(), Some(130), "a stopped run exits with 130");
     let st = neuroplastic::rl::RunState::read(&ckpt).unwrap();
     let done = st.step();
-    assert!(done >= 1 && done < 1_000_000, "{done} updates saved");
+    assert!((1..1_000_000).contains(&done), "{done} updates saved");
     // Resume to two more updates than were saved.
     let more = (done + 2).to_string();
     let mut b = a.clone();
