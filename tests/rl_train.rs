@@ -100,3 +100,54 @@ fn learned_rates_stay_in_the_unit_interval() {
     }
     assert!(clamped > 0, "no rate reached a bound: the test proves nothing");
 }
+
+#[test]
+fn bad_actions_and_empty_batches_are_clear_errors() {
+    use neuroplastic::rl::agent::{Agent, batch_grads};
+    use neuroplastic::rl::run::action_rng;
+    use neuroplastic::rl::{A2cConfig, Maze};
+    use neuroplastic::train::episode_rng;
+    let cfg = MazeConfig { steps: 4, ..MazeConfig::default() };
+    let agent = Agent::new(Variant::Modulated, 9, 4, 8, 0).unwrap();
+    let mut engine = Engine::new(agent.model.cfg, Device::Cpu, Default::default()).unwrap();
+    let mut rng = episode_rng(0);
+    let mut envs: Vec<Maze> = (0..2).map(|_| Maze::new(cfg, &mut rng).unwrap()).collect();
+    // A caller replaying actions gives one the maze does not have (4 actions: 0..4).
+    let forced = [0, 1, 2, 3, 0, 7, 1, 1];
+    let e = batch_grads(
+        &agent,
+        &mut engine,
+        &A2cConfig::default(),
+        &mut envs,
+        4,
+        &mut rng,
+        &mut action_rng(0),
+        Some(&forced),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("action") && e.contains("0..4"), "{e}");
+    // Forced actions of the wrong length.
+    let e = batch_grads(
+        &agent,
+        &mut engine,
+        &A2cConfig::default(),
+        &mut envs,
+        4,
+        &mut rng,
+        &mut action_rng(0),
+        Some(&[0; 3]),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("forced actions"), "{e}");
+    // No environments: an empty batch.
+    let mut none: Vec<Maze> = Vec::new();
+    let e = batch_grads(&agent, &mut engine, &A2cConfig::default(), &mut none, 4, &mut rng, &mut action_rng(0), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("batch"), "{e}");
+}
