@@ -202,7 +202,7 @@ pub struct Engine {
     cfg: LayerConfig,
     device: Device,
     opts: Options,
-    backend: Backend,
+    pub(crate) backend: Backend,
 }
 
 impl Engine {

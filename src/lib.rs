@@ -74,6 +74,9 @@ pub mod options;
 pub mod overflow;
 pub mod params;
 pub mod reference;
+#[cfg(feature = "train")]
+pub mod rl;
+pub mod step;
 pub mod stream;
 #[cfg(feature = "train")]
 pub mod tasks;
@@ -90,6 +93,7 @@ pub use error::{Error, Result, Shape};
 pub use model::{Episode, Head, Model, ModelGrads};
 pub use options::{Checkpoint, Options, Truncation};
 pub use params::{Gradients, Params, Seq, State, param_shapes, state_shapes};
+pub use step::{Stepped, SteppedF64, Stepper, StepperF64};
 pub use stream::Stream;
 
 // The README's Rust example runs as a doctest.

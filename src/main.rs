@@ -25,6 +25,8 @@ enum Cmd {
     Gradcheck(cli::gradcheck::Args),
     /// Time forward + backward + Adam per episode on the standard workloads.
     Bench(cli::bench::Args),
+    /// Train every network variant over several seeds on a reinforcement-learning task; table and figure.
+    Experiment(cli::rl::ExperimentArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         Cmd::Grad(a) => cli::grad::run(a),
         Cmd::Gradcheck(a) => cli::gradcheck::run(a),
         Cmd::Bench(a) => cli::bench::run(a),
+        Cmd::Experiment(a) => cli::rl::experiment(a),
     };
     match res {
         Ok(code) => code,

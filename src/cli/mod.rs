@@ -5,6 +5,7 @@ pub mod bench;
 pub mod grad;
 pub mod gradcheck;
 pub mod paths;
+pub mod rl;
 pub mod train;
 
 /// The error type of a subcommand.

@@ -37,6 +37,10 @@ enum TaskCmd {
     /// `--bits 50 --patterns 2 --cycles 1 --show 3 --blank 1 --test 3`,
     /// once with `--net plastic` and once with `--net nonplastic`.
     Pattern(Box<PatternArgs>),
+    /// Cue-reward association by reinforcement learning (Miconi et al. 2019, §4.1): A2C, one step at a time.
+    CueReward(Box<super::rl::TrainCue>),
+    /// The grid maze by reinforcement learning (Miconi et al. 2019, §4.2): A2C, one step at a time.
+    Maze(Box<super::rl::TrainMaze>),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -203,6 +207,8 @@ struct PatternArgs {
 pub fn run(args: Args) -> CliResult {
     match args.task {
         TaskCmd::Pattern(a) => pattern(*a).map_err(in_flags),
+        TaskCmd::CueReward(a) => super::rl::train_cue(*a),
+        TaskCmd::Maze(a) => super::rl::train_maze(*a),
     }
 }
 

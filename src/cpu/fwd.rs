@@ -455,18 +455,21 @@ impl<'a> BlockIo<'a> {
 /// `b + U·in` (Linear), `b + in` (Direct) or `b` (feed-forward) for every
 /// step: `(B, T, N)`. Row sums in a fixed order; parallel over steps.
 fn compute_drive(cfg: &LayerConfig, p: &Plan, prm: &Params<f32>, inputs: &[f32], drive: &mut [f32]) {
-    let (n, x) = (p.n, p.x);
-    drive.par_chunks_mut(n).enumerate().for_each(|(k, d)| {
-        let input = &inputs[k * x..(k + 1) * x];
-        for (j, dj) in d.iter_mut().enumerate() {
-            let b = if cfg.bias { prm.b[j] } else { 0.0 };
-            *dj = match (cfg.topology, cfg.input_map) {
-                (Topology::FeedForward, _) => b,
-                (Topology::Recurrent, InputMap::Direct) => b + input[j],
-                (Topology::Recurrent, InputMap::Linear) => b + dot(&prm.u[j * x..(j + 1) * x], input),
-            };
-        }
-    });
+    let x = p.x;
+    drive.par_chunks_mut(p.n).enumerate().for_each(|(k, d)| drive_row(cfg, prm, &inputs[k * x..(k + 1) * x], d));
+}
+
+/// The drive of one step of one episode: `input` `(X)`, `d` `(N)`.
+pub(crate) fn drive_row(cfg: &LayerConfig, prm: &Params<f32>, input: &[f32], d: &mut [f32]) {
+    let x = input.len();
+    for (j, dj) in d.iter_mut().enumerate() {
+        let b = if cfg.bias { prm.b[j] } else { 0.0 };
+        *dj = match (cfg.topology, cfg.input_map) {
+            (Topology::FeedForward, _) => b,
+            (Topology::Recurrent, InputMap::Direct) => b + input[j],
+            (Topology::Recurrent, InputMap::Linear) => b + dot(&prm.u[j * x..(j + 1) * x], input),
+        };
+    }
 }
 
 /// The modulator of one step of one episode: `m = μ(V y + c)`,
@@ -660,86 +663,148 @@ pub(crate) fn run(
     ws: &mut Workspace,
 ) -> (Vec<f32>, State<f32>, Saved) {
     let p = *plan;
-    let (bn, sl, lazy) = (p.b * p.n, p.state(), p.lazy());
-    let rt = Rates::new(cfg, prm);
-    let some = |on: bool, len: usize| if on { vec![0.0f32; len] } else { Vec::new() };
-    let mut y = vec![0.0f32; p.b * p.t * p.n];
-    let mut mm = some(lazy, p.b * p.t * p.n);
-    let mut m = some(lazy, p.b * p.t * p.k);
-    // A zero initial state is not stored: it is read from `ws.zeros`.
-    let zero_init = init.is_none();
-    let stored = (p.snaps - zero_init as usize) * sl;
-    let mut snap_h = ws.pool.take(stored);
-    let mut snap_e = if p.elig { ws.pool.take(stored) } else { Vec::new() };
-    let mut fin_h = if p.recon { ws.pool.take(sl) } else { Vec::new() };
-    let mut h0 = some(p.recurrent, bn);
-    let mut last = State { h: some(p.recurrent, bn), hebb: vec![0.0f32; sl], elig: some(p.elig, sl) };
-    if let Some(s) = init {
-        h0.copy_from_slice(&s.h);
-    }
+    let mut pending = Pending::new(&p, init, ws);
     let drive = grow(&mut ws.drive, p.b * p.t * p.n);
     compute_drive(cfg, &p, prm, inputs, drive);
-    let drive = &*drive;
     let zeros = &*grow(&mut ws.zeros, p.rows * p.i);
-    let pf = Fixed { cfg, rt, prm, zeros, zero_init };
+    pending.steps(cfg, prm, inputs, drive, init, zeros, 0..p.t);
+    pending.finish(cfg, ws)
+}
 
-    // Episodes [b0, b1) under plan `q`: their ranges of every buffer. A
-    // grouped call runs one task per episode, and episode b's snapshots are
-    // the b-th of B equal parts of the snapshot buffers, each laid out
-    // `(snapshots, 1, N, I)`; a step-parallel call is the range [0, B).
-    let (ni, tn, tk, tx) = (p.n * p.i, p.t * p.n, p.t * p.k, p.t * p.x);
-    let per = stored / p.b.max(1);
-    let (py, pmm, pm) = (Par::new(&mut y), Par::new(&mut mm), Par::new(&mut m));
-    let (psh, pse) = (Par::new(&mut snap_h), Par::new(&mut snap_e));
-    let (plh, ple, pfin) = (Par::new(&mut last.hebb), Par::new(&mut last.elig), Par::new(&mut fin_h));
-    let h0r = &h0[..];
-    let range = |q: &Plan, b0: usize, b1: usize| {
-        let (nb, elig) = (b1 - b0, p.elig);
-        // SAFETY: the ranges of [b0, b1) belong to this call alone.
-        let bufs = unsafe {
-            Bufs {
-                y: py.episodes(true, b0, nb, tn),
-                mm: pmm.episodes(lazy, b0, nb, tn),
-                m: pm.episodes(lazy, b0, nb, tk),
-                snap_h: psh.episodes(true, b0, nb, per),
-                snap_e: pse.episodes(elig, b0, nb, per),
-                last_h: plh.episodes(true, b0, nb, ni),
-                last_e: ple.episodes(elig, b0, nb, ni),
-                fin_h: pfin.episodes(q.recon, b0, nb, ni),
-            }
-        };
-        let init = init.map(|s| (&s.hebb[b0 * ni..b1 * ni], if elig { &s.elig[b0 * ni..b1 * ni] } else { &[][..] }));
-        let h0 = if q.recurrent { &h0r[b0 * q.n..b1 * q.n] } else { h0r };
-        time_loop(&pf, q, &inputs[b0 * tx..b1 * tx], &drive[b0 * tn..b1 * tn], h0, init, bufs);
-    };
-    if p.grouped {
-        let q = p.episode();
-        (0..p.b).into_par_iter().for_each(|b| range(&q, b, b + 1));
-    } else {
-        range(&p, 0, p.b);
-    }
-    if p.recurrent {
-        for b in 0..p.b {
-            let o = (b * p.t + p.t - 1) * p.n;
-            last.h[b * p.n..(b + 1) * p.n].copy_from_slice(&y[o..o + p.n]);
+/// A forward pass whose steps run in one call ([`run`]) or one call per
+/// step (the engine's step-at-a-time [`crate::step::Stepper`]): the buffers
+/// it fills are exactly those of a whole-episode pass, so the backward is the
+/// same checkpointed one, and the values bitwise the same.
+pub(crate) struct Pending {
+    p: Plan,
+    zero_init: bool,
+    y: Vec<f32>,
+    mm: Vec<f32>,
+    m: Vec<f32>,
+    snap_h: Vec<f32>,
+    snap_e: Vec<f32>,
+    fin_h: Vec<f32>,
+    h0: Vec<f32>,
+    last: State<f32>,
+}
+
+impl Pending {
+    /// The buffers of a pass of plan `p` from `init` (`None` = zeros).
+    pub(crate) fn new(p: &Plan, init: Option<&State<f32>>, ws: &mut Workspace) -> Pending {
+        let (bn, sl, lazy) = (p.b * p.n, p.state(), p.lazy());
+        let some = |on: bool, len: usize| if on { vec![0.0f32; len] } else { Vec::new() };
+        // A zero initial state is not stored: it is read from `ws.zeros`.
+        let zero_init = init.is_none();
+        let stored = (p.snaps - zero_init as usize) * sl;
+        let mut h0 = some(p.recurrent, bn);
+        if let Some(s) = init {
+            h0.copy_from_slice(&s.h);
+        }
+        Pending {
+            p: *p,
+            zero_init,
+            y: vec![0.0f32; p.b * p.t * p.n],
+            mm: some(lazy, p.b * p.t * p.n),
+            m: some(lazy, p.b * p.t * p.k),
+            snap_h: ws.pool.take(stored),
+            snap_e: if p.elig { ws.pool.take(stored) } else { Vec::new() },
+            fin_h: if p.recon { ws.pool.take(sl) } else { Vec::new() },
+            h0,
+            last: State { h: some(p.recurrent, bn), hebb: vec![0.0f32; sl], elig: some(p.elig, sl) },
         }
     }
-    let saved = Saved {
-        batch: p.b,
-        steps: p.t,
-        interval: p.c,
-        cfg: *cfg,
-        zero_init,
-        snap_h,
-        snap_e,
-        fin_h,
-        h0,
-        y: y.clone(),
-        mm,
-        m,
-        pool: ws.pool.clone(),
-    };
-    (y, last, saved)
+
+    /// `y` `(B, T, N)` as computed so far.
+    pub(crate) fn y(&self) -> &[f32] {
+        &self.y
+    }
+
+    /// Runs the steps `steps` of every episode. Calls must cover `0..T` in
+    /// order; `inputs` `(B, T, X)` and `drive` `(B, T, N)` must hold the
+    /// values of these steps (later ones are not read); `init` is the state
+    /// [`Pending::new`] got.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn steps(
+        &mut self,
+        cfg: &LayerConfig,
+        prm: &Params<f32>,
+        inputs: &[f32],
+        drive: &[f32],
+        init: Option<&State<f32>>,
+        zeros: &[f32],
+        steps: std::ops::Range<usize>,
+    ) {
+        let p = self.p;
+        let lazy = p.lazy();
+        let rt = Rates::new(cfg, prm);
+        let pf = Fixed { cfg, rt, prm, zeros, zero_init: self.zero_init };
+        // Episodes [b0, b1) under plan `q`: their ranges of every buffer. A
+        // grouped call runs one task per episode, and episode b's snapshots are
+        // the b-th of B equal parts of the snapshot buffers, each laid out
+        // `(snapshots, 1, N, I)`; a step-parallel call is the range [0, B).
+        let (ni, tn, tk, tx) = (p.n * p.i, p.t * p.n, p.t * p.k, p.t * p.x);
+        let per = self.snap_h.len() / p.b.max(1);
+        let (py, pmm, pm) = (Par::new(&mut self.y), Par::new(&mut self.mm), Par::new(&mut self.m));
+        let (psh, pse) = (Par::new(&mut self.snap_h), Par::new(&mut self.snap_e));
+        let (plh, ple, pfin) =
+            (Par::new(&mut self.last.hebb), Par::new(&mut self.last.elig), Par::new(&mut self.fin_h));
+        let h0r = &self.h0[..];
+        let range = |q: &Plan, b0: usize, b1: usize| {
+            let (nb, elig) = (b1 - b0, p.elig);
+            // SAFETY: the ranges of [b0, b1) belong to this call alone.
+            let bufs = unsafe {
+                Bufs {
+                    y: py.episodes(true, b0, nb, tn),
+                    mm: pmm.episodes(lazy, b0, nb, tn),
+                    m: pm.episodes(lazy, b0, nb, tk),
+                    snap_h: psh.episodes(true, b0, nb, per),
+                    snap_e: pse.episodes(elig, b0, nb, per),
+                    last_h: plh.episodes(true, b0, nb, ni),
+                    last_e: ple.episodes(elig, b0, nb, ni),
+                    fin_h: pfin.episodes(q.recon, b0, nb, ni),
+                }
+            };
+            let init =
+                init.map(|s| (&s.hebb[b0 * ni..b1 * ni], if elig { &s.elig[b0 * ni..b1 * ni] } else { &[][..] }));
+            let h0 = if q.recurrent { &h0r[b0 * q.n..b1 * q.n] } else { h0r };
+            let ins = &inputs[b0 * tx..b1 * tx];
+            time_loop(&pf, q, ins, &drive[b0 * tn..b1 * tn], h0, init, bufs, steps.clone());
+        };
+        if p.grouped {
+            let q = p.episode();
+            (0..p.b).into_par_iter().for_each(|b| range(&q, b, b + 1));
+        } else {
+            range(&p, 0, p.b);
+        }
+    }
+
+    /// The outputs, the final state and what the backward needs, once every
+    /// step has run.
+    pub(crate) fn finish(self, cfg: &LayerConfig, ws: &Workspace) -> (Vec<f32>, State<f32>, Saved) {
+        let Pending { p, zero_init, y, mm, m, snap_h, snap_e, fin_h, h0, mut last } = self;
+        if p.recurrent {
+            for b in 0..p.b {
+                let o = (b * p.t + p.t - 1) * p.n;
+                last.h[b * p.n..(b + 1) * p.n].copy_from_slice(&y[o..o + p.n]);
+            }
+        }
+        let saved = Saved {
+            batch: p.b,
+            steps: p.t,
+            interval: p.c,
+            cfg: *cfg,
+            zero_init,
+            snap_h,
+            snap_e,
+            fin_h,
+            h0,
+            y: y.clone(),
+            mm,
+            m,
+            pool: ws.pool.clone(),
+        };
+        (y, last, saved)
+    }
 }
 
 /// What every episode of a forward call shares.
@@ -766,7 +831,10 @@ struct Bufs<'a> {
 
 /// The time loop over the episodes of plan `p`: one pass per step (blocks in
 /// parallel unless `p.serial`), snapshots every `C` steps, the final state in
-/// `last_*`. `init`: the initial traces (`None` = zero, not stored).
+/// `last_*`. `init`: the initial traces (`None` = zero, not stored). Runs the
+/// steps `steps` only: the initial traces are copied when it starts at 0, the
+/// last pending update is applied when it ends at `T`.
+#[allow(clippy::too_many_arguments)]
 fn time_loop(
     f: &Fixed<'_>,
     p: &Plan,
@@ -775,10 +843,11 @@ fn time_loop(
     h0: &[f32],
     init: Option<(&[f32], &[f32])>,
     o: Bufs<'_>,
+    steps: std::ops::Range<usize>,
 ) {
     let (p, sl, lazy, zero_init) = (*p, p.state(), p.lazy(), f.zero_init);
     let (cfg, prm, rt, zeros) = (f.cfg, f.prm, f.rt, f.zeros);
-    if let Some((h, e)) = init {
+    if let Some((h, e)) = init.filter(|_| steps.start == 0) {
         o.snap_h[..sl].copy_from_slice(h);
         if p.elig {
             o.snap_e[..sl].copy_from_slice(e);
@@ -806,7 +875,8 @@ fn time_loop(
         }
     };
     let py = Par::new(o.y);
-    for t in 0..p.t {
+    let end = steps.end == p.t;
+    for t in steps {
         let (src, dst, task) = if lazy {
             (loc(t.saturating_sub(1)), loc(t), lazy_task(p.rule, p.conn, t > 0))
         } else {
@@ -824,13 +894,13 @@ fn time_loop(
             }
         }
     }
-    if lazy {
+    if lazy && end {
         let (src, dst) = (loc(p.t - 1), loc(p.t));
         let pass = Pass { p, rt, f: cfg.activation, prm, inputs, h0, drive, mm, y: py, t: p.t, src, dst };
         let task = final_task(p.rule);
         p.each(p.blocks, |blk| task(&pass, blk));
     }
-    if p.recon {
+    if p.recon && end {
         fin_h.copy_from_slice(last_h);
     }
 }

@@ -12,7 +12,9 @@
 //! - `bwd/`: the backward, by role: `rows.rs` (SIMD row kernels),
 //!   `tasks.rs` (block tasks of one pass), `driver.rs` (the checkpointed
 //!   time sweep), `reduce.rs` (parameter gradients after the sweep);
-//! - `simd.rs`: the only file that names `wide`.
+//! - `simd.rs`: the only file that names `wide`;
+//! - `step.rs`: the step-at-a-time forward behind [`crate::Stepper`] (the
+//!   forward's time loop run one step per call, see `docs/rl.md` §1).
 //!
 //! # How a step runs
 //!
@@ -93,6 +95,7 @@
 mod bwd;
 mod fwd;
 mod simd;
+pub(crate) mod step;
 
 use std::marker::PhantomData;
 

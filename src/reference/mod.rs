@@ -328,6 +328,12 @@ impl Saved {
     pub fn bytes(&self) -> usize {
         8 * (self.init.h.len() + self.init.hebb.len() + self.init.elig.len())
     }
+
+    /// What a forward from `init` keeps (the step-at-a-time
+    /// [`crate::Stepper`] builds it once its episode is over).
+    pub(crate) fn from_init(init: State<f64>) -> Saved {
+        Saved { init }
+    }
 }
 
 /// The reference as an [`crate::Engine`] backend: the same operations on

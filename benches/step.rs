@@ -1,0 +1,52 @@
+//! Per-step cost of the step-at-a-time API against a step inside a
+//! whole-episode forward: `cpu/stepper/{rule}/B32_N200_T50` runs an episode of
+//! T steps through `Engine::stepper` + `finish`, `cpu/forward/…` the same
+//! episode through one `Engine::forward`. The ratio of the two medians is
+//! the stepper's overhead per step.
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use neuroplastic::{Device, Engine, LayerConfig, Options, Params, Rule, Seq};
+
+fn bench(c: &mut Criterion) {
+    let (b, n, x, t) = (32, 200, 16, 50);
+    let mut g = c.benchmark_group("cpu");
+    g.sample_size(10);
+    for rule in [Rule::Hebb, Rule::Modulated, Rule::Retroactive] {
+        let mut cfg = LayerConfig::recurrent(rule, n, x);
+        cfg.modulator.fanout = true;
+        let mut p = Params::<f32>::zeros(&cfg);
+        for (k, w) in p.w.iter_mut().enumerate() {
+            *w = ((k * 7919 % 97) as f32 / 97.0 - 0.5) * 0.1;
+        }
+        p.u.iter_mut().enumerate().for_each(|(k, u)| *u = ((k % 13) as f32 - 6.0) * 0.05);
+        p.alpha.iter_mut().for_each(|a| *a = 0.01);
+        p.mod_v.iter_mut().for_each(|v| *v = 0.05);
+        p.fanout.iter_mut().for_each(|f| *f = 1.0);
+        p.eta.iter_mut().for_each(|e| *e = 0.05);
+        p.eta_e.iter_mut().for_each(|e| *e = 0.1);
+        let inputs: Vec<f32> = (0..b * t * x).map(|k| ((k % 11) as f32 - 5.0) * 0.1).collect();
+        let mut engine = Engine::new(cfg, Device::Cpu, Options::default()).unwrap();
+        let shape = format!("{}/B{b}_N{n}_T{t}", rule.name());
+        g.bench_function(BenchmarkId::new("forward", &shape), |bn| {
+            bn.iter(|| engine.forward(&p, Seq::new(&inputs, b, t), None).unwrap().y.len())
+        });
+        let mut step_in = vec![0.0f32; b * x];
+        g.bench_function(BenchmarkId::new("stepper", &shape), |bn| {
+            bn.iter(|| {
+                let mut st = engine.stepper(&p, b, t, None).unwrap();
+                for k in 0..t {
+                    for e in 0..b {
+                        let row = (e * t + k) * x;
+                        step_in[e * x..(e + 1) * x].copy_from_slice(&inputs[row..row + x]);
+                    }
+                    st.step(&step_in).unwrap();
+                }
+                st.finish().unwrap().fwd.y.len()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
