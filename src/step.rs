@@ -107,6 +107,15 @@ impl Engine {
                 Inner::Reference { s, x64: vec![0.0; batch * cfg.inputs], out: vec![0.0; batch * cfg.n] }
             }
             Backend::Cpu(c) => Inner::Cpu(c.steps_start(&cfg, params, batch, steps, init, &opts)),
+            // The CUDA driver runs whole episodes only (one launch per step
+            // from the host would not pay); a stepper there is future work.
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(_) => {
+                return Err(Error::Unavailable {
+                    backend: self.device().name(),
+                    reason: "step-at-a-time runs on the reference and CPU backends only; on CUDA run whole episodes with Engine::forward/backward, or step on Device::Cpu".into(),
+                });
+            }
         };
         Ok(Stepper { engine: self, params, batch, steps, inner })
     }

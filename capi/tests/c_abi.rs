@@ -48,7 +48,11 @@ fn header_is_up_to_date() {
 /// and returns its standard output (failing with both streams otherwise).
 fn compile_and_run(source: &Path, name: &str) -> String {
     let lib = lib_dir().join("libneuroplastic_c.a");
-    assert!(lib.exists(), "{} was not built: run `cargo build --release -p neuroplastic-capi` first (.ci/run does)", lib.display());
+    assert!(
+        lib.exists(),
+        "{} was not built: run `cargo build --release -p neuroplastic-capi` first (.ci/run does)",
+        lib.display()
+    );
     let exe = std::env::temp_dir().join(format!("neuroplastic-{name}-{}", std::process::id()));
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let out = Command::new(&cc)
