@@ -65,6 +65,7 @@ pub mod engine;
 pub mod error;
 #[cfg(feature = "io")]
 pub mod io;
+pub mod meta;
 pub mod model;
 pub mod params;
 pub mod reference;
