@@ -25,6 +25,8 @@ enum Cmd {
     Gradcheck(cli::gradcheck::Args),
     /// Time forward + backward + Adam per episode on the standard workloads.
     Bench(cli::bench::Args),
+    /// Meta-loss and meta-gradient of a meta-learner (OML/ANML/MAML) on a trajectory of tasks.
+    MetaGrad(cli::meta_grad::Args),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         Cmd::Grad(a) => cli::grad::run(a),
         Cmd::Gradcheck(a) => cli::gradcheck::run(a),
         Cmd::Bench(a) => cli::bench::run(a),
+        Cmd::MetaGrad(a) => cli::meta_grad::run(a),
     };
     match res {
         Ok(code) => code,

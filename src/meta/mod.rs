@@ -40,6 +40,8 @@
 
 pub mod cpu;
 mod engine;
+#[cfg(feature = "io")]
+pub mod io;
 pub mod reference;
 
 use std::fmt::Debug;
