@@ -23,13 +23,18 @@ enum Cmd {
     Grad(cli::grad::Args),
     /// Finite-difference checks of every rule on every available backend.
     Gradcheck(cli::gradcheck::Args),
-    /// Time forward + backward + Adam per episode on the standard workloads.
+    /// Time forward + backward + Adam per episode on the standard workloads
+    /// (`neuroplastic bench meta --help`: the meta-gradient benchmark).
     Bench(cli::bench::Args),
     /// Meta-loss and meta-gradient of a meta-learner (OML/ANML/MAML) on a trajectory of tasks.
     MetaGrad(cli::meta_grad::Args),
 }
 
 fn main() -> ExitCode {
+    // `bench meta` has options of its own (src/cli/meta_bench.rs).
+    if let Some(code) = cli::meta_bench::intercept() {
+        return code;
+    }
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Train(a) => cli::train::run(a),

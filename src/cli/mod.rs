@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod grad;
 pub mod gradcheck;
+pub mod meta_bench;
 pub mod meta_grad;
 pub mod train;
 

@@ -5,9 +5,9 @@
 //! rows, then Bo outer rows) and keep their activations (the per-step
 //! inputs); the inner trajectory runs forward keeping θ snapshots every
 //! C = ⌈√S'⌉ steps of the S' differentiated steps; the meta-loss at θ_S
-//! gives θ̄_S; the reverse sweep recomputes one segment of θ's at a time from
-//! its snapshot and, per step, runs forward, backward and the R-pass in the
-//! direction `v = mask ⊙ θ̄_{k+1}`, giving the Hessian–vector product (for
+//! gives θ̄_S; the reverse sweep recomputes one segment at a time from its
+//! snapshot (θ's, activations and raw inner gradients of its ≤ C steps) and,
+//! walking it backwards, runs per step the R-pass in the direction `v = mask ⊙ θ̄_{k+1}`, giving the Hessian–vector product (for
 //! θ̄_k = θ̄_{k+1} − β H v) and the mixed products (for the adjoints of that
 //! step's RLN/NM outputs). Finally one backward of the RLN and NM over all
 //! rows. See `docs/meta.md` for the derivation.
@@ -397,50 +397,70 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
         dg[s * bi * gw..].copy_from_slice(&ws.dg[..bo * gw]);
     }
 
-    // Reverse sweep over the differentiated steps, one segment at a time.
+    // Reverse sweep over the differentiated steps, one segment at a time:
+    // recompute the segment's θ's from its snapshot, keeping each step's
+    // activations and raw inner gradient, then walk it backwards.
     let mut bbar = 0.0f64;
-    let mut segbuf: Vec<Vec<F<K>>> = (0..seg.min(span)).map(|_| vec![F::<K>::ZERO; np]).collect();
+    let cap = seg.min(span);
+    let mut segth: Vec<Vec<F<K>>> = (0..cap).map(|_| vec![F::<K>::ZERO; np]).collect();
+    let mut seggk: Vec<Vec<F<K>>> = (0..cap).map(|_| vec![F::<K>::ZERO; np]).collect();
+    let mut segws: Vec<PlnWs<F<K>>> = (0..cap).map(|_| PlnWs::new(&m.pln, bi)).collect();
+    // The inner step's own input gradients are not part of the meta-gradient;
+    // only the gate at layer 0 needs dℓ/dz there (for its R-backward).
+    let step_inputs = gate == Some(0);
     let mut v = vec![F::<K>::ZERO; np];
     let mut hv = vec![F::<K>::ZERO; np];
     for (j, snap) in snaps.iter().enumerate().rev() {
         let ks = k0 + j * seg;
         let ke = (ks + seg).min(s);
-        segbuf[0].copy_from_slice(snap);
-        for k in ks..ke - 1 {
-            let (a, b) = segbuf.split_at_mut(k - ks + 1);
-            inner_grad(k, &a[k - ks], &mut gk, &mut ws);
-            if clamped {
-                clamp(&mut gk, c);
+        segth[0].copy_from_slice(snap);
+        for k in ks..ke {
+            let i = k - ks;
+            let b = batch(k);
+            b.fwd::<K>(&segth[i], &mut segws[i]);
+            b.loss::<K>(&mut segws[i]);
+            seggk[i].fill(F::<K>::ZERO);
+            b.bwd::<K>(&segth[i], &mut segws[i], &mut seggk[i], step_inputs);
+            if k + 1 < ke {
+                let (a, nx) = segth.split_at_mut(i + 1);
+                for ((n, &t), &g) in nx[0].iter_mut().zip(&a[i]).zip(&seggk[i]) {
+                    let g = if !clamped {
+                        g
+                    } else if g > c {
+                        c
+                    } else if g < -c {
+                        -c
+                    } else {
+                        g
+                    };
+                    *n = t - beta * g;
+                }
             }
-            b[0].iter_mut().zip(a[k - ks].iter().zip(&gk)).for_each(|(n, (&t, &g))| *n = t - beta * g);
         }
         for k in (ks..ke).rev() {
-            let thk = &segbuf[k - ks];
-            let b = batch(k);
-            b.fwd::<K>(thk, &mut ws);
-            b.loss::<K>(&mut ws);
-            gk.fill(F::<K>::ZERO);
-            b.bwd::<K>(thk, &mut ws, &mut gk, inputs);
+            let i = k - ks;
+            let gk = &mut seggk[i];
             // v = mask ⊙ θ̄_{k+1}: the clamp passes the derivative only inside ±c.
-            for ((v, &g), &t) in v.iter_mut().zip(&gk).zip(&thb) {
+            for ((v, &g), &t) in v.iter_mut().zip(gk.iter()).zip(&thb) {
                 *v = if !clamped || (g <= c && g >= -c) { t } else { F::<K>::ZERO };
             }
             if clamped {
-                clamp(&mut gk, c);
+                clamp(gk, c);
             }
             if cfg.learn_lr {
                 bbar -= gk.iter().zip(&thb).map(|(&g, &t)| (g * t).to_f64()).sum::<f64>();
             }
             hv.fill(F::<K>::ZERO);
-            b.rpass::<K>(thk, &v, &mut ws, &mut hv, inputs);
+            let wsk = &mut segws[i];
+            batch(k).rpass::<K>(&segth[i], &v, wsk, &mut hv, inputs);
             thb.iter_mut().zip(&hv).for_each(|(t, &h)| *t -= beta * h);
             let r0 = k * bi;
             if has_rln {
-                let src = input_adj(gate, &ws.rdx, &ws.rdr);
+                let src = input_adj(gate, &wsk.rdx, &wsk.rdr);
                 dh[r0 * hw..(r0 + bi) * hw].iter_mut().zip(&src[..bi * hw]).for_each(|(d, &r)| *d = -beta * r);
             }
             if gw > 0 {
-                dg[r0 * gw..(r0 + bi) * gw].iter_mut().zip(&ws.rdg[..bi * gw]).for_each(|(d, &r)| *d = -beta * r);
+                dg[r0 * gw..(r0 + bi) * gw].iter_mut().zip(&wsk.rdg[..bi * gw]).for_each(|(d, &r)| *d = -beta * r);
             }
         }
     }
