@@ -22,7 +22,7 @@ fn close(what: &str, got: &[f64], want: &[f64], tol: f64) -> Result<(), String> 
         if e > worst.0 {
             worst = (e, k);
         }
-        if !(e <= tol) && bad.len() < 5 {
+        if (e.is_nan() || e > tol) && bad.len() < 5 {
             bad.push(format!("[{k}] got {g:.9e} want {w:.9e}"));
         }
     }
