@@ -35,6 +35,10 @@ fn main() -> ExitCode {
     if let Some(code) = cli::meta_bench::intercept() {
         return code;
     }
+    // `train oml-sine` / `eval oml-sine` too (src/cli/meta_sine.rs).
+    if let Some(code) = cli::meta_sine::intercept() {
+        return code;
+    }
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Train(a) => cli::train::run(a),

@@ -6,6 +6,7 @@ pub mod grad;
 pub mod gradcheck;
 pub mod meta_bench;
 pub mod meta_grad;
+pub mod meta_sine;
 pub mod train;
 
 /// The error type of a subcommand.

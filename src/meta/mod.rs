@@ -43,6 +43,8 @@ mod engine;
 #[cfg(feature = "io")]
 pub mod io;
 pub mod reference;
+#[cfg(feature = "train")]
+pub mod sine;
 
 use std::fmt::Debug;
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
