@@ -1,4 +1,4 @@
-//! f32 CPU twins of [`reference`](super::reference)'s meta-learning layers
+//! f32 CPU twins of [`reference`](mod@super::reference)'s meta-learning layers
 //! (same names, same argument order, same formulas: see there).
 //!
 //! Dense layers are matrix products, done by `matrixmultiply::sgemm`

@@ -20,7 +20,7 @@
 //! `docs/meta.md`.
 //!
 //! Layers come in twins with one stem and one argument order: the f64
-//! [`reference`] (plain loops, the specification) and the f32 [`cpu`] backend
+//! [`reference`](mod@reference) (plain loops, the specification) and the f32 [`cpu`] backend
 //! (SGEMM from `matrixmultiply`, tasks in parallel through rayon). Both
 //! implement [`Kernels`], over which the one engine ([`meta_grad`]) is written.
 //!
@@ -126,7 +126,7 @@ impl Real for f32 {
 ///
 /// Shapes: `x: (R, I)  w: (J, I)  b: (J)  y: (R, J)`; elementwise layers
 /// take `(R, ·)` slices of equal length. The free functions of
-/// [`reference`] and [`cpu`] with the same names are the definitions (the
+/// [`reference`](mod@reference) and [`cpu`] with the same names are the definitions (the
 /// formulas are in the reference's docs); this trait only lets the engine be
 /// written once.
 #[allow(clippy::too_many_arguments, missing_docs)]
