@@ -206,6 +206,20 @@ fn eval(a: EvalArgs) -> CliResult {
         md.push_str(&format!("| {name} | {m:.3} ± {ci:.3} | {om:.3} ± {oci:.3} |\n"));
     }
     md.push_str(&format!("\nmean ± 95% CI (Student t) over {} evaluation seeds\n", a.seeds));
+    // Per-function error after the whole sequence (function 1 was learned first): forgetting.
+    md.push_str("\n| method |");
+    md.push_str(&(1..=sine::SLOTS).map(|j| format!(" f{j} |")).collect::<String>());
+    md.push_str("\n|---|");
+    md.push_str(&"---|".repeat(sine::SLOTS));
+    md.push('\n');
+    for (k, (name, _)) in entries.iter().enumerate() {
+        md.push_str(&format!("| {name} |"));
+        for j in 0..sine::SLOTS {
+            let v: Vec<f64> = seq[k].iter().map(|s| s[j]).collect();
+            md.push_str(&format!(" {:.2} |", v.iter().sum::<f64>() / v.len() as f64));
+        }
+        md.push('\n');
+    }
     print!("{md}");
     if let Some(p) = &a.table {
         write_atomic(p, md.as_bytes())?;
