@@ -23,10 +23,10 @@ enum Cmd {
     Grad(cli::grad::Args),
     /// Finite-difference checks of every rule on every available backend.
     Gradcheck(cli::gradcheck::Args),
-    /// Time forward + backward + Adam per episode on the standard workloads
-    /// (`neuroplastic bench meta --help`: the meta-gradient benchmark).
+    /// Time forward + backward + Adam per episode on the standard workloads.
     Bench(cli::bench::Args),
-    /// Meta-loss and meta-gradient of a meta-learner (OML/ANML/MAML) on a trajectory of tasks.
+    /// Meta-loss and meta-gradient of a meta-learner (OML/ANML/MAML) on a trajectory of tasks
+    /// (also: `bench meta`, `train oml-sine`, `eval oml-sine`, each with `--help`).
     MetaGrad(cli::meta_grad::Args),
 }
 
