@@ -69,6 +69,7 @@ pub mod error;
 #[cfg(feature = "io")]
 pub mod io;
 pub mod limits;
+pub mod meta;
 pub mod model;
 pub mod options;
 pub mod overflow;

@@ -27,9 +27,20 @@ enum Cmd {
     Bench(cli::bench::Args),
     /// Train every network variant over several seeds on a reinforcement-learning task; table and figure.
     Experiment(cli::rl::ExperimentArgs),
+    /// Meta-loss and meta-gradient of a meta-learner (OML/ANML/MAML) on a trajectory of tasks
+    /// (also: `bench meta`, `train oml-sine`, `eval oml-sine`, each with `--help`).
+    MetaGrad(cli::meta_grad::Args),
 }
 
 fn main() -> ExitCode {
+    // `bench meta` has options of its own (src/cli/meta_bench.rs).
+    if let Some(code) = cli::meta_bench::intercept() {
+        return code;
+    }
+    // `train oml-sine` / `eval oml-sine` too (src/cli/meta_sine.rs).
+    if let Some(code) = cli::meta_sine::intercept() {
+        return code;
+    }
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Train(a) => cli::train::run(a),
@@ -37,6 +48,7 @@ fn main() -> ExitCode {
         Cmd::Gradcheck(a) => cli::gradcheck::run(a),
         Cmd::Bench(a) => cli::bench::run(a),
         Cmd::Experiment(a) => cli::rl::experiment(a),
+        Cmd::MetaGrad(a) => cli::meta_grad::run(a),
     };
     match res {
         Ok(code) => code,

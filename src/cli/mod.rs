@@ -4,6 +4,9 @@
 pub mod bench;
 pub mod grad;
 pub mod gradcheck;
+pub mod meta_bench;
+pub mod meta_grad;
+pub mod meta_sine;
 pub mod paths;
 pub mod rl;
 pub mod train;

@@ -1,0 +1,83 @@
+//! Meta-gradient benchmarks: `{backend}/meta_grad/{workload}`, one
+//! second-order meta-gradient (mse, fixed β = 0.003) per iteration.
+//!
+//! - `cpu/meta_grad/sine`, `cpu/meta_grad/inner`: the two workloads of
+//!   `neuroplastic bench meta` (which also measures peak memory and runs the
+//!   PyTorch and JAX baselines);
+//! - `cpu/meta_grad/anml-small`: RLN 11 → 64 → 64, PLN 64 → 64 → 1 gated at
+//!   layer 1 by an NM 11 → 32 → 64, P = 8, S = 10, Bi = 16, Bo = 32;
+//! - `reference/meta_grad/anml-small`: the same in f64 on the reference, for
+//!   the ratio between the two backends.
+//!
+//! Throughput is counted in tasks (elements = P).
+//!
+//! Run: `cargo bench --bench meta` (filter e.g. `cargo bench --bench meta -- anml`).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use neuroplastic::meta::{MetaConfig, MetaModel, Stack, Trajectory, cpu, reference};
+
+fn lcg(s: &mut u64) -> f32 {
+    *s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (((*s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0) as f32
+}
+
+/// (RLN widths, PLN widths, NM widths, gate_at, P, S, Bi, Bo), uniform
+/// parameters U(±1/√in) and inputs/targets U(±5).
+#[allow(clippy::type_complexity)]
+fn make(
+    (rln, pln, nm, gate_at, p, s, bi, bo): (&[usize], &[usize], &[usize], usize, usize, usize, usize, usize),
+) -> (MetaModel<f32>, Trajectory<f32>) {
+    let d = rln.first().copied().unwrap_or(pln[0]);
+    let cfg = MetaConfig { inner_lr: 0.003, gate_at, ..MetaConfig::default() };
+    let mut m = MetaModel::<f32>::zeros(cfg, d, rln, pln, nm);
+    let mut seed = 1u64;
+    let fill = |st: &Stack, seed: &mut u64| -> Vec<f32> {
+        let mut v = Vec::new();
+        for &(i, o) in &st.dims {
+            let a = 1.0 / (i as f32).sqrt();
+            v.extend((0..o * i + o).map(|_| a * lcg(seed)));
+        }
+        v
+    };
+    m.rln_p = fill(&m.rln, &mut seed);
+    m.theta0 = fill(&m.pln, &mut seed);
+    m.nm_p = fill(&m.nm, &mut seed);
+    let mut u = |n: usize| (0..n).map(|_| 5.0 * lcg(&mut seed)).collect::<Vec<f32>>();
+    let t = Trajectory {
+        p,
+        s,
+        bi,
+        bo,
+        d,
+        ycols: 1,
+        inner_x: u(p * s * bi * d),
+        inner_y: u(p * s * bi),
+        outer_x: u(p * bo * d),
+        outer_y: u(p * bo),
+    };
+    (m, t)
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("meta");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+    let sine = make((&[11, 300, 300, 300, 300, 300, 300], &[300, 300, 1], &[], 0, 8, 20, 32, 64));
+    let inner = make((&[], &[11, 300, 300, 1], &[], 0, 32, 50, 16, 64));
+    let small = make((&[11, 64, 64], &[64, 64, 1], &[11, 32, 64], 1, 8, 10, 16, 32));
+    for (name, (m, t)) in [("sine", &sine), ("inner", &inner), ("anml-small", &small)] {
+        g.throughput(Throughput::Elements(t.p as u64));
+        g.bench_function(format!("cpu/meta_grad/{name}"), |b| b.iter(|| black_box(cpu::meta_grad(m, t).unwrap())));
+    }
+    let (m64, t64) = (small.0.cast::<f64>(), small.1.cast::<f64>());
+    g.throughput(Throughput::Elements(t64.p as u64));
+    g.bench_function("reference/meta_grad/anml-small", |b| {
+        b.iter(|| black_box(reference::meta_grad(&m64, &t64).unwrap()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,307 @@
+//! `neuroplastic bench meta`: time and peak memory of one second-order
+//! meta-gradient (mse, fixed β = 0.003, f32) on two workloads, next to the
+//! same computation in PyTorch (`benches/baselines/meta_torch.py`,
+//! `create_graph=True`, a loop over tasks) and JAX
+//! (`benches/baselines/meta_jax.py`, `jit`, `vmap` over tasks, `grad`
+//! through a `lax.scan` inner loop), all in one run:
+//!
+//! - `sine`: D = 11, RLN 6 × 300 ReLU, PLN 300 → 300 → 1, P = 8, S = 20, Bi = 32, Bo = 64;
+//! - `inner`: no RLN, PLN 11 → 300 → 300 → 1, P = 32, S = 50, Bi = 16, Bo = 64.
+//!
+//! Each measurement runs in its own process so that its peak resident
+//! memory (Linux `VmHWM`, or `ru_maxrss` in Python) is its own. The floor is
+//! the FLOPs of the RLN's forward and backward over all rows at this
+//! machine's SGEMM rate (measured here, all threads, one GEMM per thread at
+//! the RLN's shape).
+//!
+//! It has its own options, so `main` hands it `bench meta …` before clap
+//! parses the rest of the program's commands.
+
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use clap::Parser;
+use neuroplastic::meta::{MetaConfig, MetaModel, Trajectory, cpu};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use super::CliResult;
+
+/// The workloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MetaWorkload {
+    /// OML sine shapes: RLN 6 × 300, PLN 300 → 300 → 1, P = 8, S = 20, Bi = 32, Bo = 64.
+    Sine,
+    /// MAML-style: PLN 11 → 300 → 300 → 1 on the raw input, P = 32, S = 50, Bi = 16, Bo = 64.
+    Inner,
+}
+
+impl MetaWorkload {
+    fn name(self) -> &'static str {
+        match self {
+            MetaWorkload::Sine => "sine",
+            MetaWorkload::Inner => "inner",
+        }
+    }
+    /// (RLN widths, PLN widths, P, S, Bi, Bo).
+    fn dims(self) -> (Vec<usize>, Vec<usize>, usize, usize, usize, usize) {
+        match self {
+            MetaWorkload::Sine => (vec![11, 300, 300, 300, 300, 300, 300], vec![300, 300, 1], 8, 20, 32, 64),
+            MetaWorkload::Inner => (vec![], vec![11, 300, 300, 1], 32, 50, 16, 64),
+        }
+    }
+}
+
+/// Arguments of `neuroplastic bench meta`.
+#[derive(Parser)]
+#[command(
+    name = "neuroplastic bench meta",
+    about = "Time and peak memory of one second-order meta-gradient, with PyTorch and JAX"
+)]
+pub struct Args {
+    /// Workloads (comma-separated); default both.
+    #[arg(long, value_delimiter = ',')]
+    workload: Vec<MetaWorkload>,
+    /// Keep timing until this many seconds have passed (and `--min-reps`).
+    #[arg(long, default_value_t = 3.0)]
+    min_seconds: f64,
+    /// At least this many timed meta-gradients.
+    #[arg(long, default_value_t = 5)]
+    min_reps: usize,
+    /// Python with torch and jax for the baselines (default: $NEUROPLASTIC_PYTHON, else python3).
+    #[arg(long)]
+    python: Option<String>,
+    /// Skip the PyTorch and JAX baselines.
+    #[arg(long)]
+    no_peers: bool,
+    /// Print one JSON object per measurement instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Threads (default: rayon's, one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Run one workload here and print JSON (used by the parent).
+    #[arg(long, hide = true)]
+    child: bool,
+}
+
+/// If the program was called as `neuroplastic bench meta …`, runs it and
+/// returns the exit code.
+pub fn intercept() -> Option<ExitCode> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.len() < 3 || argv[1] != "bench" || argv[2] != "meta" {
+        return None;
+    }
+    let args =
+        Args::parse_from(std::iter::once("neuroplastic bench meta".to_string()).chain(argv[3..].iter().cloned()));
+    Some(match run(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let k = v.len();
+    if k % 2 == 1 { v[k / 2] } else { 0.5 * (v[k / 2 - 1] + v[k / 2]) }
+}
+
+/// A model with PyTorch's `nn.Linear` initialisation (U(±1/√in)) and a
+/// trajectory of uniform inputs and targets.
+fn make(w: MetaWorkload, seed: u64) -> (MetaModel<f32>, Trajectory<f32>) {
+    let (rln, pln, p, s, bi, bo) = w.dims();
+    let d = rln.first().copied().unwrap_or(pln[0]);
+    let cfg = MetaConfig { inner_lr: 0.003, ..MetaConfig::default() };
+    let mut m = MetaModel::<f32>::zeros(cfg, d, &rln, &pln, &[]);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut fill = |st: &neuroplastic::meta::Stack, v: &mut Vec<f32>| {
+        v.clear();
+        for &(i, o) in &st.dims {
+            let a = 1.0 / (i as f32).sqrt();
+            v.extend((0..o * i + o).map(|_| rng.random_range(-a..a)));
+        }
+    };
+    fill(&m.rln.clone(), &mut m.rln_p);
+    fill(&m.pln.clone(), &mut m.theta0);
+    let mut u = |n: usize, lo: f32, hi: f32| (0..n).map(|_| rng.random_range(lo..hi)).collect::<Vec<f32>>();
+    let t = Trajectory {
+        p,
+        s,
+        bi,
+        bo,
+        d,
+        ycols: 1,
+        inner_x: u(p * s * bi * d, -5.0, 5.0),
+        inner_y: u(p * s * bi, -5.0, 5.0),
+        outer_x: u(p * bo * d, -5.0, 5.0),
+        outer_y: u(p * bo, -5.0, 5.0),
+    };
+    (m, t)
+}
+
+/// FLOPs of the RLN's forward and backward (weights and inputs but the
+/// first layer's input) over every row: the part no method can skip.
+fn rln_flops(w: MetaWorkload) -> f64 {
+    let (rln, _, p, s, bi, bo) = w.dims();
+    let rows = (p * (s * bi + bo)) as f64;
+    let mut macs = 0.0;
+    for (l, win) in rln.windows(2).enumerate() {
+        let mm = rows * (win[0] * win[1]) as f64;
+        macs += mm * if l == 0 { 2.0 } else { 3.0 };
+    }
+    2.0 * macs
+}
+
+/// This machine's SGEMM rate (FLOP/s) at the RLN's shape (704 × 300 × 300),
+/// one GEMM per thread on every thread, median of repeated runs.
+fn sgemm_rate() -> f64 {
+    let (m, k, n) = (704, 300, 300);
+    let threads = rayon::current_num_threads();
+    let a = vec![0.5f32; m * k];
+    let b = vec![0.25f32; k * n];
+    let bias = vec![0.0f32; n];
+    let mut cs: Vec<Vec<f32>> = (0..threads).map(|_| vec![0.0f32; m * n]).collect();
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < 10 || (start.elapsed().as_secs_f64() < 1.0 && times.len() < 1000) {
+        let t0 = Instant::now();
+        cs.par_iter_mut().for_each(|c| cpu::dense_fwd(&a, &b, &bias, c, m, k, n));
+        times.push(t0.elapsed().as_secs_f64());
+        std::hint::black_box(&mut cs);
+    }
+    (threads as f64) * 2.0 * (m * k * n) as f64 / median(&mut times)
+}
+
+fn run_child(args: &Args, w: MetaWorkload) -> Result<String, Box<dyn std::error::Error>> {
+    let (m, t) = make(w, 0);
+    let mut times = Vec::new();
+    let g = cpu::meta_grad(&m, &t)?; // warm-up
+    std::hint::black_box(&g);
+    let start = Instant::now();
+    let mut loss = 0.0;
+    while times.len() < args.min_reps || start.elapsed().as_secs_f64() < args.min_seconds {
+        let t0 = Instant::now();
+        let g = cpu::meta_grad(&m, &t)?;
+        times.push(t0.elapsed().as_secs_f64());
+        loss = g.loss;
+    }
+    let peak = peak_rss_mib();
+    let med = median(&mut times);
+    let rate = sgemm_rate();
+    let floor = rln_flops(w) / rate;
+    Ok(format!(
+        "{{\"impl\":\"neuroplastic\",\"workload\":\"{}\",\"median_s\":{med},\"reps\":{},\"peak_rss_mib\":{peak},\"loss\":{loss},\"rln_gflop\":{},\"sgemm_gflops\":{},\"floor_s\":{floor},\"threads\":{}}}",
+        w.name(),
+        times.len(),
+        rln_flops(w) / 1e9,
+        rate / 1e9,
+        rayon::current_num_threads()
+    ))
+}
+
+/// Runs `bench meta`.
+pub fn run(args: Args) -> CliResult {
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+    }
+    let list =
+        if args.workload.is_empty() { vec![MetaWorkload::Sine, MetaWorkload::Inner] } else { args.workload.clone() };
+    if args.child {
+        for w in list {
+            println!("{}", run_child(&args, w)?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let exe = std::env::current_exe()?;
+    let python =
+        args.python.clone().or_else(|| std::env::var("NEUROPLASTIC_PYTHON").ok()).unwrap_or_else(|| "python3".into());
+    let baselines = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/baselines");
+    if !args.json {
+        println!(
+            "{:<6} {:<13} {:>10} {:>10} {:>9} {:>9} {:>9}",
+            "work", "impl", "median ms", "peak MiB", "×time", "×memory", "floor"
+        );
+    }
+    for w in list {
+        let mut rows: Vec<serde_json::Value> = Vec::new();
+        let mut cmd = Command::new(&exe);
+        cmd.args(["bench", "meta", "--child", "--workload", w.name()]);
+        cmd.args(["--min-seconds", &args.min_seconds.to_string(), "--min-reps", &args.min_reps.to_string()]);
+        if let Some(n) = args.threads {
+            cmd.args(["--threads", &n.to_string()]);
+        }
+        let out = cmd.output()?;
+        if !out.status.success() {
+            return Err(format!("bench meta {}: {}", w.name(), String::from_utf8_lossy(&out.stderr).trim()).into());
+        }
+        rows.push(serde_json::from_str(String::from_utf8(out.stdout)?.trim())?);
+        if !args.no_peers {
+            for script in ["meta_torch.py", "meta_jax.py"] {
+                let out = Command::new(&python)
+                    .arg(format!("{baselines}/{script}"))
+                    .args(["--workload", w.name(), "--min-seconds", &args.min_seconds.to_string()])
+                    .args(["--min-reps", &args.min_reps.to_string()])
+                    .output();
+                match out {
+                    Ok(o) if o.status.success() => rows
+                        .push(serde_json::from_str(String::from_utf8(o.stdout)?.trim().lines().last().unwrap_or(""))?),
+                    Ok(o) => eprintln!("{script} ({}): {}", w.name(), String::from_utf8_lossy(&o.stderr).trim()),
+                    Err(e) => eprintln!("{script}: cannot run `{python}`: {e} (set --python)"),
+                }
+            }
+        }
+        let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        let ours = rows[0].clone();
+        let best_t = rows[1..].iter().map(|r| f(r, "median_s")).fold(f64::INFINITY, f64::min);
+        let best_m = rows[1..].iter().map(|r| f(r, "peak_rss_mib")).fold(f64::INFINITY, f64::min);
+        for r in &rows {
+            if args.json {
+                println!("{r}");
+                continue;
+            }
+            let is_ours = r["impl"] == "neuroplastic";
+            let floor = if is_ours && f(r, "floor_s") > 0.0 {
+                format!("{:.0}%", 100.0 * f(r, "floor_s") / f(r, "median_s"))
+            } else {
+                String::new()
+            };
+            println!(
+                "{:<6} {:<13} {:>10.1} {:>10.1} {:>9} {:>9} {:>9}",
+                w.name(),
+                r["impl"].as_str().unwrap_or("?"),
+                1e3 * f(r, "median_s"),
+                f(r, "peak_rss_mib"),
+                if is_ours && best_t.is_finite() { format!("{:.2}", best_t / f(r, "median_s")) } else { String::new() },
+                if is_ours && best_m.is_finite() {
+                    format!("{:.2}", best_m / f(r, "peak_rss_mib"))
+                } else {
+                    String::new()
+                },
+                floor
+            );
+        }
+        if !args.json && w == MetaWorkload::Sine {
+            println!(
+                "       RLN fwd+bwd {:.2} GFLOP at {:.0} GFLOP/s SGEMM ({} threads) = floor {:.1} ms",
+                f(&ours, "rln_gflop"),
+                f(&ours, "sgemm_gflops"),
+                f(&ours, "threads"),
+                1e3 * f(&ours, "floor_s")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

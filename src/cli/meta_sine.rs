@@ -1,0 +1,273 @@
+//! `neuroplastic train oml-sine` and `neuroplastic eval oml-sine`: OML's
+//! incremental sine-wave regression (src/meta/sine.rs), meta-learned (OML,
+//! ANML), pre-trained and from scratch.
+//!
+//! `main` hands these two spellings to [`intercept`] before clap parses the
+//! program's other commands, since they take options of their own.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use neuroplastic::io::write_atomic;
+use neuroplastic::meta::io::{load_model, save_model};
+use neuroplastic::meta::sine::{self, Method, SineConfig};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::CliResult;
+
+/// How to train.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MethodArg {
+    /// OML: meta-learned RLN and PLN initialisation.
+    Oml,
+    /// ANML: OML plus a neuromodulatory network gating PLN layer `--gate-at`.
+    Anml,
+    /// Multi-task regression on the pool, no meta-learning.
+    Pretrained,
+}
+
+/// Arguments of `neuroplastic train oml-sine`.
+#[derive(Parser)]
+#[command(
+    name = "neuroplastic train oml-sine",
+    about = "Meta-train (or pre-train) a network on incremental sine regression"
+)]
+pub struct TrainArgs {
+    /// Method.
+    #[arg(long, value_enum, default_value_t = MethodArg::Oml)]
+    method: MethodArg,
+    /// ANML: the gated PLN layer (0 = the PLN's input, 1 = the last layer's input with 2 PLN layers).
+    #[arg(long, default_value_t = 0)]
+    gate_at: usize,
+    /// Outer (Adam) steps.
+    #[arg(long, default_value_t = 2000)]
+    steps: usize,
+    /// Seed of the pool, the initialisation and the draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output model (safetensors, `meta-grad` format).
+    #[arg(long)]
+    out: PathBuf,
+    /// Hidden width.
+    #[arg(long, default_value_t = 300)]
+    width: usize,
+    /// RLN layers.
+    #[arg(long, default_value_t = 6)]
+    rln_layers: usize,
+    /// Functions per meta-training trajectory.
+    #[arg(long, default_value_t = 3)]
+    fns_per_traj: usize,
+    /// Inner batches per function in a trajectory.
+    #[arg(long, default_value_t = 5)]
+    steps_per_fn: usize,
+    /// Inner learning rate β (also the evaluation SGD rate).
+    #[arg(long, default_value_t = 0.003)]
+    inner_lr: f64,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    meta_lr: f64,
+    /// Print the mean loss every this many steps.
+    #[arg(long, default_value_t = 100)]
+    log_every: usize,
+}
+
+/// Arguments of `neuroplastic eval oml-sine`.
+#[derive(Parser)]
+#[command(name = "neuroplastic eval oml-sine", about = "Learn 10 new sine functions in sequence; error on all of them")]
+pub struct EvalArgs {
+    /// Models to compare, as NAME=PATH (repeatable).
+    #[arg(long = "model", value_name = "NAME=PATH", required = true)]
+    models: Vec<String>,
+    /// Evaluation seeds (sets of 10 new functions).
+    #[arg(long, default_value_t = 10)]
+    seeds: u64,
+    /// Also a network from scratch (random initialisation, OML's sizes from the first model).
+    #[arg(long)]
+    scratch: bool,
+    /// Markdown table output.
+    #[arg(long)]
+    table: Option<PathBuf>,
+    /// SVG plot of the per-function error after the sequence.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+/// Runs `train oml-sine` / `eval oml-sine` when the program was called so.
+pub fn intercept() -> Option<ExitCode> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.len() < 3 || argv[2] != "oml-sine" || (argv[1] != "train" && argv[1] != "eval") {
+        return None;
+    }
+    let name = format!("neuroplastic {} oml-sine", argv[1]);
+    let rest = std::iter::once(name).chain(argv[3..].iter().cloned());
+    let res = if argv[1] == "train" { train(TrainArgs::parse_from(rest)) } else { eval(EvalArgs::parse_from(rest)) };
+    Some(match res {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
+fn train(a: TrainArgs) -> CliResult {
+    let c = SineConfig {
+        width: a.width,
+        rln_layers: a.rln_layers,
+        fns_per_traj: a.fns_per_traj,
+        steps_per_fn: a.steps_per_fn,
+        inner_lr: a.inner_lr,
+        meta_lr: a.meta_lr,
+        ..SineConfig::default()
+    };
+    let method = match a.method {
+        MethodArg::Oml => Method::Oml,
+        MethodArg::Anml => Method::Anml { gate_at: a.gate_at },
+        MethodArg::Pretrained => Method::Pretrained,
+    };
+    let mut m = sine::init_model(&c, method, a.seed);
+    m.validate()?;
+    let start = Instant::now();
+    let (mut acc, mut n) = (0.0, 0usize);
+    let every = a.log_every.max(1);
+    sine::train(&c, &mut m, method, a.steps, a.seed, |step, loss| {
+        acc += loss;
+        n += 1;
+        if (step + 1) % every == 0 || step + 1 == a.steps {
+            println!("step {:>6}  loss {:.4}  ({:.1} s)", step + 1, acc / n as f64, start.elapsed().as_secs_f64());
+            (acc, n) = (0.0, 0);
+        }
+    })?;
+    save_model(&m, &a.out)?;
+    println!("wrote {}", a.out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Student-t 97.5% quantile for `df` degrees of freedom (the 95% CI's half-width factor).
+fn t975(df: u64) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+    ];
+    if df == 0 { f64::NAN } else { T.get(df as usize - 1).copied().unwrap_or(1.96) }
+}
+
+fn mean_ci(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (m, t975(v.len() as u64 - 1) * (var / n).sqrt())
+}
+
+fn eval(a: EvalArgs) -> CliResult {
+    let c = SineConfig::default();
+    let mut entries: Vec<(String, neuroplastic::meta::MetaModel<f32>)> = Vec::new();
+    for spec in &a.models {
+        let (name, path) = spec.split_once('=').ok_or_else(|| format!("--model {spec}: expected NAME=PATH"))?;
+        entries.push((name.to_string(), load_model(path)?));
+    }
+    if a.scratch {
+        let first = &entries[0].1;
+        let width = first.pln.dims[0].1;
+        let sc = SineConfig { width, rln_layers: first.rln.len(), inner_lr: first.cfg.inner_lr, ..c.clone() };
+        entries.push(("scratch".into(), sine::init_model(&sc, Method::Oml, 0xdead)));
+    }
+    // results[method] = (sequential per seed per function, oracle per seed)
+    let mut seq: Vec<Vec<Vec<f64>>> = vec![Vec::new(); entries.len()];
+    let mut orc: Vec<Vec<f64>> = vec![Vec::new(); entries.len()];
+    for seed in 0..a.seeds {
+        let set = sine::eval_set(&c, seed);
+        let order: Vec<usize> = (0..set.batches.len()).collect();
+        let mut shuffled = order.clone();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0ac1e);
+        for k in (1..shuffled.len()).rev() {
+            shuffled.swap(k, rand::RngExt::random_range(&mut rng, 0..=k));
+        }
+        for (k, (_, m)) in entries.iter().enumerate() {
+            if m.input != sine::D || m.outputs() != 1 {
+                return Err(format!("model {}: expected {} inputs and 1 output", entries[k].0, sine::D).into());
+            }
+            let per = sine::evaluate(m, &set, &order)?;
+            let o = sine::evaluate(m, &set, &shuffled)?;
+            orc[k].push(o.iter().sum::<f64>() / o.len() as f64);
+            seq[k].push(per);
+        }
+    }
+    let mut md = String::from(
+        "| method | MSE after the sequence (all 10 functions) | i.i.d. oracle (same data shuffled) |\n|---|---|---|\n",
+    );
+    for (k, (name, _)) in entries.iter().enumerate() {
+        let means: Vec<f64> = seq[k].iter().map(|v| v.iter().sum::<f64>() / v.len() as f64).collect();
+        let (m, ci) = mean_ci(&means);
+        let (om, oci) = mean_ci(&orc[k]);
+        md.push_str(&format!("| {name} | {m:.3} ± {ci:.3} | {om:.3} ± {oci:.3} |\n"));
+    }
+    md.push_str(&format!("\nmean ± 95% CI (Student t) over {} evaluation seeds\n", a.seeds));
+    // Per-function error after the whole sequence (function 1 was learned first): forgetting.
+    md.push_str("\n| method |");
+    md.push_str(&(1..=sine::SLOTS).map(|j| format!(" f{j} |")).collect::<String>());
+    md.push_str("\n|---|");
+    md.push_str(&"---|".repeat(sine::SLOTS));
+    md.push('\n');
+    for (k, (name, _)) in entries.iter().enumerate() {
+        md.push_str(&format!("| {name} |"));
+        for j in 0..sine::SLOTS {
+            let v: Vec<f64> = seq[k].iter().map(|s| s[j]).collect();
+            md.push_str(&format!(" {:.2} |", v.iter().sum::<f64>() / v.len() as f64));
+        }
+        md.push('\n');
+    }
+    print!("{md}");
+    if let Some(p) = &a.table {
+        write_atomic(p, md.as_bytes())?;
+    }
+    if let Some(p) = &a.plot {
+        let curves: Vec<(String, Vec<f64>)> = entries
+            .iter()
+            .enumerate()
+            .map(|(k, (n, _))| {
+                let f: Vec<f64> =
+                    (0..sine::SLOTS).map(|j| seq[k].iter().map(|v| v[j]).sum::<f64>() / seq[k].len() as f64).collect();
+                (n.clone(), f)
+            })
+            .collect();
+        plot(p, &curves)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn plot(path: &std::path::Path, curves: &[(String, Vec<f64>)]) -> neuroplastic::Result<()> {
+    use plotters::prelude::*;
+    let err = |e: &dyn std::fmt::Display| neuroplastic::Error::Format {
+        path: path.display().to_string(),
+        message: format!("cannot draw the plot: {e}"),
+    };
+    let ymax = curves.iter().flat_map(|c| c.1.iter()).fold(0.0f64, |a, &b| a.max(b)).max(1e-9) * 1.1;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (720, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let mut c = ChartBuilder::on(&root)
+            .caption("error on each function after learning all 10 in sequence", ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.5f64..10.5, 0.0..ymax)
+            .map_err(|e| err(&e))?;
+        c.configure_mesh().x_desc("function (1 = learned first)").y_desc("MSE").draw().map_err(|e| err(&e))?;
+        for (k, (name, v)) in curves.iter().enumerate() {
+            let color = Palette99::pick(k).to_rgba();
+            let pts: Vec<(f64, f64)> = v.iter().enumerate().map(|(j, &y)| (j as f64 + 1.0, y)).collect();
+            c.draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label(name.as_str())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
+        }
+        c.configure_series_labels().border_style(BLACK).background_style(WHITE).draw().map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    write_atomic(path, svg.as_bytes())
+}

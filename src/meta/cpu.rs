@@ -1,0 +1,442 @@
+//! f32 CPU twins of [`reference`](mod@super::reference)'s meta-learning layers
+//! (same names, same argument order, same formulas: see there).
+//!
+//! Dense layers are matrix products, done by `matrixmultiply::sgemm`
+//! (blocked, packed, AVX2/FMA micro-kernels chosen at run time): at the
+//! sizes of meta-learning (R = 16 … 704 rows, widths 11 … 300) it runs near
+//! the machine's SGEMM rate, which a hand-written kernel here would have to
+//! beat to be worth its code. The elementwise layers are plain loops the
+//! compiler vectorises. Threads come from running tasks in parallel
+//! ([`Cpu::PARALLEL`](super::Kernels::PARALLEL)), each task's kernels
+//! single-threaded, so no GEMM waits on a barrier.
+
+#![allow(clippy::too_many_arguments)]
+
+use matrixmultiply::sgemm;
+
+use super::{Kernels, MetaGrads, MetaModel, Trajectory};
+use crate::error::Result;
+
+/// `c (m×n) = beta·c + a (m×k) · b (k×n)` with strides (row, column) for each.
+#[inline]
+fn gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    (rsb, csb): (usize, usize),
+    beta: f32,
+    c: &mut [f32],
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // The extents the strides reach must lie inside the slices: sgemm reads
+    // raw pointers, so this is what keeps it memory-safe.
+    assert!(k == 0 || (m - 1) * rsa + (k - 1) * csa < a.len(), "gemm: a too short");
+    assert!(k == 0 || (k - 1) * rsb + (n - 1) * csb < b.len(), "gemm: b too short");
+    assert!(m * n <= c.len(), "gemm: c too short");
+    // SAFETY: the asserts above bound every index sgemm forms from the
+    // dimensions and strides; `c` is exclusively borrowed.
+    unsafe {
+        sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            rsa as isize,
+            csa as isize,
+            b.as_ptr(),
+            rsb as isize,
+            csb as isize,
+            beta,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}
+
+fn col_sums(dy: &[f32], db: &mut [f32], r: usize, j: usize) {
+    for row in dy[..r * j].chunks_exact(j) {
+        for (d, &g) in db.iter_mut().zip(row) {
+            *d += g;
+        }
+    }
+}
+
+/// Dense forward, `y = x Wᵀ + b` (see [`super::reference::dense_fwd`]).
+///
+/// `x: (R, I)  w: (J, I)  b: (J)  y: (R, J)`
+pub fn dense_fwd(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], r: usize, i: usize, j: usize) {
+    for row in y[..r * j].chunks_exact_mut(j) {
+        row.copy_from_slice(&b[..j]);
+    }
+    gemm(r, i, j, x, (i, 1), w, (1, i), 1.0, y);
+}
+
+/// Dense backward (see [`super::reference::dense_bwd`]).
+///
+/// `x: (R, I)  w: (J, I)  dy: (R, J)  dx: (R, I)  dw: (J, I)  db: (J)`
+pub fn dense_bwd(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    dx: Option<&mut [f32]>,
+    dw: &mut [f32],
+    db: &mut [f32],
+    r: usize,
+    i: usize,
+    j: usize,
+) {
+    gemm(j, r, i, dy, (1, j), x, (i, 1), 1.0, dw);
+    col_sums(dy, db, r, j);
+    if let Some(dx) = dx {
+        gemm(r, j, i, dy, (j, 1), w, (i, 1), 0.0, dx);
+    }
+}
+
+/// Dense R-forward (see [`super::reference::dense_rfwd`]).
+///
+/// `x, rx: (R, I)  w, vw: (J, I)  vb: (J)  ry: (R, J)`
+pub fn dense_rfwd(
+    x: &[f32],
+    rx: Option<&[f32]>,
+    w: &[f32],
+    vw: &[f32],
+    vb: &[f32],
+    ry: &mut [f32],
+    r: usize,
+    i: usize,
+    j: usize,
+) {
+    dense_fwd(x, vw, vb, ry, r, i, j);
+    if let Some(rx) = rx {
+        gemm(r, i, j, rx, (i, 1), w, (1, i), 1.0, ry);
+    }
+}
+
+/// Dense R-backward (see [`super::reference::dense_rbwd`]).
+///
+/// `x, rx: (R, I)  w, vw: (J, I)  dy, rdy: (R, J)  rdx: (R, I)  rdw: (J, I)  rdb: (J)`
+pub fn dense_rbwd(
+    x: &[f32],
+    rx: Option<&[f32]>,
+    w: &[f32],
+    vw: &[f32],
+    dy: &[f32],
+    rdy: &[f32],
+    rdx: Option<&mut [f32]>,
+    rdw: &mut [f32],
+    rdb: &mut [f32],
+    r: usize,
+    i: usize,
+    j: usize,
+) {
+    gemm(j, r, i, rdy, (1, j), x, (i, 1), 1.0, rdw);
+    if let Some(rx) = rx {
+        gemm(j, r, i, dy, (1, j), rx, (i, 1), 1.0, rdw);
+    }
+    col_sums(rdy, rdb, r, j);
+    if let Some(rdx) = rdx {
+        gemm(r, j, i, rdy, (j, 1), w, (i, 1), 0.0, rdx);
+        gemm(r, j, i, dy, (j, 1), vw, (i, 1), 1.0, rdx);
+    }
+}
+
+/// ReLU forward (see [`super::reference::relu_fwd`]).
+///
+/// `a, y: (R, ·)`
+pub fn relu_fwd(a: &[f32], y: &mut [f32]) {
+    for (y, &a) in y.iter_mut().zip(a) {
+        *y = a.max(0.0);
+    }
+}
+
+/// ReLU backward (see [`super::reference::relu_bwd`]).
+///
+/// `a, dy, da: (R, ·)`
+pub fn relu_bwd(a: &[f32], dy: &[f32], da: &mut [f32]) {
+    for ((d, &a), &g) in da.iter_mut().zip(a).zip(dy) {
+        *d = if a > 0.0 { g } else { 0.0 };
+    }
+}
+
+/// ReLU R-forward (see [`super::reference::relu_rfwd`]).
+///
+/// `a, ra, ry: (R, ·)`
+pub fn relu_rfwd(a: &[f32], ra: &[f32], ry: &mut [f32]) {
+    relu_bwd(a, ra, ry);
+}
+
+/// ReLU R-backward (see [`super::reference::relu_rbwd`]).
+///
+/// `a, rdy, rda: (R, ·)`
+pub fn relu_rbwd(a: &[f32], rdy: &[f32], rda: &mut [f32]) {
+    relu_bwd(a, rdy, rda);
+}
+
+#[inline]
+fn sigmoid(g: f32) -> f32 {
+    1.0 / (1.0 + (-g).exp())
+}
+
+/// Gate forward (see [`super::reference::gate_fwd`]).
+///
+/// `r, g, z: (R, I)`
+pub fn gate_fwd(r: &[f32], g: &[f32], z: &mut [f32]) {
+    for ((z, &r), &g) in z.iter_mut().zip(r).zip(g) {
+        *z = r * sigmoid(g);
+    }
+}
+
+/// Gate backward (see [`super::reference::gate_bwd`]).
+///
+/// `r, g, dz, dr, dg: (R, I)`
+pub fn gate_bwd(r: &[f32], g: &[f32], dz: &[f32], dr: &mut [f32], dg: &mut [f32]) {
+    for n in 0..r.len() {
+        let s = sigmoid(g[n]);
+        dr[n] = dz[n] * s;
+        dg[n] = dz[n] * r[n] * s * (1.0 - s);
+    }
+}
+
+/// Gate R-forward (see [`super::reference::gate_rfwd`]).
+///
+/// `r, g, rr, rg, rz: (R, I)`
+pub fn gate_rfwd(r: &[f32], g: &[f32], rr: Option<&[f32]>, rg: Option<&[f32]>, rz: &mut [f32]) {
+    for n in 0..r.len() {
+        let s = sigmoid(g[n]);
+        let mut v = 0.0;
+        if let Some(rr) = rr {
+            v += rr[n] * s;
+        }
+        if let Some(rg) = rg {
+            v += r[n] * s * (1.0 - s) * rg[n];
+        }
+        rz[n] = v;
+    }
+}
+
+/// Gate R-backward (see [`super::reference::gate_rbwd`]).
+///
+/// `r, g, rr, rg, dz, rdz, rdr, rdg: (R, I)`
+pub fn gate_rbwd(
+    r: &[f32],
+    g: &[f32],
+    rr: Option<&[f32]>,
+    rg: Option<&[f32]>,
+    dz: &[f32],
+    rdz: &[f32],
+    rdr: &mut [f32],
+    rdg: &mut [f32],
+) {
+    for n in 0..r.len() {
+        let s = sigmoid(g[n]);
+        let s1 = s * (1.0 - s);
+        let mut a = rdz[n] * s;
+        let mut b = rdz[n] * r[n] * s1;
+        if let Some(rr) = rr {
+            b += dz[n] * rr[n] * s1;
+        }
+        if let Some(rg) = rg {
+            a += dz[n] * s1 * rg[n];
+            b += dz[n] * r[n] * s1 * (1.0 - 2.0 * s) * rg[n];
+        }
+        rdr[n] = a;
+        rdg[n] = b;
+    }
+}
+
+/// MSE (see [`super::reference::mse_fwd`]); the sum is taken in f64.
+///
+/// `yh, y: (R, O)`
+pub fn mse_fwd(yh: &[f32], y: &[f32], r: usize, o: usize) -> f64 {
+    yh[..r * o].iter().zip(y).map(|(&a, &b)| ((a - b) as f64).powi(2)).sum::<f64>() / r as f64
+}
+
+/// MSE backward (see [`super::reference::mse_bwd`]).
+///
+/// `yh, y, dyh: (R, O)`
+pub fn mse_bwd(yh: &[f32], y: &[f32], dyh: &mut [f32], r: usize, o: usize) {
+    let s = 2.0 / r as f32;
+    for k in 0..r * o {
+        dyh[k] = s * (yh[k] - y[k]);
+    }
+}
+
+/// MSE R-backward (see [`super::reference::mse_rbwd`]).
+///
+/// `ryh, rdyh: (R, O)`
+pub fn mse_rbwd(ryh: &[f32], rdyh: &mut [f32], r: usize, o: usize) {
+    let s = 2.0 / r as f32;
+    for k in 0..r * o {
+        rdyh[k] = s * ryh[k];
+    }
+}
+
+fn softmax_row(z: &[f32], p: &mut [f32]) {
+    let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mut s = 0.0;
+    for (p, &z) in p.iter_mut().zip(z) {
+        *p = (z - m).exp();
+        s += *p;
+    }
+    let inv = 1.0 / s;
+    p.iter_mut().for_each(|p| *p *= inv);
+}
+
+/// Cross-entropy (see [`super::reference::xent_fwd`]); the sum is taken in f64.
+///
+/// `yh: (R, O)  y: (R)`
+pub fn xent_fwd(yh: &[f32], y: &[f32], r: usize, o: usize) -> f64 {
+    let mut l = 0.0f64;
+    for n in 0..r {
+        let z = &yh[n * o..(n + 1) * o];
+        let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let lse = m + z.iter().map(|z| (z - m).exp()).sum::<f32>().ln();
+        l += (lse - z[y[n] as usize]) as f64;
+    }
+    l / r as f64
+}
+
+/// Cross-entropy backward (see [`super::reference::xent_bwd`]).
+///
+/// `yh, dyh: (R, O)  y: (R)`
+pub fn xent_bwd(yh: &[f32], y: &[f32], dyh: &mut [f32], r: usize, o: usize) {
+    let inv = 1.0 / r as f32;
+    for n in 0..r {
+        let d = &mut dyh[n * o..(n + 1) * o];
+        softmax_row(&yh[n * o..(n + 1) * o], d);
+        d[y[n] as usize] -= 1.0;
+        d.iter_mut().for_each(|d| *d *= inv);
+    }
+}
+
+/// Cross-entropy R-backward (see [`super::reference::xent_rbwd`]).
+///
+/// `yh, ryh, rdyh: (R, O)`
+pub fn xent_rbwd(yh: &[f32], ryh: &[f32], rdyh: &mut [f32], r: usize, o: usize) {
+    let inv = 1.0 / r as f32;
+    for n in 0..r {
+        let d = &mut rdyh[n * o..(n + 1) * o];
+        softmax_row(&yh[n * o..(n + 1) * o], d);
+        let rz = &ryh[n * o..(n + 1) * o];
+        let dot: f32 = d.iter().zip(rz).map(|(p, v)| p * v).sum();
+        for (p, &v) in d.iter_mut().zip(rz) {
+            *p = *p * (v - dot) * inv;
+        }
+    }
+}
+
+/// The f32 CPU backend (tasks in parallel).
+pub struct Cpu;
+
+impl Kernels for Cpu {
+    type F = f32;
+    const PARALLEL: bool = true;
+    fn dense_fwd(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], r: usize, i: usize, j: usize) {
+        dense_fwd(x, w, b, y, r, i, j)
+    }
+    fn dense_bwd(
+        x: &[f32],
+        w: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        dw: &mut [f32],
+        db: &mut [f32],
+        r: usize,
+        i: usize,
+        j: usize,
+    ) {
+        dense_bwd(x, w, dy, dx, dw, db, r, i, j)
+    }
+    fn dense_rfwd(
+        x: &[f32],
+        rx: Option<&[f32]>,
+        w: &[f32],
+        vw: &[f32],
+        vb: &[f32],
+        ry: &mut [f32],
+        r: usize,
+        i: usize,
+        j: usize,
+    ) {
+        dense_rfwd(x, rx, w, vw, vb, ry, r, i, j)
+    }
+    fn dense_rbwd(
+        x: &[f32],
+        rx: Option<&[f32]>,
+        w: &[f32],
+        vw: &[f32],
+        dy: &[f32],
+        rdy: &[f32],
+        rdx: Option<&mut [f32]>,
+        rdw: &mut [f32],
+        rdb: &mut [f32],
+        r: usize,
+        i: usize,
+        j: usize,
+    ) {
+        dense_rbwd(x, rx, w, vw, dy, rdy, rdx, rdw, rdb, r, i, j)
+    }
+    fn relu_fwd(a: &[f32], y: &mut [f32]) {
+        relu_fwd(a, y)
+    }
+    fn relu_bwd(a: &[f32], dy: &[f32], da: &mut [f32]) {
+        relu_bwd(a, dy, da)
+    }
+    fn relu_rfwd(a: &[f32], ra: &[f32], ry: &mut [f32]) {
+        relu_rfwd(a, ra, ry)
+    }
+    fn relu_rbwd(a: &[f32], rdy: &[f32], rda: &mut [f32]) {
+        relu_rbwd(a, rdy, rda)
+    }
+    fn gate_fwd(r: &[f32], g: &[f32], z: &mut [f32]) {
+        gate_fwd(r, g, z)
+    }
+    fn gate_bwd(r: &[f32], g: &[f32], dz: &[f32], dr: &mut [f32], dg: &mut [f32]) {
+        gate_bwd(r, g, dz, dr, dg)
+    }
+    fn gate_rfwd(r: &[f32], g: &[f32], rr: Option<&[f32]>, rg: Option<&[f32]>, rz: &mut [f32]) {
+        gate_rfwd(r, g, rr, rg, rz)
+    }
+    fn gate_rbwd(
+        r: &[f32],
+        g: &[f32],
+        rr: Option<&[f32]>,
+        rg: Option<&[f32]>,
+        dz: &[f32],
+        rdz: &[f32],
+        rdr: &mut [f32],
+        rdg: &mut [f32],
+    ) {
+        gate_rbwd(r, g, rr, rg, dz, rdz, rdr, rdg)
+    }
+    fn mse_fwd(yh: &[f32], y: &[f32], r: usize, o: usize) -> f64 {
+        mse_fwd(yh, y, r, o)
+    }
+    fn mse_bwd(yh: &[f32], y: &[f32], dyh: &mut [f32], r: usize, o: usize) {
+        mse_bwd(yh, y, dyh, r, o)
+    }
+    fn mse_rbwd(ryh: &[f32], rdyh: &mut [f32], r: usize, o: usize) {
+        mse_rbwd(ryh, rdyh, r, o)
+    }
+    fn xent_fwd(yh: &[f32], y: &[f32], r: usize, o: usize) -> f64 {
+        xent_fwd(yh, y, r, o)
+    }
+    fn xent_bwd(yh: &[f32], y: &[f32], dyh: &mut [f32], r: usize, o: usize) {
+        xent_bwd(yh, y, dyh, r, o)
+    }
+    fn xent_rbwd(yh: &[f32], ryh: &[f32], rdyh: &mut [f32], r: usize, o: usize) {
+        xent_rbwd(yh, ryh, rdyh, r, o)
+    }
+}
+
+/// The meta-loss and its gradient in f32, tasks in parallel (see [`super::meta_grad`]).
+pub fn meta_grad(model: &MetaModel<f32>, traj: &Trajectory<f32>) -> Result<MetaGrads<f32>> {
+    super::meta_grad::<Cpu>(model, traj)
+}

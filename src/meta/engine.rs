@@ -1,0 +1,520 @@
+//! The meta-gradient engine, written once over [`Kernels`] (the f64
+//! reference and the f32 CPU backend run this same code).
+//!
+//! Per task: the RLN and NM run once over all the task's rows (S·Bi inner
+//! rows, then Bo outer rows) and keep their activations (the per-step
+//! inputs); the inner trajectory runs forward keeping θ snapshots every
+//! C = ⌈√S'⌉ steps of the S' differentiated steps; the meta-loss at θ_S
+//! gives θ̄_S; the reverse sweep recomputes one segment at a time from its
+//! snapshot (θ's, activations and raw inner gradients of its ≤ C steps) and,
+//! walking it backwards, runs per step the R-pass in the direction `v = mask ⊙ θ̄_{k+1}`, giving the Hessian–vector product (for
+//! θ̄_k = θ̄_{k+1} − β H v) and the mixed products (for the adjoints of that
+//! step's RLN/NM outputs). Finally one backward of the RLN and NM over all
+//! rows. See `docs/meta.md` for the derivation.
+
+use rayon::prelude::*;
+
+use super::{Kernels, Loss, MetaGrads, MetaModel, Order, Real, Stack, Trajectory};
+use crate::error::Result;
+
+type F<K> = <K as Kernels>::F;
+
+fn loss_fwd<K: Kernels>(loss: Loss, yh: &[F<K>], y: &[F<K>], r: usize, o: usize) -> f64 {
+    match loss {
+        Loss::Mse => K::mse_fwd(yh, y, r, o),
+        Loss::Xent => K::xent_fwd(yh, y, r, o),
+    }
+}
+
+fn loss_bwd<K: Kernels>(loss: Loss, yh: &[F<K>], y: &[F<K>], d: &mut [F<K>], r: usize, o: usize) {
+    match loss {
+        Loss::Mse => K::mse_bwd(yh, y, d, r, o),
+        Loss::Xent => K::xent_bwd(yh, y, d, r, o),
+    }
+}
+
+fn loss_rbwd<K: Kernels>(loss: Loss, yh: &[F<K>], ryh: &[F<K>], rd: &mut [F<K>], r: usize, o: usize) {
+    match loss {
+        Loss::Mse => K::mse_rbwd(ryh, rd, r, o),
+        Loss::Xent => K::xent_rbwd(yh, ryh, rd, r, o),
+    }
+}
+
+/// Forward of an outer-only stack over `rows` rows; returns each layer's
+/// output (after the ReLU, which follows every layer but the last unless
+/// `relu_last`).
+fn stack_fwd<K: Kernels>(st: &Stack, p: &[F<K>], x: &[F<K>], rows: usize, relu_last: bool) -> Vec<Vec<F<K>>> {
+    let mut ys: Vec<Vec<F<K>>> = Vec::with_capacity(st.len());
+    let mut tmp = vec![F::<K>::ZERO; rows * st.widest()];
+    for (l, &(i, j)) in st.dims.iter().enumerate() {
+        let (wr, br) = st.ranges(l);
+        let mut y = vec![F::<K>::ZERO; rows * j];
+        let input = if l == 0 { x } else { &ys[l - 1][..] };
+        if l + 1 < st.len() || relu_last {
+            K::dense_fwd(input, &p[wr], &p[br], &mut tmp[..rows * j], rows, i, j);
+            K::relu_fwd(&tmp[..rows * j], &mut y);
+        } else {
+            K::dense_fwd(input, &p[wr], &p[br], &mut y, rows, i, j);
+        }
+        ys.push(y);
+    }
+    ys
+}
+
+/// Backward of an outer-only stack over rows `r0..rows` given the adjoint of
+/// its output `dout: (rows − r0, out)`; accumulates into `grad`.
+#[allow(clippy::too_many_arguments)]
+fn stack_bwd<K: Kernels>(
+    st: &Stack,
+    p: &[F<K>],
+    x: &[F<K>],
+    ys: &[Vec<F<K>>],
+    dout: &[F<K>],
+    r0: usize,
+    rows: usize,
+    relu_last: bool,
+    grad: &mut [F<K>],
+) {
+    let n = rows - r0;
+    let w = st.widest();
+    let mut cur = vec![F::<K>::ZERO; n * w];
+    let mut next = vec![F::<K>::ZERO; n * w];
+    let mut da = vec![F::<K>::ZERO; n * w];
+    let jl = st.out().unwrap_or(0);
+    cur[..n * jl].copy_from_slice(dout);
+    for l in (0..st.len()).rev() {
+        let (i, j) = st.dims[l];
+        let (wr, br) = st.ranges(l);
+        if l + 1 < st.len() || relu_last {
+            K::relu_bwd(&ys[l][r0 * j..rows * j], &cur[..n * j], &mut da[..n * j]);
+        } else {
+            da[..n * j].copy_from_slice(&cur[..n * j]);
+        }
+        let input = if l == 0 { &x[r0 * i..rows * i] } else { &ys[l - 1][r0 * i..rows * i] };
+        let (gw, gb) = grad.split_at_mut(br.start);
+        let dx = if l > 0 { Some(&mut next[..n * i]) } else { None };
+        K::dense_bwd(input, &p[wr.clone()], &da[..n * j], dx, &mut gw[wr], &mut gb[..j], n, i, j);
+        std::mem::swap(&mut cur, &mut next);
+    }
+}
+
+/// Per-layer buffers of the PLN for one batch of up to `rows` rows.
+struct PlnWs<T> {
+    /// Layer l's input before the gate (l ≥ 1; layer 0's is the RLN output).
+    r: Vec<Vec<T>>,
+    /// The gated input (at the gate layer only).
+    x: Vec<Vec<T>>,
+    /// Pre-activations.
+    a: Vec<Vec<T>>,
+    /// Adjoints of a, of the layer input x, of r (at the gate layer).
+    da: Vec<Vec<T>>,
+    dx: Vec<Vec<T>>,
+    dr: Vec<Vec<T>>,
+    /// The gate's adjoint.
+    dg: Vec<T>,
+    /// R-pass twins of the above.
+    rr: Vec<Vec<T>>,
+    rx: Vec<Vec<T>>,
+    ra: Vec<Vec<T>>,
+    rda: Vec<Vec<T>>,
+    rdx: Vec<Vec<T>>,
+    rdr: Vec<Vec<T>>,
+    rdg: Vec<T>,
+}
+
+impl<T: Real> PlnWs<T> {
+    fn new(st: &Stack, rows: usize) -> Self {
+        let ins = || st.dims.iter().map(|&(i, _)| vec![T::ZERO; rows * i]).collect::<Vec<_>>();
+        let outs = || st.dims.iter().map(|&(_, j)| vec![T::ZERO; rows * j]).collect::<Vec<_>>();
+        let gw = rows * st.widest();
+        PlnWs {
+            r: ins(),
+            x: ins(),
+            a: outs(),
+            da: outs(),
+            dx: ins(),
+            dr: ins(),
+            dg: vec![T::ZERO; gw],
+            rr: ins(),
+            rx: ins(),
+            ra: outs(),
+            rda: outs(),
+            rdx: ins(),
+            rdr: ins(),
+            rdg: vec![T::ZERO; gw],
+        }
+    }
+}
+
+/// The PLN of one task: its stack, the gate layer, and the batch inputs.
+struct Pln<'a, T> {
+    st: &'a Stack,
+    gate: Option<usize>,
+    loss: Loss,
+    o: usize,
+    /// This batch: RLN output `(rows, I₀)`, NM output `(rows, I_G)`, targets.
+    h: &'a [T],
+    g: &'a [T],
+    y: &'a [T],
+    rows: usize,
+}
+
+impl<T: Real> Pln<'_, T> {
+    fn gated(&self, l: usize) -> bool {
+        self.gate == Some(l)
+    }
+
+    /// Forward at θ; the prediction is `ws.a[L − 1]`.
+    fn fwd<K: Kernels<F = T>>(&self, th: &[T], ws: &mut PlnWs<T>) {
+        let n = self.rows;
+        for (l, &(i, j)) in self.st.dims.iter().enumerate() {
+            let (wr, br) = self.st.ranges(l);
+            let rin: &[T] = if l == 0 { &self.h[..n * i] } else { &ws.r[l][..n * i] };
+            if self.gated(l) {
+                K::gate_fwd(rin, &self.g[..n * i], &mut ws.x[l][..n * i]);
+            }
+            let xin: &[T] = if self.gated(l) { &ws.x[l][..n * i] } else { rin };
+            K::dense_fwd(xin, &th[wr], &th[br], &mut ws.a[l][..n * j], n, i, j);
+            if l + 1 < self.st.len() {
+                K::relu_fwd(&ws.a[l][..n * j], &mut ws.r[l + 1][..n * j]);
+            }
+        }
+    }
+
+    /// Loss at the last forward, and its adjoint into `ws.da[L − 1]`.
+    fn loss<K: Kernels<F = T>>(&self, ws: &mut PlnWs<T>) -> f64 {
+        let (n, o, last) = (self.rows, self.o, self.st.len() - 1);
+        let l = loss_fwd::<K>(self.loss, &ws.a[last][..n * o], self.y, n, o);
+        loss_bwd::<K>(self.loss, &ws.a[last][..n * o], self.y, &mut ws.da[last][..n * o], n, o);
+        l
+    }
+
+    /// Backward after [`Pln::loss`]: accumulates dℓ/dθ into `gth`; with
+    /// `inputs`, also the adjoints of layer 0's input (`ws.dx[0]`, or
+    /// `ws.dr[0]` when gated at 0) and of the gate (`ws.dg`).
+    fn bwd<K: Kernels<F = T>>(&self, th: &[T], ws: &mut PlnWs<T>, gth: &mut [T], inputs: bool) {
+        let n = self.rows;
+        for l in (0..self.st.len()).rev() {
+            let (i, j) = self.st.dims[l];
+            let (wr, br) = self.st.ranges(l);
+            if l + 1 < self.st.len() {
+                let src = if self.gated(l + 1) { &ws.dr[l + 1] } else { &ws.dx[l + 1] };
+                K::relu_bwd(&ws.a[l][..n * j], &src[..n * j], &mut ws.da[l][..n * j]);
+            }
+            let need = l > 0 || inputs;
+            let rin: &[T] = if l == 0 { &self.h[..n * i] } else { &ws.r[l][..n * i] };
+            let xin: &[T] = if self.gated(l) { &ws.x[l][..n * i] } else { rin };
+            let (gw, gb) = gth.split_at_mut(br.start);
+            let dx = if need { Some(&mut ws.dx[l][..n * i]) } else { None };
+            K::dense_bwd(xin, &th[wr.clone()], &ws.da[l][..n * j], dx, &mut gw[wr], &mut gb[..j], n, i, j);
+            if self.gated(l) && need {
+                K::gate_bwd(rin, &self.g[..n * i], &ws.dx[l][..n * i], &mut ws.dr[l][..n * i], &mut ws.dg[..n * i]);
+            }
+        }
+    }
+
+    /// R-pass along `v` (θ-shaped) after [`Pln::fwd`] and [`Pln::bwd`] at
+    /// the same θ: accumulates `H v` into `hv`; with `inputs`, the mixed
+    /// products land in `ws.rdx[0]` (or `ws.rdr[0]` when gated at 0) and
+    /// `ws.rdg`.
+    fn rpass<K: Kernels<F = T>>(&self, th: &[T], v: &[T], ws: &mut PlnWs<T>, hv: &mut [T], inputs: bool) {
+        let (n, last) = (self.rows, self.st.len() - 1);
+        for (l, &(i, j)) in self.st.dims.iter().enumerate() {
+            let (wr, br) = self.st.ranges(l);
+            let rin: &[T] = if l == 0 { &self.h[..n * i] } else { &ws.r[l][..n * i] };
+            let xin: &[T] = if self.gated(l) { &ws.x[l][..n * i] } else { rin };
+            // Layer 0's input does not depend on θ: its direction is zero.
+            if self.gated(l) && l > 0 {
+                K::gate_rfwd(rin, &self.g[..n * i], Some(&ws.rr[l][..n * i]), None, &mut ws.rx[l][..n * i]);
+            }
+            let rx: Option<&[T]> = match (l > 0, self.gated(l)) {
+                (false, _) => None,
+                (true, true) => Some(&ws.rx[l][..n * i]),
+                (true, false) => Some(&ws.rr[l][..n * i]),
+            };
+            K::dense_rfwd(xin, rx, &th[wr.clone()], &v[wr], &v[br], &mut ws.ra[l][..n * j], n, i, j);
+            if l < last {
+                K::relu_rfwd(&ws.a[l][..n * j], &ws.ra[l][..n * j], &mut ws.rr[l + 1][..n * j]);
+            }
+        }
+        let o = self.o;
+        loss_rbwd::<K>(self.loss, &ws.a[last][..n * o], &ws.ra[last][..n * o], &mut ws.rda[last][..n * o], n, o);
+        for l in (0..self.st.len()).rev() {
+            let (i, j) = self.st.dims[l];
+            let (wr, br) = self.st.ranges(l);
+            if l < last {
+                let src = if self.gated(l + 1) { &ws.rdr[l + 1] } else { &ws.rdx[l + 1] };
+                K::relu_rbwd(&ws.a[l][..n * j], &src[..n * j], &mut ws.rda[l][..n * j]);
+            }
+            let need = l > 0 || inputs;
+            let rin: &[T] = if l == 0 { &self.h[..n * i] } else { &ws.r[l][..n * i] };
+            let xin: &[T] = if self.gated(l) { &ws.x[l][..n * i] } else { rin };
+            let rx: Option<&[T]> = match (l > 0, self.gated(l)) {
+                (false, _) => None,
+                (true, true) => Some(&ws.rx[l][..n * i]),
+                (true, false) => Some(&ws.rr[l][..n * i]),
+            };
+            let (hw, hb) = hv.split_at_mut(br.start);
+            let rdx = if need { Some(&mut ws.rdx[l][..n * i]) } else { None };
+            K::dense_rbwd(
+                xin,
+                rx,
+                &th[wr.clone()],
+                &v[wr.clone()],
+                &ws.da[l][..n * j],
+                &ws.rda[l][..n * j],
+                rdx,
+                &mut hw[wr],
+                &mut hb[..j],
+                n,
+                i,
+                j,
+            );
+            if self.gated(l) && need {
+                let rr = if l > 0 { Some(&ws.rr[l][..n * i]) } else { None };
+                K::gate_rbwd(
+                    rin,
+                    &self.g[..n * i],
+                    rr,
+                    None,
+                    &ws.dx[l][..n * i],
+                    &ws.rdx[l][..n * i],
+                    &mut ws.rdr[l][..n * i],
+                    &mut ws.rdg[..n * i],
+                );
+            }
+        }
+    }
+}
+
+/// The adjoint of layer 0's input after a backward (`dx`) or R-pass (`rdx`).
+fn input_adj<'w, T>(gate: Option<usize>, dx: &'w [Vec<T>], dr: &'w [Vec<T>]) -> &'w [T] {
+    if gate == Some(0) { &dr[0] } else { &dx[0] }
+}
+
+fn clamp<T: Real>(g: &mut [T], c: T) {
+    for g in g {
+        if *g > c {
+            *g = c;
+        } else if *g < -c {
+            *g = -c;
+        }
+    }
+}
+
+/// One task's meta-loss `L_p` and gradient (unscaled by 1/P), added to `out`.
+fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &mut MetaGrads<F<K>>) -> f64 {
+    let cfg = &m.cfg;
+    let (s, bi, bo, d, yc) = (t.s, t.bi, t.bo, t.d, t.ycols);
+    let rows = s * bi + bo;
+    let mut x = Vec::with_capacity(rows * d);
+    x.extend_from_slice(&t.inner_x[p * s * bi * d..(p + 1) * s * bi * d]);
+    x.extend_from_slice(&t.outer_x[p * bo * d..(p + 1) * bo * d]);
+
+    // The outer-only networks, once over every row of the task.
+    let rln_ys = stack_fwd::<K>(&m.rln, &m.rln_p, &x, rows, true);
+    let nm_ys = stack_fwd::<K>(&m.nm, &m.nm_p, &x, rows, false);
+    let h: &[F<K>] = rln_ys.last().map(|v| &v[..]).unwrap_or(&x);
+    let hw = m.rln.out().unwrap_or(d);
+    let gate = (!m.nm.is_empty()).then_some(cfg.gate_at);
+    let gw = gate.map(|g| m.pln.dims[g].0).unwrap_or(0);
+    let g: &[F<K>] = nm_ys.last().map(|v| &v[..]).unwrap_or(&[]);
+    let has_rln = !m.rln.is_empty();
+    let inputs = has_rln || gate == Some(0);
+    let mut dh = vec![F::<K>::ZERO; if has_rln { rows * hw } else { 0 }];
+    let mut dg = vec![F::<K>::ZERO; rows * gw];
+
+    let o = m.outputs();
+    let beta = m.inner_lr;
+    let c = F::<K>::from_f64(cfg.clamp);
+    let clamped = cfg.clamp > 0.0;
+    let batch = |k: usize| -> Pln<'_, F<K>> {
+        let (r0, n, y): (usize, usize, &[F<K>]) = if k < s {
+            (k * bi, bi, &t.inner_y[((p * s + k) * bi) * yc..((p * s + k + 1) * bi) * yc])
+        } else {
+            (s * bi, bo, &t.outer_y[p * bo * yc..(p + 1) * bo * yc])
+        };
+        Pln {
+            st: &m.pln,
+            gate,
+            loss: cfg.loss,
+            o,
+            h: &h[r0 * hw..(r0 + n) * hw],
+            g: if gw > 0 { &g[r0 * gw..(r0 + n) * gw] } else { &[] },
+            y,
+            rows: n,
+        }
+    };
+
+    let mut ws = PlnWs::new(&m.pln, bi.max(bo));
+    let np = m.pln.params();
+    // Steps k < k0 are constants (first order, or before the truncation window).
+    let k0 = match (cfg.order, cfg.truncate) {
+        (Order::First, _) => s,
+        (Order::Second, 0) => 0,
+        (Order::Second, k) => s.saturating_sub(k),
+    };
+    let span = s - k0;
+    let seg = ((span as f64).sqrt().ceil() as usize).max(1);
+    let mut snaps: Vec<Vec<F<K>>> = Vec::with_capacity(span.div_ceil(seg));
+    let mut early = vec![F::<K>::ZERO; if cfg.learn_lr { np } else { 0 }];
+    let mut th = m.theta0.clone();
+    let mut gk = vec![F::<K>::ZERO; np];
+
+    // One inner step's gradient at θ into gk (clamped when asked).
+    let inner_grad = |k: usize, th: &[F<K>], gk: &mut [F<K>], ws: &mut PlnWs<F<K>>| {
+        let b = batch(k);
+        b.fwd::<K>(th, ws);
+        b.loss::<K>(ws);
+        gk.fill(F::<K>::ZERO);
+        b.bwd::<K>(th, ws, gk, false);
+    };
+
+    for k in 0..s {
+        if k >= k0 && (k - k0) % seg == 0 {
+            snaps.push(th.clone());
+        }
+        inner_grad(k, &th, &mut gk, &mut ws);
+        if clamped {
+            clamp(&mut gk, c);
+        }
+        if k < k0 && cfg.learn_lr {
+            early.iter_mut().zip(&gk).for_each(|(e, &g)| *e += g);
+        }
+        th.iter_mut().zip(&gk).for_each(|(t, &g)| *t -= beta * g);
+    }
+
+    // The meta-loss at θ_S and its adjoints.
+    let outer = batch(s);
+    outer.fwd::<K>(&th, &mut ws);
+    let loss = outer.loss::<K>(&mut ws);
+    let mut thb = vec![F::<K>::ZERO; np];
+    outer.bwd::<K>(&th, &mut ws, &mut thb, inputs);
+    if has_rln {
+        dh[s * bi * hw..].copy_from_slice(&input_adj(gate, &ws.dx, &ws.dr)[..bo * hw]);
+    }
+    if gw > 0 {
+        dg[s * bi * gw..].copy_from_slice(&ws.dg[..bo * gw]);
+    }
+
+    // Reverse sweep over the differentiated steps, one segment at a time:
+    // recompute the segment's θ's from its snapshot, keeping each step's
+    // activations and raw inner gradient, then walk it backwards.
+    let mut bbar = 0.0f64;
+    let cap = seg.min(span);
+    let mut segth: Vec<Vec<F<K>>> = (0..cap).map(|_| vec![F::<K>::ZERO; np]).collect();
+    let mut seggk: Vec<Vec<F<K>>> = (0..cap).map(|_| vec![F::<K>::ZERO; np]).collect();
+    let mut segws: Vec<PlnWs<F<K>>> = (0..cap).map(|_| PlnWs::new(&m.pln, bi)).collect();
+    // The inner step's own input gradients are not part of the meta-gradient;
+    // only the gate at layer 0 needs dℓ/dz there (for its R-backward).
+    let step_inputs = gate == Some(0);
+    let mut v = vec![F::<K>::ZERO; np];
+    let mut hv = vec![F::<K>::ZERO; np];
+    for (j, snap) in snaps.iter().enumerate().rev() {
+        let ks = k0 + j * seg;
+        let ke = (ks + seg).min(s);
+        segth[0].copy_from_slice(snap);
+        for k in ks..ke {
+            let i = k - ks;
+            let b = batch(k);
+            b.fwd::<K>(&segth[i], &mut segws[i]);
+            b.loss::<K>(&mut segws[i]);
+            seggk[i].fill(F::<K>::ZERO);
+            b.bwd::<K>(&segth[i], &mut segws[i], &mut seggk[i], step_inputs);
+            if k + 1 < ke {
+                let (a, nx) = segth.split_at_mut(i + 1);
+                for ((n, &t), &g) in nx[0].iter_mut().zip(&a[i]).zip(&seggk[i]) {
+                    let g = if !clamped {
+                        g
+                    } else if g > c {
+                        c
+                    } else if g < -c {
+                        -c
+                    } else {
+                        g
+                    };
+                    *n = t - beta * g;
+                }
+            }
+        }
+        for k in (ks..ke).rev() {
+            let i = k - ks;
+            let gk = &mut seggk[i];
+            // v = mask ⊙ θ̄_{k+1}: the clamp passes the derivative only inside ±c.
+            for ((v, &g), &t) in v.iter_mut().zip(gk.iter()).zip(&thb) {
+                *v = if !clamped || (g <= c && g >= -c) { t } else { F::<K>::ZERO };
+            }
+            if clamped {
+                clamp(gk, c);
+            }
+            if cfg.learn_lr {
+                bbar -= gk.iter().zip(&thb).map(|(&g, &t)| (g * t).to_f64()).sum::<f64>();
+            }
+            hv.fill(F::<K>::ZERO);
+            let wsk = &mut segws[i];
+            batch(k).rpass::<K>(&segth[i], &v, wsk, &mut hv, inputs);
+            thb.iter_mut().zip(&hv).for_each(|(t, &h)| *t -= beta * h);
+            let r0 = k * bi;
+            if has_rln {
+                let src = input_adj(gate, &wsk.rdx, &wsk.rdr);
+                dh[r0 * hw..(r0 + bi) * hw].iter_mut().zip(&src[..bi * hw]).for_each(|(d, &r)| *d = -beta * r);
+            }
+            if gw > 0 {
+                dg[r0 * gw..(r0 + bi) * gw].iter_mut().zip(&wsk.rdg[..bi * gw]).for_each(|(d, &r)| *d = -beta * r);
+            }
+        }
+    }
+    if cfg.learn_lr {
+        bbar -= early.iter().zip(&thb).map(|(&g, &t)| (g * t).to_f64()).sum::<f64>();
+        out.inner_lr += F::<K>::from_f64(bbar);
+    }
+    out.pln.iter_mut().zip(&thb).for_each(|(o, &t)| *o += t);
+
+    // The outer-only networks' backward over the rows that received an adjoint.
+    let r0 = if k0 == s { s * bi } else { k0 * bi };
+    if has_rln {
+        stack_bwd::<K>(&m.rln, &m.rln_p, &x, &rln_ys, &dh[r0 * hw..], r0, rows, true, &mut out.rln);
+    }
+    if gw > 0 {
+        stack_bwd::<K>(&m.nm, &m.nm_p, &x, &nm_ys, &dg[r0 * gw..], r0, rows, false, &mut out.nm);
+    }
+    loss
+}
+
+/// The meta-loss `L = (1/P) Σ_p L_p` and its gradient with respect to every
+/// parameter of `model` (RLN, θ₀, NM, and β when learned), for the P tasks of
+/// `traj`, on backend `K` ([`Reference`](super::reference::Reference) or
+/// [`Cpu`](super::cpu::Cpu)). Tasks run in parallel where the backend says
+/// so; each task's gradient is its own and they are summed in task order, so
+/// the result does not depend on the number of threads.
+///
+/// Errors: the model's or trajectory's sizes disagree, a class index is out
+/// of range, or an input is not finite.
+pub fn meta_grad<K: Kernels>(model: &MetaModel<K::F>, traj: &Trajectory<K::F>) -> Result<MetaGrads<K::F>> {
+    model.validate()?;
+    traj.validate(model)?;
+    let one = |p: usize| {
+        let mut g = MetaGrads::zeros(model);
+        g.loss = task::<K>(model, traj, p, &mut g);
+        g
+    };
+    let per: Vec<MetaGrads<K::F>> =
+        if K::PARALLEL { (0..traj.p).into_par_iter().map(one).collect() } else { (0..traj.p).map(one).collect() };
+    let mut total = MetaGrads::zeros(model);
+    let scale = 1.0 / traj.p as f64;
+    let mut loss = 0.0;
+    for g in &per {
+        loss += g.loss;
+        for (dst, src) in [(&mut total.rln, &g.rln), (&mut total.pln, &g.pln), (&mut total.nm, &g.nm)] {
+            dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+        }
+        total.inner_lr += g.inner_lr;
+    }
+    let sc = K::F::from_f64(scale);
+    for v in [&mut total.rln, &mut total.pln, &mut total.nm] {
+        v.iter_mut().for_each(|x| *x *= sc);
+    }
+    total.inner_lr *= sc;
+    total.loss = loss * scale;
+    Ok(total)
+}

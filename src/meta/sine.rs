@@ -1,0 +1,291 @@
+//! Incremental sine-wave regression, OML's benchmark, fully procedural.
+//!
+//! A function is `y = a·sin(x + p)`, `a ~ U[0.1, 5]`, `p ~ U[0, π]`,
+//! `x ~ U[−5, 5]`; the network's input is `x` followed by a one-hot task id
+//! among [`SLOTS`] slots (D = 11). Meta-training draws from a pool of
+//! functions; a meta-training trajectory learns a few functions one after
+//! another (batches of the same function in a row) in the inner loop, and
+//! its meta-loss is on points of the trajectory's functions plus a random
+//! "remember" batch from the pool. Evaluation learns 10 new functions one
+//! after another (SGD on the PLN only, one pass) and measures the error on
+//! held-out points of all of them.
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::{MetaConfig, MetaModel, Order, Trajectory, cpu};
+use crate::error::Result;
+use crate::train::{OptimConfig, Optimizer};
+
+/// Task-id slots of the input (its one-hot part).
+pub const SLOTS: usize = 10;
+/// Input width: x and the one-hot slot.
+pub const D: usize = 1 + SLOTS;
+
+/// One function `a·sin(x + p)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SineFn {
+    /// Amplitude.
+    pub a: f32,
+    /// Phase.
+    pub p: f32,
+}
+
+impl SineFn {
+    /// A random function.
+    pub fn draw(rng: &mut ChaCha8Rng) -> Self {
+        SineFn { a: rng.random_range(0.1f32..5.0), p: rng.random_range(0.0f32..std::f32::consts::PI) }
+    }
+    /// `n` points of this function with task id `slot`, appended to `x: (n, D)` and `y: (n, 1)`.
+    pub fn sample(&self, slot: usize, n: usize, rng: &mut ChaCha8Rng, x: &mut Vec<f32>, y: &mut Vec<f32>) {
+        for _ in 0..n {
+            let v = rng.random_range(-5.0f32..5.0);
+            x.push(v);
+            x.extend((0..SLOTS).map(|s| if s == slot { 1.0 } else { 0.0 }));
+            y.push(self.a * (v + self.p).sin());
+        }
+    }
+}
+
+/// Sizes and schedule of a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SineConfig {
+    /// Width of every hidden layer.
+    pub width: usize,
+    /// RLN layers (dense + ReLU).
+    pub rln_layers: usize,
+    /// PLN layers (dense, ReLU between).
+    pub pln_layers: usize,
+    /// Functions in the meta-training pool.
+    pub pool: usize,
+    /// Functions per meta-training trajectory.
+    pub fns_per_traj: usize,
+    /// Inner batches per function in a meta-training trajectory.
+    pub steps_per_fn: usize,
+    /// Rows of an inner batch (and of an evaluation batch).
+    pub batch: usize,
+    /// Rows of the "remember" part of the meta-loss batch (the trajectory part has as many).
+    pub remember: usize,
+    /// Inner learning rate β (also the evaluation SGD rate).
+    pub inner_lr: f64,
+    /// Adam learning rate of the outer loop (and of pre-training).
+    pub meta_lr: f64,
+    /// Evaluation: batches per function.
+    pub eval_batches: usize,
+    /// Evaluation: held-out points per function.
+    pub eval_points: usize,
+}
+
+impl Default for SineConfig {
+    fn default() -> Self {
+        SineConfig {
+            width: 300,
+            rln_layers: 6,
+            pln_layers: 2,
+            pool: 400,
+            fns_per_traj: 3,
+            steps_per_fn: 5,
+            batch: 32,
+            remember: 32,
+            inner_lr: 0.003,
+            meta_lr: 1e-4,
+            eval_batches: 40,
+            eval_points: 200,
+        }
+    }
+}
+
+/// How a model is built and trained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// OML: RLN + PLN, meta-learned.
+    Oml,
+    /// ANML: a neuromodulatory network (as deep as the RLN) gates PLN layer `gate_at`'s input.
+    Anml {
+        /// The gated PLN layer.
+        gate_at: usize,
+    },
+    /// The same architecture as OML trained on i.i.d. multi-task regression over the pool.
+    Pretrained,
+}
+
+/// A fresh model for `method` with `torch.nn.Linear`'s initialisation.
+pub fn init_model(c: &SineConfig, method: Method, seed: u64) -> MetaModel<f32> {
+    let w = c.width;
+    let rln: Vec<usize> = std::iter::once(D).chain(std::iter::repeat_n(w, c.rln_layers)).collect();
+    let pin = *rln.last().unwrap_or(&D);
+    let pln: Vec<usize> = std::iter::once(pin).chain(std::iter::repeat_n(w, c.pln_layers - 1)).chain([1]).collect();
+    let gate_at = if let Method::Anml { gate_at } = method { gate_at } else { 0 };
+    let nm: Vec<usize> = match method {
+        Method::Anml { .. } => std::iter::once(D)
+            .chain(std::iter::repeat_n(w, c.rln_layers.saturating_sub(1)))
+            .chain([pln[gate_at]])
+            .collect(),
+        _ => vec![],
+    };
+    let cfg = MetaConfig { inner_lr: c.inner_lr, gate_at, order: Order::Second, ..MetaConfig::default() };
+    let mut m = MetaModel::<f32>::zeros(cfg, D, &rln, &pln, &nm);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for (st, p) in [(&m.rln, &mut m.rln_p), (&m.pln, &mut m.theta0), (&m.nm, &mut m.nm_p)] {
+        p.clear();
+        for &(i, o) in &st.dims {
+            let a = 1.0 / (i as f32).sqrt();
+            p.extend((0..o * i + o).map(|_| rng.random_range(-a..a)));
+        }
+    }
+    m
+}
+
+/// The pool of meta-training functions of a seed.
+pub fn pool(c: &SineConfig, seed: u64) -> Vec<SineFn> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5151_0000);
+    (0..c.pool).map(|_| SineFn::draw(&mut rng)).collect()
+}
+
+/// One meta-training trajectory (P = 1): `fns_per_traj` pool functions in
+/// distinct random slots, `steps_per_fn` batches each in a row; the outer
+/// batch is `remember` points of the trajectory's functions plus `remember`
+/// points of random pool functions in random slots.
+pub fn meta_trajectory(c: &SineConfig, pool: &[SineFn], rng: &mut ChaCha8Rng) -> Trajectory<f32> {
+    let mut slots: Vec<usize> = (0..SLOTS).collect();
+    for k in (1..SLOTS).rev() {
+        slots.swap(k, rng.random_range(0..=k));
+    }
+    let fns: Vec<(SineFn, usize)> =
+        (0..c.fns_per_traj).map(|k| (pool[rng.random_range(0..pool.len())], slots[k % SLOTS])).collect();
+    let (mut ix, mut iy, mut ox, mut oy) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for &(f, s) in &fns {
+        for _ in 0..c.steps_per_fn {
+            f.sample(s, c.batch, rng, &mut ix, &mut iy);
+        }
+    }
+    for _ in 0..c.remember {
+        let (f, s) = fns[rng.random_range(0..fns.len())];
+        f.sample(s, 1, rng, &mut ox, &mut oy);
+    }
+    for _ in 0..c.remember {
+        let f = pool[rng.random_range(0..pool.len())];
+        f.sample(rng.random_range(0..SLOTS), 1, rng, &mut ox, &mut oy);
+    }
+    Trajectory {
+        p: 1,
+        s: c.fns_per_traj * c.steps_per_fn,
+        bi: c.batch,
+        bo: 2 * c.remember,
+        d: D,
+        ycols: 1,
+        inner_x: ix,
+        inner_y: iy,
+        outer_x: ox,
+        outer_y: oy,
+    }
+}
+
+/// A batch of i.i.d. points of random pool functions in random slots, as a
+/// trajectory with no inner step (its meta-loss is plain regression).
+pub fn iid_batch(c: &SineConfig, pool: &[SineFn], rng: &mut ChaCha8Rng) -> Trajectory<f32> {
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for _ in 0..2 * c.remember {
+        let f = pool[rng.random_range(0..pool.len())];
+        f.sample(rng.random_range(0..SLOTS), 1, rng, &mut x, &mut y);
+    }
+    Trajectory {
+        p: 1,
+        s: 0,
+        bi: 1,
+        bo: 2 * c.remember,
+        d: D,
+        ycols: 1,
+        inner_x: vec![],
+        inner_y: vec![],
+        outer_x: x,
+        outer_y: y,
+    }
+}
+
+/// Trains `m` for `steps` outer steps with Adam: meta-learning through the
+/// inner loop (OML/ANML) or i.i.d. regression (pre-training). Calls
+/// `report(step, loss)` after each step.
+pub fn train(
+    c: &SineConfig,
+    m: &mut MetaModel<f32>,
+    method: Method,
+    steps: usize,
+    seed: u64,
+    mut report: impl FnMut(usize, f64),
+) -> Result<()> {
+    let pool = pool(c, seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9) ^ 0xa11c);
+    let mut opt = Optimizer::new(OptimConfig::adam(c.meta_lr))?;
+    for step in 0..steps {
+        let t = match method {
+            Method::Pretrained => iid_batch(c, &pool, &mut rng),
+            _ => meta_trajectory(c, &pool, &mut rng),
+        };
+        let g = cpu::meta_grad(m, &t)?;
+        opt.step(
+            &mut [("rln", &mut m.rln_p[..]), ("pln", &mut m.theta0[..]), ("nm", &mut m.nm_p[..])],
+            &[("rln", &g.rln[..]), ("pln", &g.pln[..]), ("nm", &g.nm[..])],
+        )?;
+        report(step, g.loss);
+    }
+    Ok(())
+}
+
+/// The evaluation data of one seed: 10 new functions, for each
+/// `eval_batches` batches in order and `eval_points` held-out points.
+pub struct EvalSet {
+    /// Batches `(x: (batch, D), y: (batch, 1))`, function after function.
+    pub batches: Vec<(Vec<f32>, Vec<f32>)>,
+    /// Held-out points per function.
+    pub held: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+/// The evaluation set of `seed` (functions disjoint from any pool draw).
+pub fn eval_set(c: &SineConfig, seed: u64) -> EvalSet {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xe7a1_0000_0000);
+    let fns: Vec<SineFn> = (0..SLOTS).map(|_| SineFn::draw(&mut rng)).collect();
+    let mut batches = Vec::new();
+    let mut held = Vec::new();
+    for (s, f) in fns.iter().enumerate() {
+        for _ in 0..c.eval_batches {
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            f.sample(s, c.batch, &mut rng, &mut x, &mut y);
+            batches.push((x, y));
+        }
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        f.sample(s, c.eval_points, &mut rng, &mut x, &mut y);
+        held.push((x, y));
+    }
+    EvalSet { batches, held }
+}
+
+fn one_batch(x: &[f32], y: &[f32]) -> Trajectory<f32> {
+    let n = y.len();
+    Trajectory {
+        p: 1,
+        s: 0,
+        bi: 1,
+        bo: n,
+        d: D,
+        ycols: 1,
+        inner_x: vec![],
+        inner_y: vec![],
+        outer_x: x.to_vec(),
+        outer_y: y.to_vec(),
+    }
+}
+
+/// Learns the evaluation batches in `order` (indices into `set.batches`),
+/// one SGD step on the PLN per batch at rate β, then returns the mean
+/// squared error on every function's held-out points.
+pub fn evaluate(m: &MetaModel<f32>, set: &EvalSet, order: &[usize]) -> Result<Vec<f64>> {
+    let mut m = m.clone();
+    let beta = m.cfg.inner_lr as f32;
+    for &k in order {
+        let (x, y) = &set.batches[k];
+        let g = cpu::meta_grad(&m, &one_batch(x, y))?;
+        m.theta0.iter_mut().zip(&g.pln).for_each(|(t, g)| *t -= beta * g);
+    }
+    set.held.iter().map(|(x, y)| Ok(cpu::meta_grad(&m, &one_batch(x, y))?.loss)).collect()
+}

@@ -1,0 +1,100 @@
+//! Incremental sine regression: the task's data, that meta-training lowers
+//! its meta-loss, the evaluation protocol, and the two CLI commands.
+
+use std::process::Command;
+
+use neuroplastic::meta::sine::{self, D, Method, SLOTS, SineConfig};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+fn small() -> SineConfig {
+    SineConfig { width: 24, rln_layers: 2, pool: 20, meta_lr: 3e-3, inner_lr: 0.05, ..SineConfig::default() }
+}
+
+#[test]
+fn trajectories_hold_sine_points_function_after_function() {
+    let c = small();
+    let pool = sine::pool(&c, 3);
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let t = sine::meta_trajectory(&c, &pool, &mut rng);
+    assert_eq!((t.p, t.s, t.bi, t.bo, t.d), (1, c.fns_per_traj * c.steps_per_fn, c.batch, 2 * c.remember, D));
+    let rows = t.s * t.bi;
+    // Every row: a one-hot slot, and y = a sin(x + p) for some pool function.
+    let slot = |k: usize| (0..SLOTS).find(|&s| t.inner_x[k * D + 1 + s] == 1.0).unwrap();
+    for k in 0..rows {
+        let hot: f32 = t.inner_x[k * D + 1..(k + 1) * D].iter().sum();
+        assert_eq!(hot, 1.0);
+        let (x, y) = (t.inner_x[k * D], t.inner_y[k]);
+        assert!((-5.0..5.0).contains(&x));
+        assert!(pool.iter().any(|f| (f.a * (x + f.p).sin() - y).abs() < 1e-5), "row {k} is on no pool function");
+    }
+    // Batches of one function in a row: the slot changes only between functions.
+    let per = c.steps_per_fn * c.batch;
+    for k in 1..rows {
+        if k % per != 0 {
+            assert_eq!(slot(k), slot(k - 1), "row {k}");
+        } else {
+            assert_ne!(slot(k), slot(k - 1), "row {k}: a new function takes a new slot");
+        }
+    }
+}
+
+#[test]
+fn meta_training_lowers_the_meta_loss() {
+    let c = small();
+    for method in [Method::Oml, Method::Anml { gate_at: 1 }, Method::Pretrained] {
+        let mut m = sine::init_model(&c, method, 4);
+        let mut losses = Vec::new();
+        sine::train(&c, &mut m, method, 300, 4, |_, l| losses.push(l)).unwrap();
+        let first: f64 = losses[..50].iter().sum::<f64>() / 50.0;
+        let last: f64 = losses[250..].iter().sum::<f64>() / 50.0;
+        assert!(last < 0.9 * first, "{method:?}: mean loss {first:.3} -> {last:.3}");
+    }
+}
+
+#[test]
+fn evaluation_without_learning_does_not_depend_on_the_order() {
+    let c = small();
+    let mut m = sine::init_model(&c, Method::Oml, 5);
+    let set = sine::eval_set(&c, 2);
+    assert_eq!(set.batches.len(), SLOTS * c.eval_batches);
+    let order: Vec<usize> = (0..set.batches.len()).collect();
+    let rev: Vec<usize> = order.iter().rev().copied().collect();
+    m.cfg.inner_lr = 0.0;
+    assert_eq!(sine::evaluate(&m, &set, &order).unwrap(), sine::evaluate(&m, &set, &rev).unwrap());
+    // With learning, the last function learned is fit better than before learning.
+    m.cfg.inner_lr = 0.05;
+    let before = sine::evaluate(&m, &set, &[]).unwrap();
+    let after = sine::evaluate(&m, &set, &order).unwrap();
+    assert!(after[SLOTS - 1] < before[SLOTS - 1], "{:?} vs {:?}", after, before);
+}
+
+#[test]
+fn cli_trains_and_evaluates() {
+    let bin = env!("CARGO_BIN_EXE_neuroplastic");
+    let d = std::env::temp_dir().join(format!("neuroplastic-oml-sine-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let p = |n: &str| d.join(n).to_str().unwrap().to_string();
+    for (method, out) in [("oml", "oml.safetensors"), ("anml", "anml.safetensors")] {
+        let o = Command::new(bin)
+            .args(["train", "oml-sine", "--method", method, "--steps", "3", "--width", "16", "--rln-layers", "1"])
+            .args(["--gate-at", "1", "--out", &p(out)])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let o = Command::new(bin)
+        .args(["eval", "oml-sine", "--model", &format!("OML={}", p("oml.safetensors"))])
+        .args(["--model", &format!("ANML={}", p("anml.safetensors")), "--scratch", "--seeds", "2"])
+        .args(["--table", &p("t.md"), "--plot", &p("f.svg")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = std::fs::read_to_string(p("t.md")).unwrap();
+    for row in ["| OML |", "| ANML |", "| scratch |"] {
+        assert!(table.contains(row), "{table}");
+    }
+    assert!(std::fs::read_to_string(p("f.svg")).unwrap().contains("<svg"));
+    let o = Command::new(bin).args(["eval", "oml-sine", "--model", "x"]).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("NAME=PATH"));
+}
