@@ -94,7 +94,7 @@ pub use error::{Error, Result, Shape};
 pub use model::{Episode, Head, Model, ModelGrads};
 pub use options::{Checkpoint, Options, Truncation};
 pub use params::{Gradients, Params, Seq, State, param_shapes, state_shapes};
-pub use step::{Stepped, SteppedF64, Stepper, StepperF64};
+pub use step::{Stepped, SteppedF64, Stepper, StepperF64, StepperOwned};
 pub use stream::Stream;
 
 // The README's Rust example runs as a doctest.

@@ -42,7 +42,7 @@
 
 use crate::config::{LayerConfig, Topology};
 use crate::cpu;
-use crate::engine::{Backend, Engine, Forward, Saved};
+use crate::engine::{Backend, Device, Engine, Forward, Saved};
 use crate::error::{Error, Result, check_finite, check_len};
 use crate::options::Truncation;
 use crate::params::{Gradients, Params, Seq, State};
@@ -60,6 +60,85 @@ pub struct Stepped {
 enum Inner {
     Reference { s: StepperF64, x64: Vec<f64>, out: Vec<f32> },
     Cpu(cpu::step::Steps),
+}
+
+impl Inner {
+    fn done(&self) -> usize {
+        match self {
+            Inner::Reference { s, .. } => s.t,
+            Inner::Cpu(c) => c.done(),
+        }
+    }
+
+    /// One step of [`Stepper::step`] / [`StepperOwned::step`] on `engine`.
+    fn step(
+        &mut self,
+        engine: &mut Engine,
+        params: &Params<f32>,
+        batch: usize,
+        steps: usize,
+        x: &[f32],
+    ) -> Result<&[f32]> {
+        let cfg = *engine.config();
+        if self.done() == steps {
+            return Err(Error::Config {
+                arg: "step".into(),
+                message: format!("all T = {steps} steps of this episode have run; call finish or backward"),
+            });
+        }
+        check_len("x (one step's inputs)", x.len(), &[batch, cfg.inputs], || {
+            format!("B = {batch}, X = {}", cfg.inputs)
+        })?;
+        if engine.options().check_finite {
+            check_finite("x", x)?;
+        }
+        match self {
+            Inner::Reference { s, x64, out } => {
+                x64.iter_mut().zip(x).for_each(|(d, &v)| *d = v as f64);
+                let y = s.step(x64)?;
+                out.iter_mut().zip(y).for_each(|(d, &v)| *d = v as f32);
+                Ok(out)
+            }
+            Inner::Cpu(c) => match &mut engine.backend {
+                Backend::Cpu(cpu) => {
+                    cpu.steps_step(c, &cfg, params, x);
+                    Ok(c.out())
+                }
+                _ => unreachable!("a CPU stepper runs on a CPU engine"),
+            },
+        }
+    }
+
+    /// The finished episode, once all `steps` have run.
+    fn finish(self, engine: &Engine, batch: usize, steps: usize) -> Result<Stepped> {
+        let done = self.done();
+        if done != steps {
+            return Err(Error::Config {
+                arg: "finish".into(),
+                message: format!("the episode has T = {steps} steps but only {done} have run"),
+            });
+        }
+        let cfg = *engine.config();
+        let dims = (batch, steps);
+        Ok(match self {
+            Inner::Reference { s, .. } => {
+                let e = s.finish()?;
+                let fwd = Forward {
+                    y: e.y.iter().map(|&v| v as f32).collect(),
+                    last: e.last.map(|v| v as f32),
+                    dims,
+                    cfg,
+                    saved: Saved::Reference(reference::Saved::from_init(e.init)),
+                };
+                Stepped { fwd, inputs: e.inputs.iter().map(|&v| v as f32).collect() }
+            }
+            Inner::Cpu(c) => {
+                let Backend::Cpu(cpu) = &engine.backend else { unreachable!("a CPU stepper runs on a CPU engine") };
+                let (inputs, y, last, saved) = cpu.steps_finish(c, &cfg);
+                Stepped { fwd: Forward { y, last, dims, cfg, saved: Saved::Cpu(saved) }, inputs }
+            }
+        })
+    }
 }
 
 /// A batch of episodes run one step at a time on an [`Engine`]; see the module docs.
@@ -81,6 +160,43 @@ fn check_dims(batch: usize, steps: usize) -> Result<()> {
     Ok(())
 }
 
+/// Checks the arguments and starts the backend's stepper (shared by
+/// [`Stepper`] and [`StepperOwned`]).
+fn start(
+    engine: &mut Engine,
+    params: &Params<f32>,
+    batch: usize,
+    steps: usize,
+    init: Option<&State<f32>>,
+) -> Result<Inner> {
+    let finite = engine.options().check_finite;
+    let cfg = *engine.config();
+    check_dims(batch, steps)?;
+    params.validate(&cfg, finite)?;
+    if let Some(s) = init {
+        s.validate(&cfg, batch, "init", finite)?;
+    }
+    let opts = *engine.options();
+    let inner = match &mut engine.backend {
+        Backend::Reference(_) => {
+            let init64 = init.map(|s| s.map(f64::from));
+            let s = StepperF64::new(cfg, params.map(f64::from), batch, steps, init64.as_ref())?;
+            Inner::Reference { s, x64: vec![0.0; batch * cfg.inputs], out: vec![0.0; batch * cfg.n] }
+        }
+        Backend::Cpu(c) => Inner::Cpu(c.steps_start(&cfg, params, batch, steps, init, &opts)),
+        // The CUDA driver runs whole episodes only (one launch per step
+        // from the host would not pay); a stepper there is future work.
+        #[cfg(feature = "cuda")]
+        Backend::Cuda(_) => {
+            return Err(Error::Unavailable {
+                    backend: engine.device().name(),
+                    reason: "step-at-a-time runs on the reference and CPU backends only; on CUDA run whole episodes with Engine::forward/backward, or step on Device::Cpu".into(),
+                });
+        }
+    };
+    Ok(inner)
+}
+
 impl Engine {
     /// Starts `batch` episodes of `steps` steps from `init` (`None` = zeros),
     /// to be run one step at a time with `params` (which the stepper borrows
@@ -92,31 +208,7 @@ impl Engine {
         steps: usize,
         init: Option<&State<f32>>,
     ) -> Result<Stepper<'e>> {
-        let finite = self.options().check_finite;
-        let cfg = *self.config();
-        check_dims(batch, steps)?;
-        params.validate(&cfg, finite)?;
-        if let Some(s) = init {
-            s.validate(&cfg, batch, "init", finite)?;
-        }
-        let opts = *self.options();
-        let inner = match &mut self.backend {
-            Backend::Reference(_) => {
-                let init64 = init.map(|s| s.map(f64::from));
-                let s = StepperF64::new(cfg, params.map(f64::from), batch, steps, init64.as_ref())?;
-                Inner::Reference { s, x64: vec![0.0; batch * cfg.inputs], out: vec![0.0; batch * cfg.n] }
-            }
-            Backend::Cpu(c) => Inner::Cpu(c.steps_start(&cfg, params, batch, steps, init, &opts)),
-            // The CUDA driver runs whole episodes only (one launch per step
-            // from the host would not pay); a stepper there is future work.
-            #[cfg(feature = "cuda")]
-            Backend::Cuda(_) => {
-                return Err(Error::Unavailable {
-                    backend: self.device().name(),
-                    reason: "step-at-a-time runs on the reference and CPU backends only; on CUDA run whole episodes with Engine::forward/backward, or step on Device::Cpu".into(),
-                });
-            }
-        };
+        let inner = start(self, params, batch, steps, init)?;
         Ok(Stepper { engine: self, params, batch, steps, inner })
     }
 }
@@ -134,42 +226,12 @@ impl<'e> Stepper<'e> {
 
     /// Steps run so far.
     pub fn done(&self) -> usize {
-        match &self.inner {
-            Inner::Reference { s, .. } => s.t,
-            Inner::Cpu(c) => c.done(),
-        }
+        self.inner.done()
     }
 
     /// Runs the next step on `x` `(B, X)` and returns its outputs `(B, N)`.
     pub fn step(&mut self, x: &[f32]) -> Result<&[f32]> {
-        let cfg = *self.engine.config();
-        if self.done() == self.steps {
-            return Err(Error::Config {
-                arg: "step".into(),
-                message: format!("all T = {} steps of this episode have run; call finish or backward", self.steps),
-            });
-        }
-        check_len("x (one step's inputs)", x.len(), &[self.batch, cfg.inputs], || {
-            format!("B = {}, X = {}", self.batch, cfg.inputs)
-        })?;
-        if self.engine.options().check_finite {
-            check_finite("x", x)?;
-        }
-        match &mut self.inner {
-            Inner::Reference { s, x64, out } => {
-                x64.iter_mut().zip(x).for_each(|(d, &v)| *d = v as f64);
-                let y = s.step(x64)?;
-                out.iter_mut().zip(y).for_each(|(d, &v)| *d = v as f32);
-                Ok(out)
-            }
-            Inner::Cpu(c) => match &mut self.engine.backend {
-                Backend::Cpu(cpu) => {
-                    cpu.steps_step(c, &cfg, self.params, x);
-                    Ok(c.out())
-                }
-                _ => unreachable!("a CPU stepper runs on a CPU engine"),
-            },
-        }
+        self.inner.step(self.engine, self.params, self.batch, self.steps, x)
     }
 
     /// Ends the episode: the [`Forward`] and the recorded inputs. Fails
@@ -179,34 +241,8 @@ impl<'e> Stepper<'e> {
     }
 
     fn into_parts(self) -> Result<(Stepped, &'e mut Engine, &'e Params<f32>)> {
-        let (done, steps) = (self.done(), self.steps);
-        if done != steps {
-            return Err(Error::Config {
-                arg: "finish".into(),
-                message: format!("the episode has T = {steps} steps but only {done} have run"),
-            });
-        }
-        let Stepper { engine, params, batch, inner, .. } = self;
-        let cfg = *engine.config();
-        let dims = (batch, steps);
-        let stepped = match inner {
-            Inner::Reference { s, .. } => {
-                let e = s.finish()?;
-                let fwd = Forward {
-                    y: e.y.iter().map(|&v| v as f32).collect(),
-                    last: e.last.map(|v| v as f32),
-                    dims,
-                    cfg,
-                    saved: Saved::Reference(reference::Saved::from_init(e.init)),
-                };
-                Stepped { fwd, inputs: e.inputs.iter().map(|&v| v as f32).collect() }
-            }
-            Inner::Cpu(c) => {
-                let Backend::Cpu(cpu) = &engine.backend else { unreachable!("a CPU stepper runs on a CPU engine") };
-                let (inputs, y, last, saved) = cpu.steps_finish(c, &cfg);
-                Stepped { fwd: Forward { y, last, dims, cfg, saved: Saved::Cpu(saved) }, inputs }
-            }
-        };
+        let Stepper { engine, params, batch, steps, inner } = self;
+        let stepped = inner.finish(engine, batch, steps)?;
         Ok((stepped, engine, params))
     }
 
@@ -217,6 +253,88 @@ impl<'e> Stepper<'e> {
         let (s, engine, params) = self.into_parts()?;
         let g = engine.backward(params, Seq::new(&s.inputs, s.fwd.dims.0, s.fwd.dims.1), &s.fwd, dy, dlast)?;
         Ok((s, g))
+    }
+}
+
+/// A [`Stepper`] that owns its parameters and borrows the engine only for
+/// the length of each call, for holders that cannot keep a borrow across
+/// calls (the Python bindings keep it next to a reference to their engine).
+///
+/// It runs the same code as [`Stepper`], so its outputs and the episode it
+/// finishes are bitwise those of the borrowing stepper. Every call must be
+/// given the engine it was started on (or one of the same configuration and
+/// device, which runs it identically: the episode's state lives in the
+/// stepper, the engine lends only its thread pool and scratch space);
+/// another is a [`Error::Config`].
+pub struct StepperOwned {
+    params: Params<f32>,
+    cfg: LayerConfig,
+    device: Device,
+    batch: usize,
+    steps: usize,
+    inner: Inner,
+}
+
+impl Engine {
+    /// [`Engine::stepper`] with `params` moved into the stepper: see [`StepperOwned`].
+    pub fn stepper_owned(
+        &mut self,
+        params: Params<f32>,
+        batch: usize,
+        steps: usize,
+        init: Option<&State<f32>>,
+    ) -> Result<StepperOwned> {
+        let inner = start(self, &params, batch, steps, init)?;
+        Ok(StepperOwned { params, cfg: *self.config(), device: self.device(), batch, steps, inner })
+    }
+}
+
+impl StepperOwned {
+    /// `B`.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// `T`.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// Steps run so far.
+    pub fn done(&self) -> usize {
+        self.inner.done()
+    }
+
+    /// The parameters the episode runs with.
+    pub fn params(&self) -> &Params<f32> {
+        &self.params
+    }
+
+    fn check_engine(&self, engine: &Engine) -> Result<()> {
+        if *engine.config() != self.cfg || engine.device() != self.device {
+            return Err(Error::Config {
+                arg: "engine".into(),
+                message: format!(
+                    "this stepper was started on a {} engine with another layer configuration or device; pass the engine it was started on",
+                    self.device.name()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// [`Stepper::step`] on `engine`: `x` `(B, X)`, returns `y` `(B, N)`.
+    pub fn step(&mut self, engine: &mut Engine, x: &[f32]) -> Result<&[f32]> {
+        self.check_engine(engine)?;
+        self.inner.step(engine, &self.params, self.batch, self.steps, x)
+    }
+
+    /// [`Stepper::finish`] on `engine`; also hands back the parameters
+    /// (which [`Engine::backward`] takes with the finished episode).
+    pub fn finish(self, engine: &Engine) -> Result<(Stepped, Params<f32>)> {
+        self.check_engine(engine)?;
+        let StepperOwned { params, batch, steps, inner, .. } = self;
+        Ok((inner.finish(engine, batch, steps)?, params))
     }
 }
 

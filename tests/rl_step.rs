@@ -169,3 +169,54 @@ fn bad_use_is_a_clear_error() {
         assert!(e.contains("dy"), "{e}");
     }
 }
+
+/// The owning stepper (`Engine::stepper_owned`, what the Python bindings
+/// hold) runs the same closed loop to the same outputs, final state, saved
+/// episode and gradients as the borrowing one, and refuses another engine.
+#[test]
+fn owned_stepper_equals_borrowing_stepper() {
+    for device in [Device::Cpu, Device::Reference] {
+        for rule in [Rule::Hebb, Rule::Modulated, Rule::Retroactive] {
+            let (b, n, x, t) = (3, 7, 4, 6);
+            let cfg = config(rule, n, x);
+            let mut rng = Rng::new(21);
+            let p = params(&cfg, &mut rng);
+            let dy: Vec<f32> = rng.vec(b * t * n, -1.0, 1.0).into_iter().map(|v| v as f32).collect();
+            let opts = Options { checkpoint: Checkpoint::Every(4), ..Options::default() };
+            let mut engine = Engine::new(cfg, device, opts).unwrap();
+            let (s, g, ys) = closed_loop(&mut engine, &p, b, t, None, &dy);
+
+            let mut st = engine.stepper_owned(p.clone(), b, t, None).unwrap();
+            let mut input: Vec<f32> = (0..b * x).map(|k| ((k % 5) as f32 - 2.0) * 0.3).collect();
+            let mut ys2 = Vec::new();
+            for _ in 0..t {
+                let y = st.step(&mut engine, &input).unwrap().to_vec();
+                for e in 0..b {
+                    for k in 0..x {
+                        input[e * x + k] = (y[e * n + (k % n)] * 1.7 + 0.1 * k as f32).sin();
+                    }
+                }
+                ys2.extend(y);
+            }
+            let what = format!("{device:?} {rule:?}");
+            assert_eq!(st.done(), t);
+            let (s2, p2) = st.finish(&engine).unwrap();
+            assert_eq!(p2, p);
+            assert_eq!(ys, ys2, "step outputs: {what}");
+            assert_eq!(s.inputs, s2.inputs, "inputs: {what}");
+            assert_eq!(s.fwd.y, s2.fwd.y, "y: {what}");
+            assert_eq!(s.fwd.last, s2.fwd.last, "last: {what}");
+            let g2 = engine.backward(&p2, Seq::new(&s2.inputs, b, t), &s2.fwd, &dy, None).unwrap();
+            assert_eq!(g, g2, "gradients: {what}");
+            assert!(g.params.w.iter().any(|&v| v != 0.0), "{what}: a zero gradient proves nothing");
+
+            // Another configuration's engine is refused by name.
+            let mut other = Engine::new(config(rule, n + 1, x), device, Options::default()).unwrap();
+            let mut st = engine.stepper_owned(p.clone(), b, t, None).unwrap();
+            let e = st.step(&mut other, &input).unwrap_err().to_string();
+            assert!(e.contains("engine") && e.contains("started on"), "{e}");
+            let e = st.step(&mut engine, &input[1..]).unwrap_err().to_string();
+            assert!(e.contains("x (one step's inputs)"), "{e}");
+        }
+    }
+}

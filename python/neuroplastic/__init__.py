@@ -7,12 +7,15 @@ The numpy API mirrors the Rust crate:
 * :class:`Engine` binds it to a device (``"cpu"``, ``"reference"``) with
   options (threads, checkpointing, truncation, finiteness checks);
 * ``Engine.forward(params, inputs, state=None)`` returns ``(y, state, handle)``
-  and ``Engine.backward(handle, dy, dlast=None)`` every gradient.
+  and ``Engine.backward(handle, dy, dlast=None)`` every gradient;
+* ``Engine.stepper(params, batch, steps, state=None)`` runs episodes one step
+  at a time (``step(x)`` → ``y`` of that step; ``finish()`` → what ``forward``
+  returns for the recorded inputs), for closed loops.
 
 ``neuroplastic.torch`` holds the PyTorch layers (``PlasticRNN`` and its
 modulated and retroactive variants); it imports torch, this module does not.
 """
 
-from ._native import Engine, ForwardHandle, LayerConfig, __version__, simd_features
+from ._native import Engine, ForwardHandle, LayerConfig, Stepper, __version__, simd_features
 
-__all__ = ["Engine", "ForwardHandle", "LayerConfig", "__version__", "simd_features"]
+__all__ = ["Engine", "ForwardHandle", "LayerConfig", "Stepper", "__version__", "simd_features"]

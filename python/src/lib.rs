@@ -17,8 +17,8 @@
 use neuroplastic::params::PARAM_NAMES;
 use neuroplastic::{
     Activation, AlphaShape, Checkpoint, Device, Engine, EtaMode, Forward, Gradients, InputMap, LayerConfig,
-    ModActivation, ModulatorConfig, Options, Params, Rule, Seq, Shape, State, Topology, Truncation, param_shapes,
-    reference, state_shapes,
+    ModActivation, ModulatorConfig, Options, Params, Rule, Seq, Shape, State, StepperF64, StepperOwned, Topology,
+    Truncation, param_shapes, reference, state_shapes,
 };
 use numpy::{Element, PyArray1, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
@@ -803,6 +803,58 @@ impl PyEngine {
         }
     }
 
+    /// Starts `batch` episodes of `steps` steps to be run one step at a
+    /// time (Rust `Engine::stepper`), for closed loops where each step's
+    /// input depends on the previous output.
+    ///
+    /// `params` and `state` (`None` = zeros) as in `forward`; their dtype
+    /// (`float32`, or `float64` on the reference device) is the stepper's.
+    /// The parameters are copied: changing the arrays in between does not
+    /// change the episode. Returns a `Stepper`.
+    #[pyo3(signature = (params, batch, steps, state = None))]
+    fn stepper<'py>(
+        slf: &Bound<'py, PyEngine>,
+        params: &Bound<'py, PyAny>,
+        batch: usize,
+        steps: usize,
+        state: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<PyStepper> {
+        let mut this = slf.try_borrow_mut()?;
+        let cfg = this.cfg;
+        let state = state.filter(|s| !s.is_none());
+        let device = this.engine.device();
+        let f64_params = params
+            .cast::<PyDict>()
+            .ok()
+            .and_then(|d| d.get_item("w").ok().flatten())
+            .and_then(|w| dtype_of(&w))
+            .is_some_and(|d| d == "float64");
+        let run = if f64_params && device == Device::Reference {
+            let p = read_params::<f64>(&cfg, params)?;
+            let init = state.map(|s| read_state::<f64>(&cfg, s, "state", batch)).transpose()?;
+            if this.engine.options().check_finite {
+                p.validate(&cfg, true).map_err(py_err)?;
+                if let Some(s) = &init {
+                    s.validate(&cfg, batch, "state", true).map_err(py_err)?;
+                }
+            }
+            let s = StepperF64::new(cfg, p.clone(), batch, steps, init.as_ref()).map_err(py_err)?;
+            let init = init.unwrap_or_else(|| State::zeros(&cfg, batch));
+            Run::F64(Box::new(F64Run { s, params: p, init }))
+        } else if f64_params {
+            return Err(PyTypeError::new_err(format!(
+                "params: float64 runs on the reference device only (Engine(config, \"reference\")); this engine runs on {} in float32, so pass float32 arrays",
+                device.name()
+            )));
+        } else {
+            let p = read_params::<f32>(&cfg, params)?;
+            let init = state.map(|s| read_state::<f32>(&cfg, s, "state", batch)).transpose()?;
+            Run::F32(Box::new(this.engine.stepper_owned(p, batch, steps, init.as_ref()).map_err(py_err)?))
+        };
+        drop(this);
+        Ok(PyStepper { engine: slf.clone().unbind(), run, cfg, device, dims: (batch, steps) })
+    }
+
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let o = self.engine.options();
         let threads = match o.threads {
@@ -820,6 +872,146 @@ impl PyEngine {
     }
 }
 
+/// The episode of a `Stepper`: running, or finished (its data moved into
+/// the `ForwardHandle`).
+enum Run {
+    F32(Box<StepperOwned>),
+    F64(Box<F64Run>),
+    Finished,
+}
+
+/// A float64 episode on the reference device, with what its handle keeps.
+struct F64Run {
+    s: StepperF64,
+    params: Params<f64>,
+    init: State<f64>,
+}
+
+/// A batch of episodes run one step at a time (Rust `neuroplastic::Stepper`),
+/// made by `Engine.stepper`. `step(x)` runs the next step, `finish()` ends
+/// the episode with what `Engine.forward` returns for the recorded inputs.
+#[pyclass(name = "Stepper", module = "neuroplastic")]
+struct PyStepper {
+    engine: Py<PyEngine>,
+    run: Run,
+    cfg: LayerConfig,
+    device: Device,
+    dims: (usize, usize),
+}
+
+impl PyStepper {
+    fn finished_err(&self) -> PyErr {
+        PyValueError::new_err(format!(
+            "this stepper's episode (T = {} steps) is finished; start another with Engine.stepper",
+            self.dims.1
+        ))
+    }
+}
+
+#[pymethods]
+impl PyStepper {
+    /// `(B, T)` of the episode batch.
+    #[getter]
+    fn shape(&self) -> (usize, usize) {
+        self.dims
+    }
+    /// Steps run so far (`T` once finished).
+    #[getter]
+    fn done(&self) -> usize {
+        match &self.run {
+            Run::F32(s) => s.done(),
+            Run::F64(r) => r.s.done(),
+            Run::Finished => self.dims.1,
+        }
+    }
+    /// `"float32"` or `"float64"`.
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        match self.run {
+            Run::F64(_) => f64::NAME,
+            _ => f32::NAME,
+        }
+    }
+
+    /// Runs the next step on `x` `(B, X)` (the stepper's dtype) and returns
+    /// its outputs `(B, N)`.
+    fn step<'py>(&mut self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let (b, n) = (self.dims.0, self.cfg.n);
+        let shape = [b, self.cfg.inputs];
+        let engine = self.engine.bind(py);
+        match &mut self.run {
+            Run::F32(s) => {
+                let x = read::<f32>(x, "x", &shape)?;
+                let mut e = engine.try_borrow_mut()?;
+                let engine = &mut e.engine;
+                let y = py.detach(|| s.step(engine, &x).map(<[f32]>::to_vec)).map_err(py_err)?;
+                write(py, y, &[b, n])
+            }
+            Run::F64(r) => {
+                let s = &mut r.s;
+                let x = read::<f64>(x, "x", &shape)?;
+                if engine.try_borrow()?.engine.options().check_finite {
+                    Seq::new(&x, b, 1).validate(&self.cfg, true).map_err(py_err)?;
+                }
+                let y = py.detach(|| s.step(&x).map(<[f64]>::to_vec)).map_err(py_err)?;
+                write(py, y, &[b, n])
+            }
+            Run::Finished => Err(self.finished_err()),
+        }
+    }
+
+    /// Ends the episode once all `T` steps have run: `(y, state, handle)` as
+    /// `Engine.forward` returns them for the recorded inputs (`y` `(B, T, N)`,
+    /// the final state, the handle for `Engine.backward`).
+    fn finish<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let (b, t) = self.dims;
+        let cfg = self.cfg;
+        let done = self.done();
+        if !matches!(self.run, Run::Finished) && done != t {
+            return Err(PyValueError::new_err(format!(
+                "finish: the episode has T = {t} steps but only {done} have run"
+            )));
+        }
+        let (y, last, saved) = match std::mem::replace(&mut self.run, Run::Finished) {
+            Run::F32(s) => {
+                let engine = self.engine.bind(py).try_borrow()?;
+                let (stepped, params) = s.finish(&engine.engine).map_err(py_err)?;
+                let (mut fwd, inputs) = (stepped.fwd, stepped.inputs);
+                let (y, last) = (std::mem::take(&mut fwd.y), std::mem::take(&mut fwd.last));
+                (
+                    write(py, y, &[b, t, cfg.n])?,
+                    write_state(py, &cfg, last, b)?,
+                    Saved::F32 { fwd: Box::new(fwd), params, inputs },
+                )
+            }
+            Run::F64(r) => {
+                let F64Run { s, params, init } = *r;
+                let e = s.finish().map_err(py_err)?;
+                (
+                    write(py, e.y, &[b, t, cfg.n])?,
+                    write_state(py, &cfg, e.last, b)?,
+                    Saved::F64 { params, inputs: e.inputs, init },
+                )
+            }
+            Run::Finished => return Err(self.finished_err()),
+        };
+        let handle = Handle { saved, cfg, device: self.device, dims: self.dims };
+        let out: [Bound<'py, PyAny>; 3] = [y, last.into_any(), Bound::new(py, handle)?.into_any()];
+        PyTuple::new(py, out)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Stepper(device={:?}, dtype={:?}, B={}, T={}, done={})",
+            self.device.name(),
+            self.dtype(),
+            self.dims.0,
+            self.dims.1,
+            self.done()
+        )
+    }
+}
+
 /// The SIMD instruction sets the extension was compiled with.
 #[pyfunction]
 fn simd_features() -> Vec<&'static str> {
@@ -832,6 +1024,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyLayerConfig>()?;
     m.add_class::<PyEngine>()?;
     m.add_class::<Handle>()?;
+    m.add_class::<PyStepper>()?;
     m.add_function(wrap_pyfunction!(simd_features, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
