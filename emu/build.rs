@@ -2,16 +2,7 @@
 // once as they are, once with one barrier removed (NP_TEST_DROP_BARRIER) and
 // every kernel renamed `faulty_*`, for the test that shows the emulation
 // catches a missing __syncthreads.
-const KERNELS: [&str; 8] = [
-    "plastic_drive_f32",
-    "plastic_fwd_f32",
-    "plastic_replay_f32",
-    "plastic_bwd_f32",
-    "plastic_bwd_finish_f32",
-    "plastic_grad_outer_f32",
-    "plastic_grad_sum_f32",
-    "plastic_grad_input_f32",
-];
+const KERNELS: [&str; 8] = include!("../kernels/names.rs");
 
 fn base() -> cc::Build {
     let mut b = cc::Build::new();
@@ -27,7 +18,7 @@ fn main() {
     for f in ["cpp/emu.h", "cpp/runtime.cpp", "cpp/kernels.cpp"] {
         println!("cargo:rerun-if-changed={f}");
     }
-    for f in ["common.cuh", "plastic_fwd.cu", "plastic_bwd.cu", "plastic_grad.cu"] {
+    for f in ["names.rs", "common.cuh", "plastic_fwd.cu", "plastic_bwd.cu", "plastic_grad.cu"] {
         println!("cargo:rerun-if-changed=../kernels/{f}");
     }
     base().file("cpp/runtime.cpp").file("cpp/kernels.cpp").compile("np_emu");

@@ -7,20 +7,14 @@ seconds (after compilation) and peak RSS (MiB).
     python benches/baselines/meta_jax.py --workload sine
 """
 
-import argparse
 import json
-import resource
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-WORKLOADS = {
-    # rln widths, pln widths, P, S, Bi, Bo
-    "sine": ([11, 300, 300, 300, 300, 300, 300], [300, 300, 1], 8, 20, 32, 64),
-    "inner": ([], [11, 300, 300, 1], 32, 50, 16, 64),
-}
+# Run as a script: its own folder is on sys.path.
+from meta_common import WORKLOADS, measure, parse_args, peak_rss_mib
 
 
 def init(rng, widths):
@@ -32,11 +26,7 @@ def init(rng, widths):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--workload", choices=WORKLOADS, default="sine")
-    ap.add_argument("--min-seconds", type=float, default=3.0)
-    ap.add_argument("--min-reps", type=int, default=5)
-    a = ap.parse_args()
+    a = parse_args()
     rln_w, pln_w, P, S, Bi, Bo = WORKLOADS[a.workload]
     D = rln_w[0] if rln_w else pln_w[0]
     rng = np.random.default_rng(0)
@@ -73,17 +63,9 @@ def main():
         return jnp.mean(jax.vmap(task_loss, in_axes=(None, 0, 0, 0, 0))(params, xi, yi, xo, yo))
 
     f = jax.jit(jax.value_and_grad(meta_loss))
-    jax.block_until_ready(f(params))
-    times = []
-    start = time.perf_counter()
-    while len(times) < a.min_reps or time.perf_counter() - start < a.min_seconds:
-        t0 = time.perf_counter()
-        loss, g = jax.block_until_ready(f(params))
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    med = times[len(times) // 2] if len(times) % 2 else 0.5 * (times[len(times) // 2 - 1] + times[len(times) // 2])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print(json.dumps({"impl": "jax", "workload": a.workload, "median_s": med, "reps": len(times),
+    med, reps, (loss, _) = measure(lambda: jax.block_until_ready(f(params)), a)
+    peak = peak_rss_mib()
+    print(json.dumps({"impl": "jax", "workload": a.workload, "median_s": med, "reps": reps,
                       "peak_rss_mib": peak, "loss": float(loss), "version": jax.__version__}))
 
 

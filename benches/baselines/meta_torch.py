@@ -7,18 +7,12 @@ mean meta-loss. Prints one JSON line: median seconds and peak RSS (MiB).
     python benches/baselines/meta_torch.py --workload sine
 """
 
-import argparse
 import json
-import resource
-import time
 
 import torch
 
-WORKLOADS = {
-    # rln widths, pln widths, P, S, Bi, Bo
-    "sine": ([11, 300, 300, 300, 300, 300, 300], [300, 300, 1], 8, 20, 32, 64),
-    "inner": ([], [11, 300, 300, 1], 32, 50, 16, 64),
-}
+# Run as a script: its own folder is on sys.path.
+from meta_common import WORKLOADS, measure, parse_args, peak_rss_mib
 
 
 def linear_stack(widths):
@@ -26,11 +20,7 @@ def linear_stack(widths):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--workload", choices=WORKLOADS, default="sine")
-    ap.add_argument("--min-seconds", type=float, default=3.0)
-    ap.add_argument("--min-reps", type=int, default=5)
-    a = ap.parse_args()
+    a = parse_args()
     rln_w, pln_w, P, S, Bi, Bo = WORKLOADS[a.workload]
     D = rln_w[0] if rln_w else pln_w[0]
     torch.manual_seed(0)
@@ -69,17 +59,9 @@ def main():
         total.backward()
         return float(total.detach())
 
-    meta_step()
-    times = []
-    start = time.perf_counter()
-    while len(times) < a.min_reps or time.perf_counter() - start < a.min_seconds:
-        t0 = time.perf_counter()
-        loss = meta_step()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    med = times[len(times) // 2] if len(times) % 2 else 0.5 * (times[len(times) // 2 - 1] + times[len(times) // 2])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print(json.dumps({"impl": "pytorch", "workload": a.workload, "median_s": med, "reps": len(times),
+    med, reps, loss = measure(meta_step, a)
+    peak = peak_rss_mib()
+    print(json.dumps({"impl": "pytorch", "workload": a.workload, "median_s": med, "reps": reps,
                       "peak_rss_mib": peak, "loss": loss, "threads": torch.get_num_threads(),
                       "version": torch.__version__}))
 

@@ -26,21 +26,14 @@ unsafe extern "C" {
     ) -> i32;
 }
 
-/// The kernels, in the order of `NP_KERNELS` in `cpp/runtime.cpp`, then the
-/// emulation's own self-test kernel `emu_selftest_shuffle` (lanes in the bit
-/// mask `nblk` run `__shfl_xor_sync(flags, h_src[lane], mode)`; every lane
-/// writes its value to `h_dst[lane]`).
-pub const KERNELS: [&str; 9] = [
-    "plastic_drive_f32",
-    "plastic_fwd_f32",
-    "plastic_replay_f32",
-    "plastic_bwd_f32",
-    "plastic_bwd_finish_f32",
-    "plastic_grad_outer_f32",
-    "plastic_grad_sum_f32",
-    "plastic_grad_input_f32",
-    "emu_selftest_shuffle",
-];
+/// The kernels, in the order of `NP_KERNELS` in `cpp/runtime.cpp`: the
+/// driver's list (`kernels/names.rs`).
+pub const KERNELS: [&str; 8] = include!("../../kernels/names.rs");
+
+/// The emulation's own self-test kernel, launched by name after [`KERNELS`]
+/// (lanes in the bit mask `nblk` run `__shfl_xor_sync(flags, h_src[lane],
+/// mode)`; every lane writes its value to `h_dst[lane]`).
+pub const SELFTEST: &str = "emu_selftest_shuffle";
 
 /// Runs kernel `name` over a grid of `grid.0 × grid.1` blocks of `threads`
 /// threads. `faulty` selects the build with one barrier removed (see
@@ -59,7 +52,8 @@ pub unsafe fn launch(
     args: *const c_void,
     seed: u64,
 ) -> Result<(), String> {
-    let k = KERNELS.iter().position(|&k| k == name).ok_or_else(|| format!("no kernel named {name}"))?;
+    let k =
+        KERNELS.iter().chain([&SELFTEST]).position(|&k| k == name).ok_or_else(|| format!("no kernel named {name}"))?;
     let mut err = [0 as c_char; 256];
     // SAFETY: forwarded to the caller; `err` is writable for its length.
     let rc = unsafe {

@@ -242,8 +242,9 @@ fn make_episode(w: Workload, n: usize, b: usize, t: usize, x: usize, rng: &mut C
     Episode { batch: b, steps: t, inputs, targets, mask, init: None }
 }
 
-/// Peak resident memory of this process (Linux `VmHWM`), MiB.
-fn peak_rss_mib() -> f64 {
+/// Peak resident memory of this process (Linux `VmHWM`), MiB (NaN where
+/// `/proc/self/status` does not say). `bench meta` reads it too.
+pub(super) fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -272,7 +273,8 @@ fn copy_bandwidth(bytes: usize) -> f64 {
     (2 * len * 4) as f64 / times[times.len() / 2]
 }
 
-fn median(v: &mut [f64]) -> f64 {
+/// The median of `v` (sorts it; the mean of the middle two for an even length).
+pub(super) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let k = v.len();
     if k % 2 == 1 { v[k / 2] } else { 0.5 * (v[k / 2 - 1] + v[k / 2]) }

@@ -421,7 +421,7 @@ fn print_json(args: &Args, entries: &[Entry], skipped: &[(&str, String)], failed
         "seed": args.seed,
         "cases": args.cases,
         "fd_step": FD_STEP,
-        "metric": "max over tensors of max|g - fd| / max(max|fd| of the tensor, 1e-6 * largest |fd|)",
+        "metric": format!("max over tensors of max|g - fd| / max(max|fd| of the tensor, {SCALE_FLOOR:e} * largest |fd|)"),
         "sizes": {"N": N, "B": B, "T": T, "X": X, "I_feedforward": FF_IN, "O": O},
         "variants": variants,
         "entries": rows,

@@ -26,17 +26,9 @@ pub const SOURCES: [(&str, &str); 4] = [
     ("plastic_grad.cu", include_str!("../../kernels/plastic_grad.cu")),
 ];
 
-/// Every kernel the driver launches.
-pub const KERNELS: [&str; 8] = [
-    "plastic_drive_f32",
-    "plastic_fwd_f32",
-    "plastic_replay_f32",
-    "plastic_bwd_f32",
-    "plastic_bwd_finish_f32",
-    "plastic_grad_outer_f32",
-    "plastic_grad_sum_f32",
-    "plastic_grad_input_f32",
-];
+/// Every kernel the driver launches (`kernels/names.rs`, the list the
+/// emulation shares).
+pub const KERNELS: [&str; 8] = include!("../../kernels/names.rs");
 
 /// The one program NVRTC compiles: the sources of [`SOURCES`], concatenated.
 pub fn program() -> String {

@@ -26,6 +26,12 @@ impl Rng {
         lo + (hi - lo) * u
     }
 
+    /// Uniform in `0..n`, up to a modulo bias of at most n / 2^64.
+    #[allow(dead_code)] // Drawn by the meta tests only (through tests/meta_support).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
     /// `len` values uniform in `[lo, hi)`.
     pub fn vec(&mut self, len: usize, lo: f64, hi: f64) -> Vec<f64> {
         (0..len).map(|_| self.uniform(lo, hi)).collect()

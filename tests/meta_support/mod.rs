@@ -7,32 +7,11 @@
 use neuroplastic::meta::reference as r;
 use neuroplastic::meta::{Loss, MetaConfig, MetaModel, Order, Stack, Trajectory};
 
-/// SplitMix64.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        let u = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        lo + (hi - lo) * u
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-    pub fn vec(&mut self, len: usize, lo: f64, hi: f64) -> Vec<f64> {
-        (0..len).map(|_| self.uniform(lo, hi)).collect()
-    }
-}
+// The same seeded generator as every other integration test, so one seed
+// means one stream everywhere.
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::Rng;
 
 /// What a random case varies.
 #[derive(Clone, Debug)]
