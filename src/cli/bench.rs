@@ -64,7 +64,33 @@ impl Workload {
     }
 }
 
-/// Arguments of `neuroplastic bench`.
+/// Arguments of `neuroplastic bench`: the plastic workloads below, or the
+/// `meta` subcommand. `bench` without a subcommand keeps its own options, so
+/// they conflict with a subcommand rather than being passed on to it.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    sub: Option<BenchCmd>,
+    #[command(flatten)]
+    plastic: Args,
+}
+
+#[derive(clap::Subcommand)]
+enum BenchCmd {
+    /// Time and peak memory of one second-order meta-gradient, with PyTorch and JAX.
+    Meta(Box<super::meta_bench::Args>),
+}
+
+/// Runs `bench` or `bench meta`.
+pub fn dispatch(args: BenchArgs) -> CliResult {
+    match args.sub {
+        Some(BenchCmd::Meta(a)) => super::meta_bench::run(*a),
+        None => run(args.plastic),
+    }
+}
+
+/// Options of `neuroplastic bench` on the plastic workloads.
 #[derive(clap::Args)]
 pub struct Args {
     /// Workloads to run (comma-separated); default: all four.

@@ -14,13 +14,12 @@
 //! machine's SGEMM rate (measured here, all threads, one GEMM per thread at
 //! the RLN's shape).
 //!
-//! It has its own options, so `main` hands it `bench meta …` before clap
-//! parses the rest of the program's commands.
+//! A subcommand of `bench` (see [`super::bench::BenchArgs`]); its options
+//! are its own.
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
-use clap::Parser;
 use neuroplastic::meta::{MetaConfig, MetaModel, Trajectory, cpu};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -55,11 +54,7 @@ impl MetaWorkload {
 }
 
 /// Arguments of `neuroplastic bench meta`.
-#[derive(Parser)]
-#[command(
-    name = "neuroplastic bench meta",
-    about = "Time and peak memory of one second-order meta-gradient, with PyTorch and JAX"
-)]
+#[derive(clap::Args)]
 pub struct Args {
     /// Workloads (comma-separated); default both.
     #[arg(long, value_delimiter = ',')]
@@ -85,24 +80,6 @@ pub struct Args {
     /// Run one workload here and print JSON (used by the parent).
     #[arg(long, hide = true)]
     child: bool,
-}
-
-/// If the program was called as `neuroplastic bench meta …`, runs it and
-/// returns the exit code.
-pub fn intercept() -> Option<ExitCode> {
-    let argv: Vec<String> = std::env::args().collect();
-    if argv.len() < 3 || argv[1] != "bench" || argv[2] != "meta" {
-        return None;
-    }
-    let args =
-        Args::parse_from(std::iter::once("neuroplastic bench meta".to_string()).chain(argv[3..].iter().cloned()));
-    Some(match run(args) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    })
 }
 
 /// A model with PyTorch's `nn.Linear` initialisation (U(±1/√in)) and a

@@ -1,15 +1,12 @@
 //! `neuroplastic train oml-sine` and `neuroplastic eval oml-sine`: OML's
 //! incremental sine-wave regression (src/meta/sine.rs), meta-learned (OML,
-//! ANML), pre-trained and from scratch.
-//!
-//! `main` hands these two spellings to [`intercept`] before clap parses the
-//! program's other commands, since they take options of their own.
+//! ANML), pre-trained and from scratch. Tasks of `train`
+//! (src/cli/train.rs) and `eval` (src/cli/eval.rs).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::Parser;
 use neuroplastic::io::write_atomic;
 use neuroplastic::meta::io::{load_model, save_model};
 use neuroplastic::meta::sine::{self, Method, SineConfig};
@@ -30,11 +27,7 @@ pub enum MethodArg {
 }
 
 /// Arguments of `neuroplastic train oml-sine`.
-#[derive(Parser)]
-#[command(
-    name = "neuroplastic train oml-sine",
-    about = "Meta-train (or pre-train) a network on incremental sine regression"
-)]
+#[derive(clap::Args)]
 pub struct TrainArgs {
     /// Method.
     #[arg(long, value_enum, default_value_t = MethodArg::Oml)]
@@ -75,8 +68,7 @@ pub struct TrainArgs {
 }
 
 /// Arguments of `neuroplastic eval oml-sine`.
-#[derive(Parser)]
-#[command(name = "neuroplastic eval oml-sine", about = "Learn 10 new sine functions in sequence; error on all of them")]
+#[derive(clap::Args)]
 pub struct EvalArgs {
     /// Models to compare, as NAME=PATH (repeatable).
     #[arg(long = "model", value_name = "NAME=PATH", required = true)]
@@ -95,25 +87,8 @@ pub struct EvalArgs {
     plot: Option<PathBuf>,
 }
 
-/// Runs `train oml-sine` / `eval oml-sine` when the program was called so.
-pub fn intercept() -> Option<ExitCode> {
-    let argv: Vec<String> = std::env::args().collect();
-    if argv.len() < 3 || argv[2] != "oml-sine" || (argv[1] != "train" && argv[1] != "eval") {
-        return None;
-    }
-    let name = format!("neuroplastic {} oml-sine", argv[1]);
-    let rest = std::iter::once(name).chain(argv[3..].iter().cloned());
-    let res = if argv[1] == "train" { train(TrainArgs::parse_from(rest)) } else { eval(EvalArgs::parse_from(rest)) };
-    Some(match res {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    })
-}
-
-fn train(a: TrainArgs) -> CliResult {
+/// Runs `train oml-sine`.
+pub fn train(a: TrainArgs) -> CliResult {
     let c = SineConfig {
         width: a.width,
         rln_layers: a.rln_layers,
@@ -162,7 +137,8 @@ fn mean_ci(v: &[f64]) -> (f64, f64) {
     (m, t975(v.len() as u64 - 1) * (var / n).sqrt())
 }
 
-fn eval(a: EvalArgs) -> CliResult {
+/// Runs `eval oml-sine`.
+pub fn eval(a: EvalArgs) -> CliResult {
     let c = SineConfig::default();
     let mut entries: Vec<(String, neuroplastic::meta::MetaModel<f32>)> = Vec::new();
     for spec in &a.models {

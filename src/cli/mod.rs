@@ -2,6 +2,7 @@
 //! `Args` (clap) and `run(Args) -> Result<ExitCode, Box<dyn Error>>`.
 
 pub mod bench;
+pub mod eval;
 pub mod grad;
 pub mod gradcheck;
 pub mod meta_bench;

@@ -41,6 +41,8 @@ enum TaskCmd {
     CueReward(Box<super::rl::TrainCue>),
     /// The grid maze by reinforcement learning (Miconi et al. 2019, §4.2): A2C, one step at a time.
     Maze(Box<super::rl::TrainMaze>),
+    /// Meta-train (or pre-train) a network on incremental sine regression.
+    OmlSine(Box<super::meta_sine::TrainArgs>),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -209,6 +211,7 @@ pub fn run(args: Args) -> CliResult {
         TaskCmd::Pattern(a) => pattern(*a).map_err(in_flags),
         TaskCmd::CueReward(a) => super::rl::train_cue(*a),
         TaskCmd::Maze(a) => super::rl::train_maze(*a),
+        TaskCmd::OmlSine(a) => super::meta_sine::train(*a),
     }
 }
 
