@@ -192,6 +192,15 @@ fn check_fd(c: &Case, seed: u64) -> Result<(), TestCaseError> {
     let loss = meta_loss(&m, &t, Some(&frozen));
     prop_assert!((g.loss - loss).abs() <= 1e-10 * (1.0 + loss.abs()), "loss {} vs simulated {}", g.loss, loss);
     let fd = fd_grads(&m, 1e-5, |mm| meta_loss(mm, &t, Some(&frozen)));
+    // A ReLU kink within the step of this point makes the central difference
+    // meaningless there: it then depends on the step (a CI run found one where
+    // steps 1e-3, 1e-5 and 1e-7 gave three different answers and 1e-7 agreed
+    // with the engine). Such points are rejected, not compared: the two step
+    // sizes must agree before the engine is held to them.
+    let fine = fd_grads(&m, 1e-6, |mm| meta_loss(mm, &t, Some(&frozen)));
+    for ((name, a), (_, b)) in fd.iter().zip(&fine) {
+        prop_assume!(close(name, a, b, 2e-5).is_ok(), "a ReLU kink within 1e-5 of this point");
+    }
     for ((name, got), (_, want)) in grads_flat(&m, &g).iter().zip(&fd) {
         close(&format!("{name} ({c:?}, seed {seed})"), got, want, 2e-5).map_err(TestCaseError::fail)?;
     }
