@@ -3,6 +3,9 @@ forward pass written from the equations (the layout oracle of the numpy tests)."
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -105,3 +108,28 @@ CONFIGS = [
 def make_config(kw):
     kw = dict(kw)
     return npl.LayerConfig(kw.pop("rule"), kw.pop("n"), kw.pop("inputs"), **kw)
+
+
+def assert_releases_gil(call, what):
+    """Runs `call` in a thread and counts how often this thread gets to run
+    meanwhile: a kernel that holds the GIL lets it run about never."""
+    flags = {"started": False, "done": False, "seconds": 0.0}
+
+    def run():
+        flags["started"] = True
+        t0 = time.perf_counter()
+        call()
+        flags["seconds"] = time.perf_counter() - t0
+        flags["done"] = True
+
+    th = threading.Thread(target=run)
+    th.start()
+    while not flags["started"]:
+        time.sleep(0)
+    ticks = 0
+    while not flags["done"]:
+        ticks += 1
+        time.sleep(0.001)
+    th.join()
+    assert flags["seconds"] > 0.05, f"the {what} was too short to tell"
+    assert ticks >= 10, f"the other thread ran {ticks} times during a {flags['seconds']:.2f} s {what}"

@@ -4,15 +4,13 @@ errors and the GIL."""
 
 from __future__ import annotations
 
-import threading
-import time
 
 import numpy as np
 import pytest
 
 import neuroplastic as npl
 
-from conftest import CONFIGS, make_config, numpy_forward, random_params, random_state
+from conftest import assert_releases_gil, CONFIGS, make_config, numpy_forward, random_params, random_state
 
 
 def loss_and_dy(y, last, proj):
@@ -345,23 +343,4 @@ def test_kernels_release_the_gil(rng):
     p = random_params(cfg, rng, scale=0.1)
     x = rng.standard_normal((8, 200, 8)).astype(np.float32)
     eng = npl.Engine(cfg, "reference")  # the slow backend: a long call
-    flags = {"started": False, "done": False, "seconds": 0.0}
-
-    def run():
-        flags["started"] = True
-        t0 = time.perf_counter()
-        eng.forward(p, x)
-        flags["seconds"] = time.perf_counter() - t0
-        flags["done"] = True
-
-    th = threading.Thread(target=run)
-    th.start()
-    while not flags["started"]:
-        time.sleep(0)
-    ticks = 0
-    while not flags["done"]:
-        ticks += 1
-        time.sleep(0.001)
-    th.join()
-    assert flags["seconds"] > 0.05, "the call was too short to tell"
-    assert ticks >= 10, f"the other thread ran {ticks} times during a {flags['seconds']:.2f} s call"
+    assert_releases_gil(lambda: eng.forward(p, x), "call")

@@ -5,15 +5,13 @@ inputs; bad use is a clear error."""
 
 from __future__ import annotations
 
-import threading
-import time
 
 import numpy as np
 import pytest
 
 import neuroplastic as npl
 
-from conftest import random_params, random_state
+from conftest import assert_releases_gil, random_params, random_state
 
 LOOP_CONFIGS = [
     dict(rule="hebb", n=6, inputs=3, bias=True),
@@ -155,23 +153,4 @@ def test_a_step_releases_the_gil(rng):
     b = 768
     st = eng.stepper(p, b, 1)
     x = rng.standard_normal((b, 8)).astype(np.float32)
-    flags = {"started": False, "done": False, "seconds": 0.0}
-
-    def run():
-        flags["started"] = True
-        t0 = time.perf_counter()
-        st.step(x)
-        flags["seconds"] = time.perf_counter() - t0
-        flags["done"] = True
-
-    th = threading.Thread(target=run)
-    th.start()
-    while not flags["started"]:
-        time.sleep(0)
-    ticks = 0
-    while not flags["done"]:
-        ticks += 1
-        time.sleep(0.001)
-    th.join()
-    assert flags["seconds"] > 0.05, "the step was too short to tell"
-    assert ticks >= 10, f"the other thread ran {ticks} times during a {flags['seconds']:.2f} s step"
+    assert_releases_gil(lambda: st.step(x), "step")
