@@ -14,6 +14,7 @@
 
 use rayon::prelude::*;
 
+use super::pool::Buf;
 use super::{Kernels, Loss, MetaGrads, MetaModel, Order, Real, Stack, Trajectory};
 use crate::error::Result;
 
@@ -43,12 +44,12 @@ fn loss_rbwd<K: Kernels>(loss: Loss, yh: &[F<K>], ryh: &[F<K>], rd: &mut [F<K>],
 /// Forward of an outer-only stack over `rows` rows; returns each layer's
 /// output (after the ReLU, which follows every layer but the last unless
 /// `relu_last`).
-fn stack_fwd<K: Kernels>(st: &Stack, p: &[F<K>], x: &[F<K>], rows: usize, relu_last: bool) -> Vec<Vec<F<K>>> {
-    let mut ys: Vec<Vec<F<K>>> = Vec::with_capacity(st.len());
-    let mut tmp = vec![F::<K>::ZERO; rows * st.widest()];
+fn stack_fwd<K: Kernels>(st: &Stack, p: &[F<K>], x: &[F<K>], rows: usize, relu_last: bool) -> Vec<Buf<F<K>>> {
+    let mut ys: Vec<Buf<F<K>>> = Vec::with_capacity(st.len());
+    let mut tmp = Buf::zeros(rows * st.widest());
     for (l, &(i, j)) in st.dims.iter().enumerate() {
         let (wr, br) = st.ranges(l);
-        let mut y = vec![F::<K>::ZERO; rows * j];
+        let mut y = Buf::zeros(rows * j);
         let input = if l == 0 { x } else { &ys[l - 1][..] };
         if l + 1 < st.len() || relu_last {
             K::dense_fwd(input, &p[wr], &p[br], &mut tmp[..rows * j], rows, i, j);
@@ -68,7 +69,7 @@ fn stack_bwd<K: Kernels>(
     st: &Stack,
     p: &[F<K>],
     x: &[F<K>],
-    ys: &[Vec<F<K>>],
+    ys: &[Buf<F<K>>],
     dout: &[F<K>],
     r0: usize,
     rows: usize,
@@ -77,9 +78,9 @@ fn stack_bwd<K: Kernels>(
 ) {
     let n = rows - r0;
     let w = st.widest();
-    let mut cur = vec![F::<K>::ZERO; n * w];
-    let mut next = vec![F::<K>::ZERO; n * w];
-    let mut da = vec![F::<K>::ZERO; n * w];
+    let mut cur = Buf::zeros(n * w);
+    let mut next = Buf::zeros(n * w);
+    let mut da = Buf::zeros(n * w);
     let jl = st.out().unwrap_or(0);
     cur[..n * jl].copy_from_slice(dout);
     for l in (0..st.len()).rev() {
@@ -99,33 +100,33 @@ fn stack_bwd<K: Kernels>(
 }
 
 /// Per-layer buffers of the PLN for one batch of up to `rows` rows.
-struct PlnWs<T> {
+struct PlnWs<T: Real> {
     /// Layer l's input before the gate (l ≥ 1; layer 0's is the RLN output).
-    r: Vec<Vec<T>>,
+    r: Vec<Buf<T>>,
     /// The gated input (at the gate layer only).
-    x: Vec<Vec<T>>,
+    x: Vec<Buf<T>>,
     /// Pre-activations.
-    a: Vec<Vec<T>>,
+    a: Vec<Buf<T>>,
     /// Adjoints of a, of the layer input x, of r (at the gate layer).
-    da: Vec<Vec<T>>,
-    dx: Vec<Vec<T>>,
-    dr: Vec<Vec<T>>,
+    da: Vec<Buf<T>>,
+    dx: Vec<Buf<T>>,
+    dr: Vec<Buf<T>>,
     /// The gate's adjoint.
-    dg: Vec<T>,
+    dg: Buf<T>,
     /// R-pass twins of the above.
-    rr: Vec<Vec<T>>,
-    rx: Vec<Vec<T>>,
-    ra: Vec<Vec<T>>,
-    rda: Vec<Vec<T>>,
-    rdx: Vec<Vec<T>>,
-    rdr: Vec<Vec<T>>,
-    rdg: Vec<T>,
+    rr: Vec<Buf<T>>,
+    rx: Vec<Buf<T>>,
+    ra: Vec<Buf<T>>,
+    rda: Vec<Buf<T>>,
+    rdx: Vec<Buf<T>>,
+    rdr: Vec<Buf<T>>,
+    rdg: Buf<T>,
 }
 
 impl<T: Real> PlnWs<T> {
     fn new(st: &Stack, rows: usize) -> Self {
-        let ins = || st.dims.iter().map(|&(i, _)| vec![T::ZERO; rows * i]).collect::<Vec<_>>();
-        let outs = || st.dims.iter().map(|&(_, j)| vec![T::ZERO; rows * j]).collect::<Vec<_>>();
+        let ins = || st.dims.iter().map(|&(i, _)| Buf::zeros(rows * i)).collect::<Vec<_>>();
+        let outs = || st.dims.iter().map(|&(_, j)| Buf::zeros(rows * j)).collect::<Vec<_>>();
         let gw = rows * st.widest();
         PlnWs {
             r: ins(),
@@ -134,14 +135,14 @@ impl<T: Real> PlnWs<T> {
             da: outs(),
             dx: ins(),
             dr: ins(),
-            dg: vec![T::ZERO; gw],
+            dg: Buf::zeros(gw),
             rr: ins(),
             rx: ins(),
             ra: outs(),
             rda: outs(),
             rdx: ins(),
             rdr: ins(),
-            rdg: vec![T::ZERO; gw],
+            rdg: Buf::zeros(gw),
         }
     }
 }
@@ -288,7 +289,7 @@ impl<T: Real> Pln<'_, T> {
 }
 
 /// The adjoint of layer 0's input after a backward (`dx`) or R-pass (`rdx`).
-fn input_adj<'w, T>(gate: Option<usize>, dx: &'w [Vec<T>], dr: &'w [Vec<T>]) -> &'w [T] {
+fn input_adj<'w, T: Real>(gate: Option<usize>, dx: &'w [Buf<T>], dr: &'w [Buf<T>]) -> &'w [T] {
     if gate == Some(0) { &dr[0] } else { &dx[0] }
 }
 
@@ -303,7 +304,16 @@ fn clamp<T: Real>(g: &mut [T], c: T) {
 }
 
 /// One task's meta-loss `L_p` and gradient (unscaled by 1/P), added to `out`.
-fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &mut MetaGrads<F<K>>) -> f64 {
+/// One task's gradient, in pooled buffers.
+struct TaskGrads<T: Real> {
+    loss: f64,
+    rln: Buf<T>,
+    pln: Buf<T>,
+    nm: Buf<T>,
+    inner_lr: T,
+}
+
+fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &mut TaskGrads<F<K>>) -> f64 {
     let cfg = &m.cfg;
     let (s, bi, bo, d, yc) = (t.s, t.bi, t.bo, t.d, t.ycols);
     let rows = s * bi + bo;
@@ -321,8 +331,8 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
     let g: &[F<K>] = nm_ys.last().map(|v| &v[..]).unwrap_or(&[]);
     let has_rln = !m.rln.is_empty();
     let inputs = has_rln || gate == Some(0);
-    let mut dh = vec![F::<K>::ZERO; if has_rln { rows * hw } else { 0 }];
-    let mut dg = vec![F::<K>::ZERO; rows * gw];
+    let mut dh = Buf::zeros(if has_rln { rows * hw } else { 0 });
+    let mut dg = Buf::zeros(rows * gw);
 
     let o = m.outputs();
     let beta = m.inner_lr;
@@ -356,10 +366,10 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
     };
     let span = s - k0;
     let seg = ((span as f64).sqrt().ceil() as usize).max(1);
-    let mut snaps: Vec<Vec<F<K>>> = Vec::with_capacity(span.div_ceil(seg));
-    let mut early = vec![F::<K>::ZERO; if cfg.learn_lr { np } else { 0 }];
-    let mut th = m.theta0.clone();
-    let mut gk = vec![F::<K>::ZERO; np];
+    let mut snaps: Vec<Buf<F<K>>> = Vec::with_capacity(span.div_ceil(seg));
+    let mut early = Buf::zeros(if cfg.learn_lr { np } else { 0 });
+    let mut th = Buf::copy_of(&m.theta0);
+    let mut gk = Buf::zeros(np);
 
     // One inner step's gradient at θ into gk (clamped when asked).
     let inner_grad = |k: usize, th: &[F<K>], gk: &mut [F<K>], ws: &mut PlnWs<F<K>>| {
@@ -372,7 +382,7 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
 
     for k in 0..s {
         if k >= k0 && (k - k0) % seg == 0 {
-            snaps.push(th.clone());
+            snaps.push(Buf::copy_of(&th));
         }
         inner_grad(k, &th, &mut gk, &mut ws);
         if clamped {
@@ -388,7 +398,7 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
     let outer = batch(s);
     outer.fwd::<K>(&th, &mut ws);
     let loss = outer.loss::<K>(&mut ws);
-    let mut thb = vec![F::<K>::ZERO; np];
+    let mut thb = Buf::zeros(np);
     outer.bwd::<K>(&th, &mut ws, &mut thb, inputs);
     if has_rln {
         dh[s * bi * hw..].copy_from_slice(&input_adj(gate, &ws.dx, &ws.dr)[..bo * hw]);
@@ -402,14 +412,14 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
     // activations and raw inner gradient, then walk it backwards.
     let mut bbar = 0.0f64;
     let cap = seg.min(span);
-    let mut segth: Vec<Vec<F<K>>> = (0..cap).map(|_| vec![F::<K>::ZERO; np]).collect();
-    let mut seggk: Vec<Vec<F<K>>> = (0..cap).map(|_| vec![F::<K>::ZERO; np]).collect();
+    let mut segth: Vec<Buf<F<K>>> = (0..cap).map(|_| Buf::zeros(np)).collect();
+    let mut seggk: Vec<Buf<F<K>>> = (0..cap).map(|_| Buf::zeros(np)).collect();
     let mut segws: Vec<PlnWs<F<K>>> = (0..cap).map(|_| PlnWs::new(&m.pln, bi)).collect();
     // The inner step's own input gradients are not part of the meta-gradient;
     // only the gate at layer 0 needs dℓ/dz there (for its R-backward).
     let step_inputs = gate == Some(0);
-    let mut v = vec![F::<K>::ZERO; np];
-    let mut hv = vec![F::<K>::ZERO; np];
+    let mut v = Buf::zeros(np);
+    let mut hv = Buf::zeros(np);
     for (j, snap) in snaps.iter().enumerate().rev() {
         let ks = k0 + j * seg;
         let ke = (ks + seg).min(s);
@@ -465,7 +475,7 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
         }
     }
     if cfg.learn_lr {
-        bbar -= early.iter().zip(&thb).map(|(&g, &t)| (g * t).to_f64()).sum::<f64>();
+        bbar -= early.iter().zip(thb.iter()).map(|(&g, &t): (&F<K>, &F<K>)| (g * t).to_f64()).sum::<f64>();
         out.inner_lr += F::<K>::from_f64(bbar);
     }
     out.pln.iter_mut().zip(&thb).for_each(|(o, &t)| *o += t);
@@ -494,18 +504,24 @@ pub fn meta_grad<K: Kernels>(model: &MetaModel<K::F>, traj: &Trajectory<K::F>) -
     model.validate()?;
     traj.validate(model)?;
     let one = |p: usize| {
-        let mut g = MetaGrads::zeros(model);
+        let mut g = TaskGrads {
+            loss: 0.0,
+            rln: Buf::zeros(model.rln_p.len()),
+            pln: Buf::zeros(model.theta0.len()),
+            nm: Buf::zeros(model.nm_p.len()),
+            inner_lr: K::F::ZERO,
+        };
         g.loss = task::<K>(model, traj, p, &mut g);
         g
     };
-    let per: Vec<MetaGrads<K::F>> =
+    let per: Vec<TaskGrads<K::F>> =
         if K::PARALLEL { (0..traj.p).into_par_iter().map(one).collect() } else { (0..traj.p).map(one).collect() };
     let mut total = MetaGrads::zeros(model);
     let scale = 1.0 / traj.p as f64;
     let mut loss = 0.0;
     for g in &per {
         loss += g.loss;
-        for (dst, src) in [(&mut total.rln, &g.rln), (&mut total.pln, &g.pln), (&mut total.nm, &g.nm)] {
+        for (dst, src) in [(&mut total.rln, &g.rln[..]), (&mut total.pln, &g.pln[..]), (&mut total.nm, &g.nm[..])] {
             dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
         }
         total.inner_lr += g.inner_lr;

@@ -40,6 +40,7 @@
 
 pub mod cpu;
 mod engine;
+pub mod pool;
 #[cfg(feature = "io")]
 pub mod io;
 pub mod reference;
@@ -83,6 +84,8 @@ pub trait Real:
     fn exp(self) -> Self;
     /// ln x.
     fn ln(self) -> Self;
+    /// The process-wide pool of this type's engine buffers ([`pool`]).
+    fn pool() -> &'static pool::Pool<Self>;
 }
 
 impl Real for f64 {
@@ -100,6 +103,10 @@ impl Real for f64 {
     fn ln(self) -> Self {
         f64::ln(self)
     }
+    fn pool() -> &'static pool::Pool<Self> {
+        static POOL: pool::Pool<f64> = std::sync::Mutex::new(Vec::new());
+        &POOL
+    }
 }
 
 impl Real for f32 {
@@ -116,6 +123,10 @@ impl Real for f32 {
     }
     fn ln(self) -> Self {
         f32::ln(self)
+    }
+    fn pool() -> &'static pool::Pool<Self> {
+        static POOL: pool::Pool<f32> = std::sync::Mutex::new(Vec::new());
+        &POOL
     }
 }
 
