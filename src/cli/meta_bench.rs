@@ -10,9 +10,10 @@
 //!
 //! Each measurement runs in its own process so that its peak resident
 //! memory (Linux `VmHWM`, or `ru_maxrss` in Python) is its own. The floor is
-//! the FLOPs of the RLN's forward and backward over all rows at this
-//! machine's SGEMM rate (measured here, all threads, one GEMM per thread at
-//! the RLN's shape).
+//! the FLOPs that any implementation must spend — the RLN's forward and
+//! backward over all rows, and the PLN's products of a second-order
+//! meta-gradient without recomputation — at this machine's SGEMM rate
+//! (measured here, all threads, one GEMM per thread at the RLN's shape).
 //!
 //! A subcommand of `bench` (see [`super::bench::BenchArgs`]); its options
 //! are its own.
@@ -128,6 +129,34 @@ fn rln_flops(w: MetaWorkload) -> f64 {
     2.0 * macs
 }
 
+/// The fewest FLOPs of the PLN's part of a second-order meta-gradient, with
+/// nothing recomputed: per inner step and layer of `R = Bi` rows and sizes
+/// `(I, J)`, `R·I·J` multiply-adds for each product that must happen — the
+/// forward, the weight gradient, the input gradient (not at layer 0), the
+/// R-forward (`x·vWᵀ`, and `rx·Wᵀ` above layer 0), the R-backward's weight
+/// products (`rdy·x`, and `dy·rx` above layer 0) and input products (`rdy·W`
+/// and `dy·vW`, at layer 0 only when an RLN receives them): 9 above layer
+/// 0, 4 or 6 at it. The meta-loss batch adds a forward and backward (2 or
+/// 3). Our engine also recomputes each segment's forward and backward once
+/// (checkpointing), which this floor does not count.
+fn pln_flops(w: MetaWorkload) -> f64 {
+    let (rln, pln, p, s, bi, bo) = w.dims();
+    let has_rln = !rln.is_empty();
+    let mut step = 0.0;
+    let mut outer = 0.0;
+    for (l, win) in pln.windows(2).enumerate() {
+        let ij = (win[0] * win[1]) as f64;
+        let (inner_k, outer_k) = match (l, has_rln) {
+            (0, false) => (4.0, 2.0),
+            (0, true) => (6.0, 3.0),
+            _ => (9.0, 3.0),
+        };
+        step += inner_k * bi as f64 * ij;
+        outer += outer_k * bo as f64 * ij;
+    }
+    2.0 * p as f64 * (s as f64 * step + outer)
+}
+
 /// This machine's SGEMM rate (FLOP/s) at the RLN's shape (704 × 300 × 300),
 /// one GEMM per thread on every thread, median of repeated runs.
 fn sgemm_rate() -> f64 {
@@ -164,12 +193,13 @@ fn run_child(args: &Args, w: MetaWorkload) -> Result<String, Box<dyn std::error:
     let peak = peak_rss_mib();
     let med = median(&mut times);
     let rate = sgemm_rate();
-    let floor = rln_flops(w) / rate;
+    let floor = (rln_flops(w) + pln_flops(w)) / rate;
     Ok(format!(
-        "{{\"impl\":\"neuroplastic\",\"workload\":\"{}\",\"median_s\":{med},\"reps\":{},\"peak_rss_mib\":{peak},\"loss\":{loss},\"rln_gflop\":{},\"sgemm_gflops\":{},\"floor_s\":{floor},\"threads\":{}}}",
+        "{{\"impl\":\"neuroplastic\",\"workload\":\"{}\",\"median_s\":{med},\"reps\":{},\"peak_rss_mib\":{peak},\"loss\":{loss},\"rln_gflop\":{},\"pln_gflop\":{},\"sgemm_gflops\":{},\"floor_s\":{floor},\"threads\":{}}}",
         w.name(),
         times.len(),
         rln_flops(w) / 1e9,
+        pln_flops(w) / 1e9,
         rate / 1e9,
         rayon::current_num_threads()
     ))
@@ -256,10 +286,11 @@ pub fn run(args: Args) -> CliResult {
                 floor
             );
         }
-        if !args.json && w == MetaWorkload::Sine {
+        if !args.json {
             println!(
-                "       RLN fwd+bwd {:.2} GFLOP at {:.0} GFLOP/s SGEMM ({} threads) = floor {:.1} ms",
+                "       RLN fwd+bwd {:.2} + PLN second order {:.2} GFLOP at {:.0} GFLOP/s SGEMM ({} threads) = floor {:.1} ms",
                 f(&ours, "rln_gflop"),
+                f(&ours, "pln_gflop"),
                 f(&ours, "sgemm_gflops"),
                 f(&ours, "threads"),
                 1e3 * f(&ours, "floor_s")
@@ -267,4 +298,28 @@ pub fn run(args: Args) -> CliResult {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floors_count_every_required_product_once() {
+        // By hand. sine: RLN over 8·(20·32 + 64) = 5,632 rows; PLN (300,300)
+        // with an RLN below (6 products per inner step, 3 on the meta-loss
+        // batch) and (300,1) (9 and 3).
+        let rows = 5632.0;
+        let rln = 2.0 * rows * (2.0 * 11.0 * 300.0 + 3.0 * 5.0 * 90_000.0);
+        assert_eq!(rln_flops(MetaWorkload::Sine), rln);
+        let sine_pln = 2.0 * 8.0 * (20.0 * (6.0 * 32.0 * 90_000.0 + 9.0 * 32.0 * 300.0) + 3.0 * 64.0 * 90_300.0);
+        assert_eq!(pln_flops(MetaWorkload::Sine), sine_pln);
+        assert!((sine_pln / 1e9 - 5.835).abs() < 1e-3);
+        // inner: no RLN; (11,300) at layer 0 takes 4 and 2 products.
+        assert_eq!(rln_flops(MetaWorkload::Inner), 0.0);
+        let step = 4.0 * 16.0 * 3300.0 + 9.0 * 16.0 * 90_000.0 + 9.0 * 16.0 * 300.0;
+        let outer = 2.0 * 64.0 * 3300.0 + 3.0 * 64.0 * 90_300.0;
+        assert_eq!(pln_flops(MetaWorkload::Inner), 2.0 * 32.0 * (50.0 * step + outer));
+        assert!((pln_flops(MetaWorkload::Inner) / 1e9 - 43.42).abs() < 0.01);
+    }
 }
