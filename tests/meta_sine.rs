@@ -37,6 +37,19 @@ fn trajectories_hold_sine_points_function_after_function() {
             assert_ne!(slot(k), slot(k - 1), "row {k}: a new function takes a new slot");
         }
     }
+    // The meta-loss batch: only the trajectory's functions, each in its slot
+    // (a pool function in a slot it never had in the trajectory would be
+    // unpredictable noise).
+    let fn_of_slot = |s: usize| {
+        let k = (0..rows).find(|&k| slot(k) == s)?;
+        pool.iter().find(|f| (f.a * (t.inner_x[k * D] + f.p).sin() - t.inner_y[k]).abs() < 1e-5)
+    };
+    for k in 0..t.bo {
+        let s = (0..SLOTS).find(|&s| t.outer_x[k * D + 1 + s] == 1.0).unwrap();
+        let f = fn_of_slot(s).unwrap_or_else(|| panic!("outer row {k}: slot {s} is not one of the trajectory's"));
+        let (x, y) = (t.outer_x[k * D], t.outer_y[k]);
+        assert!((f.a * (x + f.p).sin() - y).abs() < 1e-5, "outer row {k} is not on its slot's function");
+    }
 }
 
 #[test]
@@ -95,6 +108,24 @@ fn cli_trains_and_evaluates() {
         assert!(table.contains(row), "{table}");
     }
     assert!(std::fs::read_to_string(p("f.svg")).unwrap().contains("<svg"));
+    // The SGD rate chosen on validation seeds is one of --lrs, and shown.
+    let o = Command::new(bin)
+        .args(["eval", "oml-sine", "--model", &format!("OML={}", p("oml.safetensors")), "--seeds", "1"])
+        .args(["--lrs", "0.0001,0.05", "--validation-seeds", "1", "--table", &p("lrs.md")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches("OML: validation error").count(), 2, "{err}");
+    let table = std::fs::read_to_string(p("lrs.md")).unwrap();
+    assert!(table.contains("| OML | 0.0001 |") || table.contains("| OML | 0.05 |"), "{table}");
+    for bad in ["--lrs=-1", "--lrs=0", "--lrs=nan"] {
+        let o = Command::new(bin)
+            .args(["eval", "oml-sine", "--model", &format!("OML={}", p("oml.safetensors")), bad])
+            .output()
+            .unwrap();
+        assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not a positive learning rate"), "{bad}");
+    }
     let o = Command::new(bin).args(["eval", "oml-sine", "--model", "x"]).output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("NAME=PATH"));
 }

@@ -85,6 +85,35 @@ pub struct EvalArgs {
     /// SVG plot of the per-function error after the sequence.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Evaluation SGD rates to choose from, per model (comma-separated): each
+    /// model is evaluated at the rate with the lowest error on
+    /// `--validation-seeds` separate seeds (their functions are not among the
+    /// reported seeds'). Default: the model's own inner rate β only.
+    #[arg(long, value_delimiter = ',')]
+    lrs: Vec<f64>,
+    /// Validation seeds for choosing the rate among `--lrs`.
+    #[arg(long, default_value_t = 3)]
+    validation_seeds: u64,
+}
+
+/// First seed of the validation sets (far from the reported seeds 0, 1, …).
+const VALIDATION_SEED0: u64 = 1 << 32;
+
+/// Mean error over every function after learning the sequence in order, on `seeds`.
+fn sequential_error(
+    m: &neuroplastic::meta::MetaModel<f32>,
+    c: &SineConfig,
+    seeds: std::ops::Range<u64>,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let mut total = 0.0;
+    let n = seeds.end - seeds.start;
+    for seed in seeds {
+        let set = sine::eval_set(c, seed);
+        let order: Vec<usize> = (0..set.batches.len()).collect();
+        let per = sine::evaluate(m, &set, &order)?;
+        total += per.iter().sum::<f64>() / per.len() as f64;
+    }
+    Ok(total / n as f64)
 }
 
 /// Runs `train oml-sine`.
@@ -151,6 +180,31 @@ pub fn eval(a: EvalArgs) -> CliResult {
         let sc = SineConfig { width, rln_layers: first.rln.len(), inner_lr: first.cfg.inner_lr, ..c.clone() };
         entries.push(("scratch".into(), sine::init_model(&sc, Method::Oml, 0xdead)));
     }
+    for lr in &a.lrs {
+        if !(lr.is_finite() && *lr > 0.0) {
+            return Err(format!("--lrs: {lr} is not a positive learning rate").into());
+        }
+    }
+    if !a.lrs.is_empty() && a.validation_seeds == 0 {
+        return Err("--validation-seeds must be at least 1 to choose among --lrs".into());
+    }
+    // Each model at its own β, or at the rate of --lrs best on the validation seeds.
+    for (name, m) in entries.iter_mut() {
+        if a.lrs.is_empty() {
+            continue;
+        }
+        let mut best = (f64::INFINITY, m.cfg.inner_lr);
+        for &lr in &a.lrs {
+            let mut trial = m.clone();
+            trial.cfg.inner_lr = lr;
+            let e = sequential_error(&trial, &c, VALIDATION_SEED0..VALIDATION_SEED0 + a.validation_seeds)?;
+            eprintln!("{name}: validation error {e:.3} at lr {lr}");
+            if e < best.0 {
+                best = (e, lr);
+            }
+        }
+        m.cfg.inner_lr = best.1;
+    }
     // results[method] = (sequential per seed per function, oracle per seed)
     let mut seq: Vec<Vec<Vec<f64>>> = vec![Vec::new(); entries.len()];
     let mut orc: Vec<Vec<f64>> = vec![Vec::new(); entries.len()];
@@ -173,13 +227,14 @@ pub fn eval(a: EvalArgs) -> CliResult {
         }
     }
     let mut md = String::from(
-        "| method | MSE after the sequence (all 10 functions) | i.i.d. oracle (same data shuffled) |\n|---|---|---|\n",
+        "| method | SGD rate | MSE after the sequence (all 10 functions) | i.i.d. oracle (same data shuffled) |\n|---|---|---|---|\n",
     );
     for (k, (name, _)) in entries.iter().enumerate() {
         let means: Vec<f64> = seq[k].iter().map(|v| v.iter().sum::<f64>() / v.len() as f64).collect();
         let (m, ci) = mean_ci(&means);
         let (om, oci) = mean_ci(&orc[k]);
-        md.push_str(&format!("| {name} | {m:.3} ± {ci:.3} | {om:.3} ± {oci:.3} |\n"));
+        let lr = entries[k].1.cfg.inner_lr;
+        md.push_str(&format!("| {name} | {lr} | {m:.3} ± {ci:.3} | {om:.3} ± {oci:.3} |\n"));
     }
     md.push_str(&format!("\nmean ± 95% CI (Student t) over {} evaluation seeds\n", a.seeds));
     // Per-function error after the whole sequence (function 1 was learned first): forgetting.

@@ -40,9 +40,9 @@
 
 pub mod cpu;
 mod engine;
-pub mod pool;
 #[cfg(feature = "io")]
 pub mod io;
+pub mod pool;
 pub mod reference;
 #[cfg(feature = "train")]
 pub mod sine;

@@ -98,8 +98,10 @@ pub fn release() {
 
 /// Bytes the pools hold now.
 pub fn held_bytes() -> usize {
-    let f = <f32 as Real>::pool().lock().unwrap_or_else(|e| e.into_inner()).iter().map(|v| v.capacity() * 4).sum::<usize>();
-    let d = <f64 as Real>::pool().lock().unwrap_or_else(|e| e.into_inner()).iter().map(|v| v.capacity() * 8).sum::<usize>();
+    let f =
+        <f32 as Real>::pool().lock().unwrap_or_else(|e| e.into_inner()).iter().map(|v| v.capacity() * 4).sum::<usize>();
+    let d =
+        <f64 as Real>::pool().lock().unwrap_or_else(|e| e.into_inner()).iter().map(|v| v.capacity() * 8).sum::<usize>();
     f + d
 }
 
