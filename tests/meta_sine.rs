@@ -124,7 +124,10 @@ fn cli_trains_and_evaluates() {
             .args(["eval", "oml-sine", "--model", &format!("OML={}", p("oml.safetensors")), bad])
             .output()
             .unwrap();
-        assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not a positive learning rate"), "{bad}");
+        assert!(
+            !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not a positive learning rate"),
+            "{bad}"
+        );
     }
     let o = Command::new(bin).args(["eval", "oml-sine", "--model", "x"]).output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("NAME=PATH"));
