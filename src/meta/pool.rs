@@ -3,7 +3,7 @@
 //! per-step workspaces), and when every call takes them fresh from the
 //! system allocator, much of the time goes to page faults and the kernel's
 //! zeroing of new pages (14% and 10% of the `sine` benchmark in a profile).
-//! A [`Buf`] takes its storage from a process-wide pool per scalar type and
+//! A `Buf` takes its storage from a process-wide pool per scalar type and
 //! gives it back when dropped, so from the second call on, the engine reuses
 //! the memory of the first. The pool keeps at most [`MAX_BUFFERS`] buffers;
 //! what it holds between calls is what the largest call used, never more
