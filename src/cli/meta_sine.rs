@@ -105,15 +105,13 @@ fn sequential_error(
     c: &SineConfig,
     seeds: std::ops::Range<u64>,
 ) -> Result<f64, Box<dyn std::error::Error>> {
-    let mut total = 0.0;
-    let n = seeds.end - seeds.start;
+    let mut per_seed = Vec::new();
     for seed in seeds {
         let set = sine::eval_set(c, seed);
         let order: Vec<usize> = (0..set.batches.len()).collect();
-        let per = sine::evaluate(m, &set, &order)?;
-        total += per.iter().sum::<f64>() / per.len() as f64;
+        per_seed.push(mean(&sine::evaluate(m, &set, &order)?));
     }
-    Ok(total / n as f64)
+    Ok(mean(&per_seed))
 }
 
 /// Runs `train oml-sine`.
@@ -159,9 +157,14 @@ fn t975(df: u64) -> f64 {
     if df == 0 { f64::NAN } else { T.get(df as usize - 1).copied().unwrap_or(1.96) }
 }
 
+/// The arithmetic mean.
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
 fn mean_ci(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
-    let m = v.iter().sum::<f64>() / n;
+    let m = mean(v);
     let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
     (m, t975(v.len() as u64 - 1) * (var / n).sqrt())
 }
@@ -222,7 +225,7 @@ pub fn eval(a: EvalArgs) -> CliResult {
             }
             let per = sine::evaluate(m, &set, &order)?;
             let o = sine::evaluate(m, &set, &shuffled)?;
-            orc[k].push(o.iter().sum::<f64>() / o.len() as f64);
+            orc[k].push(mean(&o));
             seq[k].push(per);
         }
     }
@@ -230,7 +233,7 @@ pub fn eval(a: EvalArgs) -> CliResult {
         "| method | SGD rate | MSE after the sequence (all 10 functions) | i.i.d. oracle (same data shuffled) |\n|---|---|---|---|\n",
     );
     for (k, (name, _)) in entries.iter().enumerate() {
-        let means: Vec<f64> = seq[k].iter().map(|v| v.iter().sum::<f64>() / v.len() as f64).collect();
+        let means: Vec<f64> = seq[k].iter().map(|v| mean(v)).collect();
         let (m, ci) = mean_ci(&means);
         let (om, oci) = mean_ci(&orc[k]);
         let lr = entries[k].1.cfg.inner_lr;
@@ -247,7 +250,7 @@ pub fn eval(a: EvalArgs) -> CliResult {
         md.push_str(&format!("| {name} |"));
         for j in 0..sine::SLOTS {
             let v: Vec<f64> = seq[k].iter().map(|s| s[j]).collect();
-            md.push_str(&format!(" {:.2} |", v.iter().sum::<f64>() / v.len() as f64));
+            md.push_str(&format!(" {:.2} |", mean(&v)));
         }
         md.push('\n');
     }

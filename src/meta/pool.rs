@@ -96,15 +96,6 @@ pub fn release() {
     <f64 as Real>::pool().lock().unwrap_or_else(|e| e.into_inner()).clear();
 }
 
-/// Bytes the pools hold now.
-pub fn held_bytes() -> usize {
-    let f =
-        <f32 as Real>::pool().lock().unwrap_or_else(|e| e.into_inner()).iter().map(|v| v.capacity() * 4).sum::<usize>();
-    let d =
-        <f64 as Real>::pool().lock().unwrap_or_else(|e| e.into_inner()).iter().map(|v| v.capacity() * 8).sum::<usize>();
-    f + d
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
