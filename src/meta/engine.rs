@@ -99,8 +99,10 @@ fn stack_bwd<K: Kernels>(
     }
 }
 
-/// Per-layer buffers of the PLN for one batch of up to `rows` rows.
-struct PlnWs<T: Real> {
+/// The PLN's forward and backward buffers for one batch of `rows` rows: what
+/// an inner step keeps for its R-pass (only the buffers the stack's shape
+/// and gate need are allocated; the rest are empty).
+struct Acts<T: Real> {
     /// Layer l's input before the gate (l ≥ 1; layer 0's is the RLN output).
     r: Vec<Buf<T>>,
     /// The gated input (at the gate layer only).
@@ -113,7 +115,30 @@ struct PlnWs<T: Real> {
     dr: Vec<Buf<T>>,
     /// The gate's adjoint.
     dg: Buf<T>,
-    /// R-pass twins of the above.
+}
+
+impl<T: Real> Acts<T> {
+    /// Buffers for `rows` rows; `inputs`: the backward will also give the
+    /// adjoints of layer 0's input and of the gate.
+    fn new(st: &Stack, gate: Option<usize>, rows: usize, inputs: bool) -> Self {
+        let size = |keep: bool, n: usize| Buf::zeros(if keep { rows * n } else { 0 });
+        let gated = |l: usize| gate == Some(l);
+        let need = |l: usize| l > 0 || inputs;
+        let dims = &st.dims;
+        Acts {
+            r: dims.iter().enumerate().map(|(l, &(i, _))| size(l > 0, i)).collect(),
+            x: dims.iter().enumerate().map(|(l, &(i, _))| size(gated(l), i)).collect(),
+            a: dims.iter().map(|&(_, j)| size(true, j)).collect(),
+            da: dims.iter().map(|&(_, j)| size(true, j)).collect(),
+            dx: dims.iter().enumerate().map(|(l, &(i, _))| size(need(l), i)).collect(),
+            dr: dims.iter().enumerate().map(|(l, &(i, _))| size(gated(l) && need(l), i)).collect(),
+            dg: size(gate.is_some_and(need), gate.map(|g| dims[g].0).unwrap_or(0)),
+        }
+    }
+}
+
+/// The R-pass twins of [`Acts`]' buffers, for batches of up to `rows` rows.
+struct RBufs<T: Real> {
     rr: Vec<Buf<T>>,
     rx: Vec<Buf<T>>,
     ra: Vec<Buf<T>>,
@@ -123,26 +148,18 @@ struct PlnWs<T: Real> {
     rdg: Buf<T>,
 }
 
-impl<T: Real> PlnWs<T> {
+impl<T: Real> RBufs<T> {
     fn new(st: &Stack, rows: usize) -> Self {
         let ins = || st.dims.iter().map(|&(i, _)| Buf::zeros(rows * i)).collect::<Vec<_>>();
         let outs = || st.dims.iter().map(|&(_, j)| Buf::zeros(rows * j)).collect::<Vec<_>>();
-        let gw = rows * st.widest();
-        PlnWs {
-            r: ins(),
-            x: ins(),
-            a: outs(),
-            da: outs(),
-            dx: ins(),
-            dr: ins(),
-            dg: Buf::zeros(gw),
+        RBufs {
             rr: ins(),
             rx: ins(),
             ra: outs(),
             rda: outs(),
             rdx: ins(),
             rdr: ins(),
-            rdg: Buf::zeros(gw),
+            rdg: Buf::zeros(rows * st.widest()),
         }
     }
 }
@@ -166,7 +183,7 @@ impl<T: Real> Pln<'_, T> {
     }
 
     /// Forward at θ; the prediction is `ws.a[L − 1]`.
-    fn fwd<K: Kernels<F = T>>(&self, th: &[T], ws: &mut PlnWs<T>) {
+    fn fwd<K: Kernels<F = T>>(&self, th: &[T], ws: &mut Acts<T>) {
         let n = self.rows;
         for (l, &(i, j)) in self.st.dims.iter().enumerate() {
             let (wr, br) = self.st.ranges(l);
@@ -183,7 +200,7 @@ impl<T: Real> Pln<'_, T> {
     }
 
     /// Loss at the last forward, and its adjoint into `ws.da[L − 1]`.
-    fn loss<K: Kernels<F = T>>(&self, ws: &mut PlnWs<T>) -> f64 {
+    fn loss<K: Kernels<F = T>>(&self, ws: &mut Acts<T>) -> f64 {
         let (n, o, last) = (self.rows, self.o, self.st.len() - 1);
         let l = loss_fwd::<K>(self.loss, &ws.a[last][..n * o], self.y, n, o);
         loss_bwd::<K>(self.loss, &ws.a[last][..n * o], self.y, &mut ws.da[last][..n * o], n, o);
@@ -193,7 +210,7 @@ impl<T: Real> Pln<'_, T> {
     /// Backward after [`Pln::loss`]: accumulates dℓ/dθ into `gth`; with
     /// `inputs`, also the adjoints of layer 0's input (`ws.dx[0]`, or
     /// `ws.dr[0]` when gated at 0) and of the gate (`ws.dg`).
-    fn bwd<K: Kernels<F = T>>(&self, th: &[T], ws: &mut PlnWs<T>, gth: &mut [T], inputs: bool) {
+    fn bwd<K: Kernels<F = T>>(&self, th: &[T], ws: &mut Acts<T>, gth: &mut [T], inputs: bool) {
         let n = self.rows;
         for l in (0..self.st.len()).rev() {
             let (i, j) = self.st.dims[l];
@@ -214,11 +231,25 @@ impl<T: Real> Pln<'_, T> {
         }
     }
 
+    /// dℓ/dθ from the activations a forward and backward at θ left in `ws`
+    /// (the weight and bias products of [`Pln::bwd`] alone), accumulated into
+    /// `gth`; bitwise what that backward gave.
+    fn wgrad<K: Kernels<F = T>>(&self, th: &[T], ws: &Acts<T>, gth: &mut [T]) {
+        let n = self.rows;
+        for (l, &(i, j)) in self.st.dims.iter().enumerate() {
+            let (wr, br) = self.st.ranges(l);
+            let rin: &[T] = if l == 0 { &self.h[..n * i] } else { &ws.r[l][..n * i] };
+            let xin: &[T] = if self.gated(l) { &ws.x[l][..n * i] } else { rin };
+            let (gw, gb) = gth.split_at_mut(br.start);
+            K::dense_bwd(xin, &th[wr.clone()], &ws.da[l][..n * j], None, &mut gw[wr], &mut gb[..j], n, i, j);
+        }
+    }
+
     /// R-pass along `v` (θ-shaped) after [`Pln::fwd`] and [`Pln::bwd`] at
     /// the same θ: accumulates `H v` into `hv`; with `inputs`, the mixed
-    /// products land in `ws.rdx[0]` (or `ws.rdr[0]` when gated at 0) and
-    /// `ws.rdg`.
-    fn rpass<K: Kernels<F = T>>(&self, th: &[T], v: &[T], ws: &mut PlnWs<T>, hv: &mut [T], inputs: bool) {
+    /// products land in `rb.rdx[0]` (or `rb.rdr[0]` when gated at 0) and
+    /// `rb.rdg`.
+    fn rpass<K: Kernels<F = T>>(&self, th: &[T], v: &[T], ws: &Acts<T>, rb: &mut RBufs<T>, hv: &mut [T], inputs: bool) {
         let (n, last) = (self.rows, self.st.len() - 1);
         for (l, &(i, j)) in self.st.dims.iter().enumerate() {
             let (wr, br) = self.st.ranges(l);
@@ -226,44 +257,44 @@ impl<T: Real> Pln<'_, T> {
             let xin: &[T] = if self.gated(l) { &ws.x[l][..n * i] } else { rin };
             // Layer 0's input does not depend on θ: its direction is zero.
             if self.gated(l) && l > 0 {
-                K::gate_rfwd(rin, &self.g[..n * i], Some(&ws.rr[l][..n * i]), None, &mut ws.rx[l][..n * i]);
+                K::gate_rfwd(rin, &self.g[..n * i], Some(&rb.rr[l][..n * i]), None, &mut rb.rx[l][..n * i]);
             }
             let rx: Option<&[T]> = match (l > 0, self.gated(l)) {
                 (false, _) => None,
-                (true, true) => Some(&ws.rx[l][..n * i]),
-                (true, false) => Some(&ws.rr[l][..n * i]),
+                (true, true) => Some(&rb.rx[l][..n * i]),
+                (true, false) => Some(&rb.rr[l][..n * i]),
             };
-            K::dense_rfwd(xin, rx, &th[wr.clone()], &v[wr], &v[br], &mut ws.ra[l][..n * j], n, i, j);
+            K::dense_rfwd(xin, rx, &th[wr.clone()], &v[wr], &v[br], &mut rb.ra[l][..n * j], n, i, j);
             if l < last {
-                K::relu_rfwd(&ws.a[l][..n * j], &ws.ra[l][..n * j], &mut ws.rr[l + 1][..n * j]);
+                K::relu_rfwd(&ws.a[l][..n * j], &rb.ra[l][..n * j], &mut rb.rr[l + 1][..n * j]);
             }
         }
         let o = self.o;
-        loss_rbwd::<K>(self.loss, &ws.a[last][..n * o], &ws.ra[last][..n * o], &mut ws.rda[last][..n * o], n, o);
+        loss_rbwd::<K>(self.loss, &ws.a[last][..n * o], &rb.ra[last][..n * o], &mut rb.rda[last][..n * o], n, o);
         for l in (0..self.st.len()).rev() {
             let (i, j) = self.st.dims[l];
             let (wr, br) = self.st.ranges(l);
             if l < last {
-                let src = if self.gated(l + 1) { &ws.rdr[l + 1] } else { &ws.rdx[l + 1] };
-                K::relu_rbwd(&ws.a[l][..n * j], &src[..n * j], &mut ws.rda[l][..n * j]);
+                let src = if self.gated(l + 1) { &rb.rdr[l + 1] } else { &rb.rdx[l + 1] };
+                K::relu_rbwd(&ws.a[l][..n * j], &src[..n * j], &mut rb.rda[l][..n * j]);
             }
             let need = l > 0 || inputs;
             let rin: &[T] = if l == 0 { &self.h[..n * i] } else { &ws.r[l][..n * i] };
             let xin: &[T] = if self.gated(l) { &ws.x[l][..n * i] } else { rin };
             let rx: Option<&[T]> = match (l > 0, self.gated(l)) {
                 (false, _) => None,
-                (true, true) => Some(&ws.rx[l][..n * i]),
-                (true, false) => Some(&ws.rr[l][..n * i]),
+                (true, true) => Some(&rb.rx[l][..n * i]),
+                (true, false) => Some(&rb.rr[l][..n * i]),
             };
             let (hw, hb) = hv.split_at_mut(br.start);
-            let rdx = if need { Some(&mut ws.rdx[l][..n * i]) } else { None };
+            let rdx = if need { Some(&mut rb.rdx[l][..n * i]) } else { None };
             K::dense_rbwd(
                 xin,
                 rx,
                 &th[wr.clone()],
                 &v[wr.clone()],
                 &ws.da[l][..n * j],
-                &ws.rda[l][..n * j],
+                &rb.rda[l][..n * j],
                 rdx,
                 &mut hw[wr],
                 &mut hb[..j],
@@ -272,16 +303,16 @@ impl<T: Real> Pln<'_, T> {
                 j,
             );
             if self.gated(l) && need {
-                let rr = if l > 0 { Some(&ws.rr[l][..n * i]) } else { None };
+                let rr = if l > 0 { Some(&rb.rr[l][..n * i]) } else { None };
                 K::gate_rbwd(
                     rin,
                     &self.g[..n * i],
                     rr,
                     None,
                     &ws.dx[l][..n * i],
-                    &ws.rdx[l][..n * i],
-                    &mut ws.rdr[l][..n * i],
-                    &mut ws.rdg[..n * i],
+                    &rb.rdx[l][..n * i],
+                    &mut rb.rdr[l][..n * i],
+                    &mut rb.rdg[..n * i],
                 );
             }
         }
@@ -356,7 +387,6 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
         }
     };
 
-    let mut ws = PlnWs::new(&m.pln, bi.max(bo));
     let np = m.pln.params();
     // Steps k < k0 are constants (first order, or before the truncation window).
     let k0 = match (cfg.order, cfg.truncate) {
@@ -370,21 +400,24 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
     let mut early = Buf::zeros(if cfg.learn_lr { np } else { 0 });
     let mut th = Buf::copy_of(&m.theta0);
     let mut gk = Buf::zeros(np);
-
-    // One inner step's gradient at θ into gk (clamped when asked).
-    let inner_grad = |k: usize, th: &[F<K>], gk: &mut [F<K>], ws: &mut PlnWs<F<K>>| {
-        let b = batch(k);
-        b.fwd::<K>(th, ws);
-        b.loss::<K>(ws);
-        gk.fill(F::<K>::ZERO);
-        b.bwd::<K>(th, ws, gk, false);
-    };
+    // The inner step's own input gradients are not part of the meta-gradient;
+    // only the gate at layer 0 needs dℓ/dz there (for its R-backward).
+    let step_inputs = gate == Some(0);
+    // Each differentiated step keeps its activations for its R-pass; the
+    // steps before the window share one set.
+    let mut acts: Vec<Acts<F<K>>> = (0..span).map(|_| Acts::new(&m.pln, gate, bi, step_inputs)).collect();
+    let mut early_acts = Acts::new(&m.pln, gate, if k0 > 0 { bi } else { 0 }, false);
 
     for k in 0..s {
         if k >= k0 && (k - k0) % seg == 0 {
             snaps.push(Buf::copy_of(&th));
         }
-        inner_grad(k, &th, &mut gk, &mut ws);
+        let (ws, inp) = if k >= k0 { (&mut acts[k - k0], step_inputs) } else { (&mut early_acts, false) };
+        let b = batch(k);
+        b.fwd::<K>(&th, ws);
+        b.loss::<K>(ws);
+        gk.fill(F::<K>::ZERO);
+        b.bwd::<K>(&th, ws, &mut gk, inp);
         if clamped {
             clamp(&mut gk, c);
         }
@@ -393,31 +426,32 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
         }
         th.iter_mut().zip(&gk).for_each(|(t, &g)| *t -= beta * g);
     }
+    drop(early_acts);
 
     // The meta-loss at θ_S and its adjoints.
     let outer = batch(s);
-    outer.fwd::<K>(&th, &mut ws);
-    let loss = outer.loss::<K>(&mut ws);
+    let mut ows = Acts::new(&m.pln, gate, bo, inputs);
+    outer.fwd::<K>(&th, &mut ows);
+    let loss = outer.loss::<K>(&mut ows);
     let mut thb = Buf::zeros(np);
-    outer.bwd::<K>(&th, &mut ws, &mut thb, inputs);
+    outer.bwd::<K>(&th, &mut ows, &mut thb, inputs);
     if has_rln {
-        dh[s * bi * hw..].copy_from_slice(&input_adj(gate, &ws.dx, &ws.dr)[..bo * hw]);
+        dh[s * bi * hw..].copy_from_slice(&input_adj(gate, &ows.dx, &ows.dr)[..bo * hw]);
     }
     if gw > 0 {
-        dg[s * bi * gw..].copy_from_slice(&ws.dg[..bo * gw]);
+        dg[s * bi * gw..].copy_from_slice(&ows.dg[..bo * gw]);
     }
+    drop(ows);
 
     // Reverse sweep over the differentiated steps, one segment at a time:
-    // recompute the segment's θ's from its snapshot, keeping each step's
-    // activations and raw inner gradient, then walk it backwards.
+    // rebuild the segment's θ's from its snapshot with the raw inner
+    // gradients (weight products of the kept activations only), then walk
+    // it backwards.
     let mut bbar = 0.0f64;
     let cap = seg.min(span);
     let mut segth: Vec<Buf<F<K>>> = (0..cap).map(|_| Buf::zeros(np)).collect();
     let mut seggk: Vec<Buf<F<K>>> = (0..cap).map(|_| Buf::zeros(np)).collect();
-    let mut segws: Vec<PlnWs<F<K>>> = (0..cap).map(|_| PlnWs::new(&m.pln, bi)).collect();
-    // The inner step's own input gradients are not part of the meta-gradient;
-    // only the gate at layer 0 needs dℓ/dz there (for its R-backward).
-    let step_inputs = gate == Some(0);
+    let mut rb = RBufs::new(&m.pln, if span > 0 { bi } else { 0 });
     let mut v = Buf::zeros(np);
     let mut hv = Buf::zeros(np);
     for (j, snap) in snaps.iter().enumerate().rev() {
@@ -426,11 +460,8 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
         segth[0].copy_from_slice(snap);
         for k in ks..ke {
             let i = k - ks;
-            let b = batch(k);
-            b.fwd::<K>(&segth[i], &mut segws[i]);
-            b.loss::<K>(&mut segws[i]);
             seggk[i].fill(F::<K>::ZERO);
-            b.bwd::<K>(&segth[i], &mut segws[i], &mut seggk[i], step_inputs);
+            batch(k).wgrad::<K>(&segth[i], &acts[k - k0], &mut seggk[i]);
             if k + 1 < ke {
                 let (a, nx) = segth.split_at_mut(i + 1);
                 for ((n, &t), &g) in nx[0].iter_mut().zip(&a[i]).zip(&seggk[i]) {
@@ -461,16 +492,15 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
                 bbar -= gk.iter().zip(&thb).map(|(&g, &t)| (g * t).to_f64()).sum::<f64>();
             }
             hv.fill(F::<K>::ZERO);
-            let wsk = &mut segws[i];
-            batch(k).rpass::<K>(&segth[i], &v, wsk, &mut hv, inputs);
+            batch(k).rpass::<K>(&segth[i], &v, &acts[k - k0], &mut rb, &mut hv, inputs);
             thb.iter_mut().zip(&hv).for_each(|(t, &h)| *t -= beta * h);
             let r0 = k * bi;
             if has_rln {
-                let src = input_adj(gate, &wsk.rdx, &wsk.rdr);
+                let src = input_adj(gate, &rb.rdx, &rb.rdr);
                 dh[r0 * hw..(r0 + bi) * hw].iter_mut().zip(&src[..bi * hw]).for_each(|(d, &r)| *d = -beta * r);
             }
             if gw > 0 {
-                dg[r0 * gw..(r0 + bi) * gw].iter_mut().zip(&wsk.rdg[..bi * gw]).for_each(|(d, &r)| *d = -beta * r);
+                dg[r0 * gw..(r0 + bi) * gw].iter_mut().zip(&rb.rdg[..bi * gw]).for_each(|(d, &r)| *d = -beta * r);
             }
         }
     }
