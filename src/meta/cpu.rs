@@ -14,7 +14,7 @@
 
 use matrixmultiply::sgemm;
 
-use super::{Kernels, MetaGrads, MetaModel, Trajectory};
+use super::{Kernels, MetaGrads, MetaModel, Trajectory, small};
 use crate::error::Result;
 
 /// `c (m×n) = beta·c + a (m×k) · b (k×n)` with strides (row, column) for each.
@@ -75,7 +75,16 @@ pub fn dense_fwd(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], r: usize, i: us
     for row in y[..r * j].chunks_exact_mut(j) {
         row.copy_from_slice(&b[..j]);
     }
-    gemm(r, i, j, x, (i, 1), w, (1, i), 1.0, y);
+    gemm_xwt(x, w, y, r, i, j);
+}
+
+/// `y += x wᵀ`: unpacked dot-product tiles for a few rows, SGEMM otherwise.
+fn gemm_xwt(x: &[f32], w: &[f32], y: &mut [f32], r: usize, i: usize, j: usize) {
+    if r <= small::MAX_ROWS && i >= small::MIN_INNER {
+        small::gemm_nt(x, w, y, r, i, j);
+    } else {
+        gemm(r, i, j, x, (i, 1), w, (1, i), 1.0, y);
+    }
 }
 
 /// Dense backward (see [`super::reference::dense_bwd`]).
@@ -115,7 +124,7 @@ pub fn dense_rfwd(
 ) {
     dense_fwd(x, vw, vb, ry, r, i, j);
     if let Some(rx) = rx {
-        gemm(r, i, j, rx, (i, 1), w, (1, i), 1.0, ry);
+        gemm_xwt(rx, w, ry, r, i, j);
     }
 }
 

@@ -46,6 +46,7 @@ pub mod pool;
 pub mod reference;
 #[cfg(feature = "train")]
 pub mod sine;
+mod small;
 
 use std::fmt::Debug;
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
