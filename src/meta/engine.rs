@@ -416,7 +416,7 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
         let b = batch(k);
         b.fwd::<K>(&th, ws);
         b.loss::<K>(ws);
-        gk.fill(F::<K>::ZERO);
+        // gk is zero here (the update below leaves it so): bwd accumulates.
         b.bwd::<K>(&th, ws, &mut gk, inp);
         if clamped {
             clamp(&mut gk, c);
@@ -424,7 +424,10 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
         if k < k0 && cfg.learn_lr {
             early.iter_mut().zip(&gk).for_each(|(e, &g)| *e += g);
         }
-        th.iter_mut().zip(&gk).for_each(|(t, &g)| *t -= beta * g);
+        th.iter_mut().zip(gk.iter_mut()).for_each(|(t, g)| {
+            *t -= beta * *g;
+            *g = F::<K>::ZERO;
+        });
     }
     drop(early_acts);
 
@@ -452,7 +455,7 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
     let mut segth: Vec<Buf<F<K>>> = (0..cap).map(|_| Buf::zeros(np)).collect();
     let mut seggk: Vec<Buf<F<K>>> = (0..cap).map(|_| Buf::zeros(np)).collect();
     let mut rb = RBufs::new(&m.pln, if span > 0 { bi } else { 0 });
-    let mut v = Buf::zeros(np);
+    let mut v = Buf::zeros(if clamped { np } else { 0 });
     let mut hv = Buf::zeros(np);
     for (j, snap) in snaps.iter().enumerate().rev() {
         let ks = k0 + j * seg;
@@ -481,19 +484,24 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
         for k in (ks..ke).rev() {
             let i = k - ks;
             let gk = &mut seggk[i];
-            // v = mask ⊙ θ̄_{k+1}: the clamp passes the derivative only inside ±c.
-            for ((v, &g), &t) in v.iter_mut().zip(gk.iter()).zip(&thb) {
-                *v = if !clamped || (g <= c && g >= -c) { t } else { F::<K>::ZERO };
-            }
+            // v = mask ⊙ θ̄_{k+1}: the clamp passes the derivative only inside ±c
+            // (without a clamp, v is θ̄_{k+1} itself).
             if clamped {
+                for ((v, &g), &t) in v.iter_mut().zip(gk.iter()).zip(&thb) {
+                    *v = if g <= c && g >= -c { t } else { F::<K>::ZERO };
+                }
                 clamp(gk, c);
             }
             if cfg.learn_lr {
                 bbar -= gk.iter().zip(&thb).map(|(&g, &t)| (g * t).to_f64()).sum::<f64>();
             }
-            hv.fill(F::<K>::ZERO);
-            batch(k).rpass::<K>(&segth[i], &v, &acts[k - k0], &mut rb, &mut hv, inputs);
-            thb.iter_mut().zip(&hv).for_each(|(t, &h)| *t -= beta * h);
+            // hv is zero here (the update below leaves it so): rpass accumulates.
+            let dir: &[F<K>] = if clamped { &v } else { &thb };
+            batch(k).rpass::<K>(&segth[i], dir, &acts[k - k0], &mut rb, &mut hv, inputs);
+            thb.iter_mut().zip(hv.iter_mut()).for_each(|(t, h)| {
+                *t -= beta * *h;
+                *h = F::<K>::ZERO;
+            });
             let r0 = k * bi;
             if has_rln {
                 let src = input_adj(gate, &rb.rdx, &rb.rdr);
