@@ -6,7 +6,7 @@
 
 mod meta_support;
 
-use meta_support::{Case, Rng, fd_grads, grads_flat, inner_grads, meta_loss, random};
+use meta_support::{Case, Rng, fd_grads, grads_flat, inner_grads, meta_loss, random, random_wide};
 use neuroplastic::meta::reference as r;
 use neuroplastic::meta::{Loss, Order, cpu};
 use proptest::prelude::*;
@@ -300,6 +300,44 @@ proptest! {
             close(&format!("cpu {name} ({c:?}, seed {seed})"), &g, &w, 2e-4).map_err(TestCaseError::fail)?;
         }
         close("cpu inner_lr", &[got.inner_lr as f64 / (1.0 + scale)], &[want.inner_lr / (1.0 + scale)], 2e-4).map_err(TestCaseError::fail)?;
+    }
+}
+
+/// The CPU backend's products change kernels with their shapes (a few rows
+/// against wide layers go to unpacked dot-product tiles): at hidden widths
+/// 70 … 72 and batches of 5 and 6 rows, with and without a clamp and a gate
+/// at the PLN's input, it still agrees with the reference.
+#[test]
+fn cpu_matches_reference_at_wide_layers_and_few_rows() {
+    for (clamp, gate_at, seed) in [(0.0, 1, 21), (0.05, 0, 22)] {
+        let c = Case {
+            loss: Loss::Mse,
+            order: Order::Second,
+            truncate: 0,
+            clamp,
+            learn_lr: true,
+            rln: true,
+            nm: true,
+            gate_at,
+            pln_layers: 2,
+            p: 2,
+            s: 4,
+            bi: 5,
+            bo: 6,
+        };
+        let (m, t) = random_wide(&c, seed, 70);
+        let want = r::meta_grad(&m, &t).unwrap();
+        let got = cpu::meta_grad(&m.cast::<f32>(), &t.cast::<f32>()).unwrap();
+        assert!((got.loss - want.loss).abs() <= 1e-4 * (1.0 + want.loss.abs()), "loss {} vs {}", got.loss, want.loss);
+        let scale = [&want.rln, &want.pln, &want.nm]
+            .iter()
+            .flat_map(|v| v.iter())
+            .fold(want.inner_lr.abs(), |a, b| a.max(b.abs()));
+        for (name, g, w) in [("rln", &got.rln, &want.rln), ("pln", &got.pln, &want.pln), ("nm", &got.nm, &want.nm)] {
+            let g: Vec<f64> = g.iter().map(|&x| x as f64 / (1.0 + scale)).collect();
+            let w: Vec<f64> = w.iter().map(|&x| x / (1.0 + scale)).collect();
+            close(&format!("wide cpu {name} (clamp {clamp}, gate {gate_at})"), &g, &w, 2e-4).unwrap();
+        }
     }
 }
 

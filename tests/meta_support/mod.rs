@@ -43,10 +43,15 @@ fn init(st: &Stack, rng: &mut Rng) -> Vec<f64> {
 
 /// A random meta-learner and trajectory for `c` (D = 3, widths 3 … 5).
 pub fn random(c: &Case, seed: u64) -> (MetaModel<f64>, Trajectory<f64>) {
+    random_wide(c, seed, 3)
+}
+
+/// As [`random`], with hidden widths `narrowest` … `narrowest + 2`.
+pub fn random_wide(c: &Case, seed: u64, narrowest: usize) -> (MetaModel<f64>, Trajectory<f64>) {
     let mut rng = Rng::new(seed);
     let d = 3;
     let o = if c.loss == Loss::Xent { 3 } else { 2 };
-    let w = |rng: &mut Rng| 3 + rng.below(3);
+    let w = |rng: &mut Rng| narrowest + rng.below(3);
     let rln: Vec<usize> = if c.rln { vec![d, w(&mut rng), w(&mut rng)] } else { vec![] };
     let pin = *rln.last().unwrap_or(&d);
     let mut pln = vec![pin];
