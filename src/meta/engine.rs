@@ -121,7 +121,9 @@ impl<T: Real> Acts<T> {
     /// Buffers for `rows` rows; `inputs`: the backward will also give the
     /// adjoints of layer 0's input and of the gate.
     fn new(st: &Stack, gate: Option<usize>, rows: usize, inputs: bool) -> Self {
-        let size = |keep: bool, n: usize| Buf::zeros(if keep { rows * n } else { 0 });
+        // Every element in use is written by the forward or backward before
+        // it is read (the R-pass reads them after both), so no zeroing.
+        let size = |keep: bool, n: usize| Buf::scratch(if keep { rows * n } else { 0 });
         let gated = |l: usize| gate == Some(l);
         let need = |l: usize| l > 0 || inputs;
         let dims = &st.dims;
@@ -452,8 +454,11 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
     // it backwards.
     let mut bbar = 0.0f64;
     let cap = seg.min(span);
-    let mut segth: Vec<Buf<F<K>>> = (0..cap).map(|_| Buf::zeros(np)).collect();
+    let mut segth: Vec<Buf<F<K>>> = (0..cap).map(|_| Buf::scratch(np)).collect();
     let mut seggk: Vec<Buf<F<K>>> = (0..cap).map(|_| Buf::zeros(np)).collect();
+    // The raw inner gradients are read again in the walk back only for the
+    // clamp's mask and β̄; otherwise each dies once it has rebuilt θ_{k+1}.
+    let keep_g = clamped || cfg.learn_lr;
     let mut rb = RBufs::new(&m.pln, if span > 0 { bi } else { 0 });
     let mut v = Buf::zeros(if clamped { np } else { 0 });
     let mut hv = Buf::zeros(np);
@@ -463,21 +468,28 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
         segth[0].copy_from_slice(snap);
         for k in ks..ke {
             let i = k - ks;
-            seggk[i].fill(F::<K>::ZERO);
+            let last = k + 1 == ke;
+            if last && !keep_g {
+                break; // only the rebuild of θ_{k+1} would read it
+            }
+            // seggk[i] is zero here (its last reader leaves it so).
             batch(k).wgrad::<K>(&segth[i], &acts[k - k0], &mut seggk[i]);
-            if k + 1 < ke {
+            if !last {
                 let (a, nx) = segth.split_at_mut(i + 1);
-                for ((n, &t), &g) in nx[0].iter_mut().zip(&a[i]).zip(&seggk[i]) {
-                    let g = if !clamped {
-                        g
-                    } else if g > c {
+                for ((n, &t), g) in nx[0].iter_mut().zip(&a[i]).zip(seggk[i].iter_mut()) {
+                    let gc = if !clamped {
+                        *g
+                    } else if *g > c {
                         c
-                    } else if g < -c {
+                    } else if *g < -c {
                         -c
                     } else {
-                        g
+                        *g
                     };
-                    *n = t - beta * g;
+                    *n = t - beta * gc;
+                    if !keep_g {
+                        *g = F::<K>::ZERO;
+                    }
                 }
             }
         }
@@ -486,14 +498,28 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
             let gk = &mut seggk[i];
             // v = mask ⊙ θ̄_{k+1}: the clamp passes the derivative only inside ±c
             // (without a clamp, v is θ̄_{k+1} itself).
+            // gk's last readers zero it for the segment before.
             if clamped {
-                for ((v, &g), &t) in v.iter_mut().zip(gk.iter()).zip(&thb) {
-                    *v = if g <= c && g >= -c { t } else { F::<K>::ZERO };
+                for ((v, g), &t) in v.iter_mut().zip(gk.iter_mut()).zip(&thb) {
+                    *v = if *g <= c && *g >= -c { t } else { F::<K>::ZERO };
+                    *g = if !cfg.learn_lr {
+                        F::<K>::ZERO
+                    } else if *g > c {
+                        c
+                    } else if *g < -c {
+                        -c
+                    } else {
+                        *g
+                    };
                 }
-                clamp(gk, c);
             }
             if cfg.learn_lr {
-                bbar -= gk.iter().zip(&thb).map(|(&g, &t)| (g * t).to_f64()).sum::<f64>();
+                let mut dot = 0.0f64;
+                for (g, &t) in gk.iter_mut().zip(&thb) {
+                    dot += (*g * t).to_f64();
+                    *g = F::<K>::ZERO;
+                }
+                bbar -= dot;
             }
             // hv is zero here (the update below leaves it so): rpass accumulates.
             let dir: &[F<K>] = if clamped { &v } else { &thb };

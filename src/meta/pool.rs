@@ -44,6 +44,18 @@ impl<T: Real> Buf<T> {
         Buf { v }
     }
 
+    /// `n` elements whose values are unspecified (a pooled buffer's old
+    /// contents, or zeros): for buffers every element of which is written
+    /// before it is read, so the zeroing would be wasted.
+    pub(crate) fn scratch(n: usize) -> Self {
+        let mut v = Self::take(n);
+        if v.len() != n {
+            v.clear();
+            v.resize(n, T::ZERO);
+        }
+        Buf { v }
+    }
+
     /// A copy of `s`.
     pub(crate) fn copy_of(s: &[T]) -> Self {
         let mut v = Self::take(s.len());
