@@ -56,6 +56,10 @@ pub struct TrainArgs {
     /// Inner batches per function in a trajectory.
     #[arg(long, default_value_t = 5)]
     steps_per_fn: usize,
+    /// Differentiate only the last K inner steps of each trajectory
+    /// (0 = all); earlier steps still run, their gradients held constant.
+    #[arg(long, default_value_t = 0)]
+    truncate: usize,
     /// Inner learning rate β (also the evaluation SGD rate).
     #[arg(long, default_value_t = 0.003)]
     inner_lr: f64,
@@ -121,6 +125,7 @@ pub fn train(a: TrainArgs) -> CliResult {
         rln_layers: a.rln_layers,
         fns_per_traj: a.fns_per_traj,
         steps_per_fn: a.steps_per_fn,
+        truncate: a.truncate,
         inner_lr: a.inner_lr,
         meta_lr: a.meta_lr,
         ..SineConfig::default()

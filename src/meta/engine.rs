@@ -4,10 +4,12 @@
 //! Per task: the RLN and NM run once over all the task's rows (S·Bi inner
 //! rows, then Bo outer rows) and keep their activations (the per-step
 //! inputs); the inner trajectory runs forward keeping θ snapshots every
-//! C = ⌈√S'⌉ steps of the S' differentiated steps; the meta-loss at θ_S
-//! gives θ̄_S; the reverse sweep recomputes one segment at a time from its
-//! snapshot (θ's, activations and raw inner gradients of its ≤ C steps) and,
-//! walking it backwards, runs per step the R-pass in the direction `v = mask ⊙ θ̄_{k+1}`, giving the Hessian–vector product (for
+//! C = ⌈√S'⌉ steps of the S' differentiated steps, and each differentiated
+//! step keeps its PLN activations; the meta-loss at θ_S gives θ̄_S; the
+//! reverse sweep rebuilds one segment's θ's at a time from its snapshot
+//! (the raw inner gradients from the kept activations by the weight
+//! products alone) and, walking it backwards, runs per step the R-pass in
+//! the direction `v = mask ⊙ θ̄_{k+1}`, giving the Hessian–vector product (for
 //! θ̄_k = θ̄_{k+1} − β H v) and the mixed products (for the adjoints of that
 //! step's RLN/NM outputs). Finally one backward of the RLN and NM over all
 //! rows. See `docs/meta.md` for the derivation.

@@ -62,6 +62,8 @@ pub struct SineConfig {
     pub fns_per_traj: usize,
     /// Inner batches per function in a meta-training trajectory.
     pub steps_per_fn: usize,
+    /// Meta-gradients differentiate only the last `truncate` inner steps (0 = all).
+    pub truncate: usize,
     /// Rows of an inner batch (and of an evaluation batch).
     pub batch: usize,
     /// Half the rows of the meta-loss batch (points of the trajectory's functions).
@@ -85,6 +87,7 @@ impl Default for SineConfig {
             pool: 400,
             fns_per_traj: 3,
             steps_per_fn: 5,
+            truncate: 0,
             batch: 32,
             remember: 32,
             inner_lr: 0.003,
@@ -123,7 +126,13 @@ pub fn init_model(c: &SineConfig, method: Method, seed: u64) -> MetaModel<f32> {
             .collect(),
         _ => vec![],
     };
-    let cfg = MetaConfig { inner_lr: c.inner_lr, gate_at, order: Order::Second, ..MetaConfig::default() };
+    let cfg = MetaConfig {
+        inner_lr: c.inner_lr,
+        gate_at,
+        order: Order::Second,
+        truncate: c.truncate,
+        ..MetaConfig::default()
+    };
     let mut m = MetaModel::<f32>::zeros(cfg, D, &rln, &pln, &nm);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     for (st, p) in [(&m.rln, &mut m.rln_p), (&m.pln, &mut m.theta0), (&m.nm, &mut m.nm_p)] {
