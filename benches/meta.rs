@@ -11,6 +11,12 @@
 //!
 //! Throughput is counted in tasks (elements = P).
 //!
+//! And the product behind the dense forward, `y = x · Wᵀ` with W stored
+//! `(out, in)`, at 300 × 300 for R = 16, 32, 48 rows:
+//! `xwt/{R}x300x300/dense_fwd` (the CPU backend's dispatch: unpacked
+//! dot-product tiles up to 24 rows, SGEMM above) against
+//! `xwt/{R}x300x300/sgemm` (`matrixmultiply::sgemm` on the same operands).
+//!
 //! Run: `cargo bench --bench meta` (filter e.g. `cargo bench --bench meta -- anml`).
 
 use std::hint::black_box;
@@ -76,6 +82,45 @@ fn bench(c: &mut Criterion) {
     g.bench_function("reference/meta_grad/anml-small", |b| {
         b.iter(|| black_box(reference::meta_grad(&m64, &t64).unwrap()))
     });
+    g.finish();
+
+    let mut g = c.benchmark_group("xwt");
+    g.sample_size(30).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    let (i, j) = (300, 300);
+    let mut seed = 7u64;
+    let w: Vec<f32> = (0..j * i).map(|_| lcg(&mut seed)).collect();
+    let b = vec![0.0f32; j];
+    for r in [16, 32, 48] {
+        let x: Vec<f32> = (0..r * i).map(|_| lcg(&mut seed)).collect();
+        let mut y = vec![0.0f32; r * j];
+        g.throughput(Throughput::Elements((r * i * j) as u64));
+        g.bench_function(format!("{r}x{i}x{j}/dense_fwd"), |bch| {
+            bch.iter(|| cpu::dense_fwd(black_box(&x), &w, &b, &mut y, r, i, j))
+        });
+        g.bench_function(format!("{r}x{i}x{j}/sgemm"), |bch| {
+            bch.iter(|| {
+                // SAFETY: x is r×i, w is j×i (read as its transpose, i×j), y is r×j; the strides stay inside them.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        r,
+                        i,
+                        j,
+                        1.0,
+                        black_box(&x).as_ptr(),
+                        i as isize,
+                        1,
+                        w.as_ptr(),
+                        1,
+                        i as isize,
+                        0.0,
+                        y.as_mut_ptr(),
+                        j as isize,
+                        1,
+                    )
+                }
+            })
+        });
+    }
     g.finish();
 }
 

@@ -3,6 +3,7 @@
 
 use std::process::Command;
 
+use neuroplastic::meta::cpu;
 use neuroplastic::meta::sine::{self, D, Method, SLOTS, SineConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -63,6 +64,23 @@ fn meta_training_lowers_the_meta_loss() {
         let last: f64 = losses[250..].iter().sum::<f64>() / 50.0;
         assert!(last < 0.9 * first, "{method:?}: mean loss {first:.3} -> {last:.3}");
     }
+}
+
+/// `truncate` reaches the model's meta-gradient: the same trajectory gives
+/// the same meta-loss with and without it (same forward) but a different
+/// RLN gradient (the early steps' second-order terms are dropped).
+#[test]
+fn truncation_reaches_the_meta_gradient() {
+    let c = SineConfig { fns_per_traj: 2, steps_per_fn: 3, truncate: 2, ..small() };
+    let m = sine::init_model(&c, Method::Oml, 5);
+    assert_eq!(m.cfg.truncate, 2);
+    let full = sine::init_model(&SineConfig { truncate: 0, ..c.clone() }, Method::Oml, 5);
+    let pool = sine::pool(&c, 5);
+    let t = sine::meta_trajectory(&c, &pool, &mut ChaCha8Rng::seed_from_u64(2));
+    let (gt, gf) = (cpu::meta_grad(&m, &t).unwrap(), cpu::meta_grad(&full, &t).unwrap());
+    assert_eq!(gt.loss, gf.loss);
+    let diff = gt.rln.iter().zip(&gf.rln).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(diff > 1e-6, "truncated and full RLN gradients agree to {diff}");
 }
 
 #[test]
