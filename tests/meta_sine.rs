@@ -147,6 +147,14 @@ fn cli_trains_and_evaluates() {
             "{bad}"
         );
     }
+    // A name holding '=' is kept whole when the rest names the file.
+    let o = Command::new(bin)
+        .args(["eval", "oml-sine", "--model", &format!("OML (K=1)={}", p("oml.safetensors")), "--seeds", "1"])
+        .args(["--table", &p("eq.md")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read_to_string(p("eq.md")).unwrap().contains("| OML (K=1) |"));
     let o = Command::new(bin).args(["eval", "oml-sine", "--model", "x"]).output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("NAME=PATH"));
 }

@@ -179,7 +179,16 @@ pub fn eval(a: EvalArgs) -> CliResult {
     let c = SineConfig::default();
     let mut entries: Vec<(String, neuroplastic::meta::MetaModel<f32>)> = Vec::new();
     for spec in &a.models {
-        let (name, path) = spec.split_once('=').ok_or_else(|| format!("--model {spec}: expected NAME=PATH"))?;
+        // The name may hold '=' too ("OML (K=80)=m.safetensors"): split at
+        // the first '=' after which an existing file is named, else the first.
+        let splits: Vec<usize> = spec.match_indices('=').map(|(i, _)| i).collect();
+        let at = splits
+            .iter()
+            .copied()
+            .find(|&i| std::path::Path::new(&spec[i + 1..]).is_file())
+            .or(splits.first().copied())
+            .ok_or_else(|| format!("--model {spec}: expected NAME=PATH"))?;
+        let (name, path) = (&spec[..at], &spec[at + 1..]);
         entries.push((name.to_string(), load_model(path)?));
     }
     if a.scratch {
