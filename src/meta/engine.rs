@@ -328,13 +328,21 @@ fn input_adj<'w, T: Real>(gate: Option<usize>, dx: &'w [Buf<T>], dr: &'w [Buf<T>
     if gate == Some(0) { &dr[0] } else { &dx[0] }
 }
 
+/// `g` clamped to ±c.
+#[inline]
+fn clamp1<T: Real>(g: T, c: T) -> T {
+    if g > c {
+        c
+    } else if g < -c {
+        -c
+    } else {
+        g
+    }
+}
+
 fn clamp<T: Real>(g: &mut [T], c: T) {
     for g in g {
-        if *g > c {
-            *g = c;
-        } else if *g < -c {
-            *g = -c;
-        }
+        *g = clamp1(*g, c);
     }
 }
 
@@ -479,15 +487,7 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
             if !last {
                 let (a, nx) = segth.split_at_mut(i + 1);
                 for ((n, &t), g) in nx[0].iter_mut().zip(&a[i]).zip(seggk[i].iter_mut()) {
-                    let gc = if !clamped {
-                        *g
-                    } else if *g > c {
-                        c
-                    } else if *g < -c {
-                        -c
-                    } else {
-                        *g
-                    };
+                    let gc = if clamped { clamp1(*g, c) } else { *g };
                     *n = t - beta * gc;
                     if !keep_g {
                         *g = F::<K>::ZERO;
@@ -504,15 +504,7 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
             if clamped {
                 for ((v, g), &t) in v.iter_mut().zip(gk.iter_mut()).zip(&thb) {
                     *v = if *g <= c && *g >= -c { t } else { F::<K>::ZERO };
-                    *g = if !cfg.learn_lr {
-                        F::<K>::ZERO
-                    } else if *g > c {
-                        c
-                    } else if *g < -c {
-                        -c
-                    } else {
-                        *g
-                    };
+                    *g = if cfg.learn_lr { clamp1(*g, c) } else { F::<K>::ZERO };
                 }
             }
             if cfg.learn_lr {
