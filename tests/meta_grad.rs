@@ -8,7 +8,7 @@ mod meta_support;
 
 use meta_support::{Case, Rng, fd_grads, grads_flat, inner_grads, meta_loss, random, random_wide};
 use neuroplastic::meta::reference as r;
-use neuroplastic::meta::{Loss, Order, cpu};
+use neuroplastic::meta::{Loss, MetaModel, Order, Trajectory, cpu};
 use proptest::prelude::*;
 
 /// Asserts `got ≈ want` elementwise: `|got − want| ≤ tol · (1 + |want|)`,
@@ -290,17 +290,26 @@ proptest! {
         case_strategy(if first { Order::First } else { Order::Second }, trunc && !first)
     })) {
         let (m, t) = random(&c, seed);
-        let want = r::meta_grad(&m, &t).unwrap();
-        let got = cpu::meta_grad(&m.cast::<f32>(), &t.cast::<f32>()).unwrap();
-        prop_assert!((got.loss - want.loss).abs() <= 1e-4 * (1.0 + want.loss.abs()), "loss {} vs {}", got.loss, want.loss);
-        let scale = [&want.rln, &want.pln, &want.nm].iter().flat_map(|v| v.iter()).fold(want.inner_lr.abs(), |a, b| a.max(b.abs()));
-        for (name, g, w) in [("rln", &got.rln, &want.rln), ("pln", &got.pln, &want.pln), ("nm", &got.nm, &want.nm)] {
-            let g: Vec<f64> = g.iter().map(|&x| x as f64 / (1.0 + scale)).collect();
-            let w: Vec<f64> = w.iter().map(|&x| x / (1.0 + scale)).collect();
-            close(&format!("cpu {name} ({c:?}, seed {seed})"), &g, &w, 2e-4).map_err(TestCaseError::fail)?;
-        }
-        close("cpu inner_lr", &[got.inner_lr as f64 / (1.0 + scale)], &[want.inner_lr / (1.0 + scale)], 2e-4).map_err(TestCaseError::fail)?;
+        cpu_vs_reference(&m, &t, &format!("{c:?}, seed {seed}")).map_err(TestCaseError::fail)?;
     }
+}
+
+/// The f32 CPU meta-gradient of `m` on `t` against the f64 reference: loss
+/// to 1e-4 relative, every gradient (β's too) to 2e-4 of the largest.
+fn cpu_vs_reference(m: &MetaModel<f64>, t: &Trajectory<f64>, label: &str) -> Result<(), String> {
+    let want = r::meta_grad(m, t).unwrap();
+    let got = cpu::meta_grad(&m.cast::<f32>(), &t.cast::<f32>()).unwrap();
+    if (got.loss - want.loss).abs() > 1e-4 * (1.0 + want.loss.abs()) {
+        return Err(format!("{label}: loss {} vs {}", got.loss, want.loss));
+    }
+    let scale =
+        [&want.rln, &want.pln, &want.nm].iter().flat_map(|v| v.iter()).fold(want.inner_lr.abs(), |a, b| a.max(b.abs()));
+    for (name, g, w) in [("rln", &got.rln, &want.rln), ("pln", &got.pln, &want.pln), ("nm", &got.nm, &want.nm)] {
+        let g: Vec<f64> = g.iter().map(|&x| x as f64 / (1.0 + scale)).collect();
+        let w: Vec<f64> = w.iter().map(|&x| x / (1.0 + scale)).collect();
+        close(&format!("cpu {name} ({label})"), &g, &w, 2e-4)?;
+    }
+    close("cpu inner_lr", &[got.inner_lr as f64 / (1.0 + scale)], &[want.inner_lr / (1.0 + scale)], 2e-4)
 }
 
 /// The CPU backend's products change kernels with their shapes (a few rows
@@ -326,18 +335,7 @@ fn cpu_matches_reference_at_wide_layers_and_few_rows() {
             bo: 6,
         };
         let (m, t) = random_wide(&c, seed, 70);
-        let want = r::meta_grad(&m, &t).unwrap();
-        let got = cpu::meta_grad(&m.cast::<f32>(), &t.cast::<f32>()).unwrap();
-        assert!((got.loss - want.loss).abs() <= 1e-4 * (1.0 + want.loss.abs()), "loss {} vs {}", got.loss, want.loss);
-        let scale = [&want.rln, &want.pln, &want.nm]
-            .iter()
-            .flat_map(|v| v.iter())
-            .fold(want.inner_lr.abs(), |a, b| a.max(b.abs()));
-        for (name, g, w) in [("rln", &got.rln, &want.rln), ("pln", &got.pln, &want.pln), ("nm", &got.nm, &want.nm)] {
-            let g: Vec<f64> = g.iter().map(|&x| x as f64 / (1.0 + scale)).collect();
-            let w: Vec<f64> = w.iter().map(|&x| x / (1.0 + scale)).collect();
-            close(&format!("wide cpu {name} (clamp {clamp}, gate {gate_at})"), &g, &w, 2e-4).unwrap();
-        }
+        cpu_vs_reference(&m, &t, &format!("wide, clamp {clamp}, gate {gate_at}")).unwrap();
     }
 }
 

@@ -6,8 +6,9 @@
 //! the sizes of meta-learning (R = 16 … 704 rows, widths 11 … 300) runs near
 //! the machine's SGEMM rate — except `x · Wᵀ` for a few rows, where its
 //! element-by-element packing of W costs more than the product: those go
-//! to the unpacked dot-product tiles of `small` (measured 1.3× faster at
-//! 16 × 300 × 300, slower from 32 rows on). The elementwise layers are plain loops the
+//! to the unpacked dot-product tiles of `small` (1.2–1.4× faster at 16 ×
+//! 300 × 300 on a quiet host, near parity under load, slower from 32 rows
+//! on; BENCHMARKS.md §11). The elementwise layers are plain loops the
 //! compiler vectorises. Threads come from running tasks in parallel
 //! ([`Cpu::PARALLEL`](super::Kernels::PARALLEL)), each task's kernels
 //! single-threaded, so no GEMM waits on a barrier.

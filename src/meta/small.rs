@@ -14,7 +14,8 @@
 use wide::f32x8;
 
 /// Rows up to which [`gemm_nt`] beats the packed SGEMM (measured at widths
-/// 300: 16 rows 1.3× faster, 32 rows at parity, 48 rows slower).
+/// 300 on a quiet host: 16 rows 1.2–1.4× faster, 32 rows at parity, 48
+/// rows slower; under load 16 rows come near parity).
 pub(crate) const MAX_ROWS: usize = 24;
 /// Reduced lengths below this go to the packed SGEMM (its gather is cheap).
 pub(crate) const MIN_INNER: usize = 64;
