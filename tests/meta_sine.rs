@@ -4,6 +4,7 @@
 use std::process::Command;
 
 use neuroplastic::meta::cpu;
+use neuroplastic::meta::io::load_model;
 use neuroplastic::meta::sine::{self, D, Method, SLOTS, SineConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -59,7 +60,11 @@ fn meta_training_lowers_the_meta_loss() {
     for method in [Method::Oml, Method::Anml { gate_at: 1 }, Method::Pretrained] {
         let mut m = sine::init_model(&c, method, 4);
         let mut losses = Vec::new();
-        sine::train(&c, &mut m, method, 300, 4, |_, l| losses.push(l)).unwrap();
+        sine::train(&c, &mut m, method, 300, 4, |_, l, _| {
+            losses.push(l);
+            Ok(())
+        })
+        .unwrap();
         let first: f64 = losses[..50].iter().sum::<f64>() / 50.0;
         let last: f64 = losses[250..].iter().sum::<f64>() / 50.0;
         assert!(last < 0.9 * first, "{method:?}: mean loss {first:.3} -> {last:.3}");
@@ -109,11 +114,16 @@ fn cli_trains_and_evaluates() {
     for (method, out) in [("oml", "oml.safetensors"), ("anml", "anml.safetensors")] {
         let o = Command::new(bin)
             .args(["train", "oml-sine", "--method", method, "--steps", "3", "--width", "16", "--rln-layers", "1"])
-            .args(["--gate-at", "1", "--out", &p(out)])
+            .args(["--gate-at", "1", "--save-every", "2", "--out", &p(out)])
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
+    // --save-every 2 of 3 steps: one snapshot (step 2), the end goes to --out.
+    let snap = load_model(p("oml.step2.safetensors")).unwrap();
+    let last = load_model(p("oml.safetensors")).unwrap();
+    assert_ne!(snap.theta0, last.theta0, "the snapshot is the model after step 2, not the last");
+    assert!(!std::path::Path::new(&p("oml.step3.safetensors")).exists());
     let o = Command::new(bin)
         .args(["eval", "oml-sine", "--model", &format!("OML={}", p("oml.safetensors"))])
         .args(["--model", &format!("ANML={}", p("anml.safetensors")), "--scratch", "--seeds", "2"])

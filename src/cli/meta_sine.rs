@@ -69,6 +69,18 @@ pub struct TrainArgs {
     /// Print the mean loss every this many steps.
     #[arg(long, default_value_t = 100)]
     log_every: usize,
+    /// Every this many steps, write the model so far to `--out` (atomically:
+    /// an interrupted run keeps its last save) and a snapshot beside it,
+    /// `<out>.step<N>.safetensors`, for learning curves (0 = only at the end).
+    #[arg(long, default_value_t = 0)]
+    save_every: usize,
+}
+
+/// `dir/name.safetensors` → `dir/name.step<N>.safetensors`.
+fn snapshot_path(out: &std::path::Path, step: usize) -> PathBuf {
+    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = out.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    out.with_file_name(format!("{stem}.step{step}{ext}"))
 }
 
 /// Arguments of `neuroplastic eval oml-sine`.
@@ -140,13 +152,18 @@ pub fn train(a: TrainArgs) -> CliResult {
     let start = Instant::now();
     let (mut acc, mut n) = (0.0, 0usize);
     let every = a.log_every.max(1);
-    sine::train(&c, &mut m, method, a.steps, a.seed, |step, loss| {
+    sine::train(&c, &mut m, method, a.steps, a.seed, |step, loss, m| {
         acc += loss;
         n += 1;
         if (step + 1) % every == 0 || step + 1 == a.steps {
             println!("step {:>6}  loss {:.4}  ({:.1} s)", step + 1, acc / n as f64, start.elapsed().as_secs_f64());
             (acc, n) = (0.0, 0);
         }
+        if a.save_every > 0 && (step + 1) % a.save_every == 0 && step + 1 < a.steps {
+            save_model(m, &a.out)?;
+            save_model(m, snapshot_path(&a.out, step + 1))?;
+        }
+        Ok(())
     })?;
     save_model(&m, &a.out)?;
     println!("wrote {}", a.out.display());

@@ -218,14 +218,15 @@ pub fn iid_batch(c: &SineConfig, pool: &[SineFn], rng: &mut ChaCha8Rng) -> Traje
 
 /// Trains `m` for `steps` outer steps with Adam: meta-learning through the
 /// inner loop (OML/ANML) or i.i.d. regression (pre-training). Calls
-/// `report(step, loss)` after each step.
+/// `report(step, loss, model)` after each step; an error it returns (e.g.
+/// from saving a snapshot) stops training and is returned.
 pub fn train(
     c: &SineConfig,
     m: &mut MetaModel<f32>,
     method: Method,
     steps: usize,
     seed: u64,
-    mut report: impl FnMut(usize, f64),
+    mut report: impl FnMut(usize, f64, &MetaModel<f32>) -> Result<()>,
 ) -> Result<()> {
     let pool = pool(c, seed);
     let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9) ^ 0xa11c);
@@ -240,7 +241,7 @@ pub fn train(
             &mut [("rln", &mut m.rln_p[..]), ("pln", &mut m.theta0[..]), ("nm", &mut m.nm_p[..])],
             &[("rln", &g.rln[..]), ("pln", &g.pln[..]), ("nm", &g.nm[..])],
         )?;
-        report(step, g.loss);
+        report(step, g.loss, m)?;
     }
     Ok(())
 }
