@@ -54,6 +54,26 @@ fn trajectories_hold_sine_points_function_after_function() {
     }
 }
 
+/// The initial network keeps the input's scale through its ReLU stack (He
+/// initialisation): its output's RMS over random inputs is of the order of
+/// the input's, not ~1000× smaller as with U(±1/√fan-in) over 8 layers.
+#[test]
+fn initial_network_keeps_the_signal_scale() {
+    let c = SineConfig::default();
+    let m = sine::init_model(&c, Method::Oml, 7);
+    let pool = sine::pool(&c, 7);
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut t = sine::iid_batch(&c, &pool, &mut rng);
+    t.outer_y.iter_mut().for_each(|y| *y = 0.0);
+    // With zero targets the loss is the mean squared output.
+    let rms = cpu::meta_grad(&m, &t).unwrap().loss.sqrt();
+    let rms_in = (t.outer_x.iter().map(|&v| (v * v) as f64).sum::<f64>() / t.bo as f64).sqrt();
+    assert!(rms > 0.1 * rms_in && rms < 10.0 * rms_in, "output RMS {rms} vs input RMS {rms_in}");
+    // Biases start at zero.
+    let (_, b) = m.rln.ranges(0);
+    assert!(m.rln_p[b].iter().all(|&v| v == 0.0));
+}
+
 #[test]
 fn meta_training_lowers_the_meta_loss() {
     let c = small();

@@ -12,6 +12,7 @@
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
 
 use super::{MetaConfig, MetaModel, Order, Trajectory, cpu};
 use crate::error::Result;
@@ -134,12 +135,20 @@ pub fn init_model(c: &SineConfig, method: Method, seed: u64) -> MetaModel<f32> {
         ..MetaConfig::default()
     };
     let mut m = MetaModel::<f32>::zeros(cfg, D, &rln, &pln, &nm);
+    // He (Kaiming-normal) weights, std √(2 / fan-in), and zero biases, as
+    // OML's and ANML's networks start: the signal keeps its scale through
+    // the ReLU stack. (PyTorch's default U(±1/√fan-in) for weights and
+    // biases divides the signal's second moment by 6 per layer: after
+    // 6 + 2 layers the PLN's features and output were ~1000× too small,
+    // so 40 SGD steps at β = 0.003 could barely move the prediction, and
+    // meta-training spent its steps growing the weights back.)
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     for (st, p) in [(&m.rln, &mut m.rln_p), (&m.pln, &mut m.theta0), (&m.nm, &mut m.nm_p)] {
         p.clear();
         for &(i, o) in &st.dims {
-            let a = 1.0 / (i as f32).sqrt();
-            p.extend((0..o * i + o).map(|_| rng.random_range(-a..a)));
+            let std = (2.0 / i as f32).sqrt();
+            p.extend((0..o * i).map(|_| std * rng.sample::<f32, _>(StandardNormal)));
+            p.extend(std::iter::repeat_n(0.0, o));
         }
     }
     m
