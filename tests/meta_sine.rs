@@ -10,7 +10,16 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 fn small() -> SineConfig {
-    SineConfig { width: 24, rln_layers: 2, pool: 20, meta_lr: 3e-3, inner_lr: 0.05, ..SineConfig::default() }
+    SineConfig {
+        width: 24,
+        rln_layers: 2,
+        pool: 20,
+        fns_per_traj: 3,
+        steps_per_fn: 5,
+        meta_lr: 3e-3,
+        inner_lr: 0.05,
+        ..SineConfig::default()
+    }
 }
 
 #[test]

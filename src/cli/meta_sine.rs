@@ -50,11 +50,11 @@ pub struct TrainArgs {
     /// RLN layers.
     #[arg(long, default_value_t = 6)]
     rln_layers: usize,
-    /// Functions per meta-training trajectory.
-    #[arg(long, default_value_t = 3)]
+    /// Functions per meta-training trajectory (default: the evaluation's 10).
+    #[arg(long, default_value_t = 10)]
     fns_per_traj: usize,
-    /// Inner batches per function in a trajectory.
-    #[arg(long, default_value_t = 5)]
+    /// Inner batches per function in a trajectory (default: the evaluation's 40).
+    #[arg(long, default_value_t = 40)]
     steps_per_fn: usize,
     /// Differentiate only the last K inner steps of each trajectory
     /// (0 = all); earlier steps still run, their gradients held constant.
