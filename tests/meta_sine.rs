@@ -194,6 +194,22 @@ fn cli_trains_and_evaluates() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(std::fs::read_to_string(p("eq.md")).unwrap().contains("| OML (K=1) |"));
+    // An output in a folder that does not exist is refused before training
+    // or evaluating, naming the flag and the folder.
+    let missing = d.join("no-such-folder").join("m.safetensors");
+    let o = Command::new(bin)
+        .args(["train", "oml-sine", "--steps", "1000000", "--out", missing.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--out") && err.contains("does not exist"), "{err}");
+    let o = Command::new(bin)
+        .args(["eval", "oml-sine", "--model", &format!("OML={}", p("oml.safetensors"))])
+        .args(["--plot", missing.with_extension("svg").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--plot") && err.contains("does not exist"), "{err}");
     let o = Command::new(bin).args(["eval", "oml-sine", "--model", "x"]).output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("NAME=PATH"));
 }

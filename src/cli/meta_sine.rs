@@ -76,6 +76,26 @@ pub struct TrainArgs {
     save_every: usize,
 }
 
+/// Checks before a long run that `path` (given as `--flag`) can be written:
+/// its folder exists and takes a new file. Training that ran for an hour
+/// must not end on "no such directory".
+fn check_writable(path: &std::path::Path, flag: &str) -> Result<(), String> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!("--{flag} {}: the folder {} does not exist", path.display(), dir.display()));
+    }
+    if path.is_dir() {
+        return Err(format!("--{flag} {}: is a folder, expected a file name", path.display()));
+    }
+    let probe = dir.join(format!(".neuroplastic-probe{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| format!("--{flag} {}: cannot write in {}: {e}", path.display(), dir.display()))
+}
+
 /// `dir/name.safetensors` → `dir/name.step<N>.safetensors`.
 fn snapshot_path(out: &std::path::Path, step: usize) -> PathBuf {
     let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -147,6 +167,7 @@ pub fn train(a: TrainArgs) -> CliResult {
         MethodArg::Anml => Method::Anml { gate_at: a.gate_at },
         MethodArg::Pretrained => Method::Pretrained,
     };
+    check_writable(&a.out, "out")?;
     let mut m = sine::init_model(&c, method, a.seed);
     m.validate()?;
     let start = Instant::now();
@@ -194,6 +215,11 @@ fn mean_ci(v: &[f64]) -> (f64, f64) {
 /// Runs `eval oml-sine`.
 pub fn eval(a: EvalArgs) -> CliResult {
     let c = SineConfig::default();
+    for (p, flag) in [(&a.table, "table"), (&a.plot, "plot")] {
+        if let Some(p) = p {
+            check_writable(p, flag)?;
+        }
+    }
     let mut entries: Vec<(String, neuroplastic::meta::MetaModel<f32>)> = Vec::new();
     for spec in &a.models {
         // The name may hold '=' too ("OML (K=80)=m.safetensors"): split at
