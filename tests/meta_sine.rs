@@ -89,7 +89,7 @@ fn meta_training_lowers_the_meta_loss() {
     for method in [Method::Oml, Method::Anml { gate_at: 1 }, Method::Pretrained] {
         let mut m = sine::init_model(&c, method, 4);
         let mut losses = Vec::new();
-        sine::train(&c, &mut m, method, 300, 4, |_, l, _| {
+        sine::train(&c, &mut m, method, 300, 4, |_, l, _, _| {
             losses.push(l);
             Ok(())
         })
@@ -212,4 +212,54 @@ fn cli_trains_and_evaluates() {
     assert!(!o.status.success() && err.contains("--plot") && err.contains("does not exist"), "{err}");
     let o = Command::new(bin).args(["eval", "oml-sine", "--model", "x"]).output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("NAME=PATH"));
+}
+
+/// `--save-every` + `--resume`: a run stopped after 2 steps and continued to
+/// 5 writes the same model file, byte for byte, as a run of 5 steps; the
+/// checkpoint refuses a `--steps` it has already reached, and a damaged
+/// checkpoint is an error naming the file.
+#[test]
+fn resumed_run_equals_an_uninterrupted_one() {
+    let bin = env!("CARGO_BIN_EXE_neuroplastic");
+    let d = std::env::temp_dir().join(format!("neuroplastic-oml-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let p = |n: &str| d.join(n).to_str().unwrap().to_string();
+    let small = ["--width", "16", "--rln-layers", "1", "--fns-per-traj", "2", "--steps-per-fn", "3", "--seed", "5"];
+    for method in ["oml", "anml"] {
+        let run = |args: &[&str]| {
+            let o = Command::new(bin).args(["train", "oml-sine", "--method", method]).args(args).output().unwrap();
+            assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        };
+        run(&[&small[..], &["--steps", "5", "--out", &p("whole.safetensors")]].concat());
+        run(&[&small[..], &["--steps", "2", "--save-every", "2", "--out", &p("part.safetensors")]].concat());
+        // The resumed run takes its settings from the checkpoint, not from flags.
+        run(&[
+            "--resume",
+            &p("part.ckpt.safetensors"),
+            "--steps",
+            "5",
+            "--width",
+            "99",
+            "--out",
+            &p("rest.safetensors"),
+        ]);
+        let whole = std::fs::read(p("whole.safetensors")).unwrap();
+        assert_eq!(whole, std::fs::read(p("rest.safetensors")).unwrap(), "{method}: resumed ≠ uninterrupted");
+        assert_ne!(whole, std::fs::read(p("part.safetensors")).unwrap(), "{method}: 2 steps = 5 steps?");
+    }
+    let o = Command::new(bin)
+        .args(["train", "oml-sine", "--resume", &p("part.ckpt.safetensors"), "--steps", "2"])
+        .args(["--out", &p("x.safetensors")])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--resume") && err.contains("done 2 steps"), "{err}");
+    // A model file is not a checkpoint: the error names the file and what is missing.
+    let o = Command::new(bin)
+        .args(["train", "oml-sine", "--resume", &p("whole.safetensors"), "--steps", "9"])
+        .args(["--out", &p("x.safetensors")])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("whole.safetensors") && err.contains("neuroplastic.oml_sine"), "{err}");
 }

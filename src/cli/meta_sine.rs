@@ -70,10 +70,18 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 100)]
     log_every: usize,
     /// Every this many steps, write the model so far to `--out` (atomically:
-    /// an interrupted run keeps its last save) and a snapshot beside it,
-    /// `<out>.step<N>.safetensors`, for learning curves (0 = only at the end).
+    /// an interrupted run keeps its last save), a snapshot beside it,
+    /// `<out>.step<N>.safetensors`, for learning curves, and the run's
+    /// checkpoint `<out>.ckpt.safetensors` (also at the end), which
+    /// `--resume` continues (0 = only the model, at the end).
     #[arg(long, default_value_t = 0)]
     save_every: usize,
+    /// Continue the run saved in this checkpoint (`<out>.ckpt.safetensors`
+    /// of an earlier run with `--save-every`): its settings, method and
+    /// seed; `--steps` is the total to reach. The result is the same, bit
+    /// for bit, as one uninterrupted run.
+    #[arg(long, value_name = "CKPT")]
+    resume: Option<PathBuf>,
 }
 
 /// Checks before a long run that `path` (given as `--flag`) can be written:
@@ -94,6 +102,13 @@ fn check_writable(path: &std::path::Path, flag: &str) -> Result<(), String> {
     std::fs::write(&probe, b"")
         .and_then(|()| std::fs::remove_file(&probe))
         .map_err(|e| format!("--{flag} {}: cannot write in {}: {e}", path.display(), dir.display()))
+}
+
+/// `dir/name.safetensors` → `dir/name.ckpt.safetensors`.
+fn checkpoint_path(out: &std::path::Path) -> PathBuf {
+    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = out.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    out.with_file_name(format!("{stem}.ckpt{ext}"))
 }
 
 /// `dir/name.safetensors` → `dir/name.step<N>.safetensors`.
@@ -152,28 +167,52 @@ fn sequential_error(
 
 /// Runs `train oml-sine`.
 pub fn train(a: TrainArgs) -> CliResult {
-    let c = SineConfig {
-        width: a.width,
-        rln_layers: a.rln_layers,
-        fns_per_traj: a.fns_per_traj,
-        steps_per_fn: a.steps_per_fn,
-        truncate: a.truncate,
-        inner_lr: a.inner_lr,
-        meta_lr: a.meta_lr,
-        ..SineConfig::default()
-    };
-    let method = match a.method {
-        MethodArg::Oml => Method::Oml,
-        MethodArg::Anml => Method::Anml { gate_at: a.gate_at },
-        MethodArg::Pretrained => Method::Pretrained,
-    };
     check_writable(&a.out, "out")?;
-    let mut m = sine::init_model(&c, method, a.seed);
+    let (c, method, seed, mut m, mut st) = match &a.resume {
+        Some(path) => {
+            let k = sine::load_checkpoint(path)?;
+            if k.state.step >= a.steps {
+                return Err(format!(
+                    "--resume {}: the run has done {} steps already; --steps is the total to reach, give more",
+                    path.display(),
+                    k.state.step
+                )
+                .into());
+            }
+            println!(
+                "resuming {} at step {} (its settings, method and seed; the other training flags are not used)",
+                path.display(),
+                k.state.step
+            );
+            (k.config, k.method, k.seed, k.model, k.state)
+        }
+        None => {
+            let c = SineConfig {
+                width: a.width,
+                rln_layers: a.rln_layers,
+                fns_per_traj: a.fns_per_traj,
+                steps_per_fn: a.steps_per_fn,
+                truncate: a.truncate,
+                inner_lr: a.inner_lr,
+                meta_lr: a.meta_lr,
+                ..SineConfig::default()
+            };
+            let method = match a.method {
+                MethodArg::Oml => Method::Oml,
+                MethodArg::Anml => Method::Anml { gate_at: a.gate_at },
+                MethodArg::Pretrained => Method::Pretrained,
+            };
+            let m = sine::init_model(&c, method, a.seed);
+            let st = sine::TrainState::new(&c, a.seed)?;
+            (c, method, a.seed, m, st)
+        }
+    };
     m.validate()?;
+    let ckpt = checkpoint_path(&a.out);
     let start = Instant::now();
     let (mut acc, mut n) = (0.0, 0usize);
     let every = a.log_every.max(1);
-    sine::train(&c, &mut m, method, a.steps, a.seed, |step, loss, m| {
+    sine::train_from(&c, &mut m, method, seed, &mut st, a.steps, |step, loss, m, st| {
         acc += loss;
         n += 1;
         if (step + 1) % every == 0 || step + 1 == a.steps {
@@ -183,11 +222,16 @@ pub fn train(a: TrainArgs) -> CliResult {
         if a.save_every > 0 && (step + 1) % a.save_every == 0 && step + 1 < a.steps {
             save_model(m, &a.out)?;
             save_model(m, snapshot_path(&a.out, step + 1))?;
+            sine::save_checkpoint(&ckpt, &c, method, seed, m, st)?;
         }
         Ok(())
     })?;
     save_model(&m, &a.out)?;
     println!("wrote {}", a.out.display());
+    if a.save_every > 0 {
+        sine::save_checkpoint(&ckpt, &c, method, seed, &m, &st)?;
+        println!("wrote {} (continue with --resume)", ckpt.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

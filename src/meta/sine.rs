@@ -225,32 +225,71 @@ pub fn iid_batch(c: &SineConfig, pool: &[SineFn], rng: &mut ChaCha8Rng) -> Traje
     }
 }
 
+/// Where a training run stands between two outer steps: the steps done,
+/// Adam's state and the draw generator's position. With the model and the
+/// seed, enough to continue the run bit for bit ([`train_from`]).
+#[derive(Clone, Debug)]
+pub struct TrainState {
+    /// Outer steps done.
+    pub step: usize,
+    /// The outer optimizer (Adam at the configuration's `meta_lr`).
+    pub opt: Optimizer,
+    /// The generator of trajectories and batches, at its next draw.
+    pub rng: ChaCha8Rng,
+}
+
+impl TrainState {
+    /// The state of a new run of `seed`.
+    pub fn new(c: &SineConfig, seed: u64) -> Result<Self> {
+        Ok(TrainState {
+            step: 0,
+            opt: Optimizer::new(OptimConfig::adam(c.meta_lr))?,
+            rng: ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9) ^ 0xa11c),
+        })
+    }
+}
+
 /// Trains `m` for `steps` outer steps with Adam: meta-learning through the
 /// inner loop (OML/ANML) or i.i.d. regression (pre-training). Calls
-/// `report(step, loss, model)` after each step; an error it returns (e.g.
-/// from saving a snapshot) stops training and is returned.
+/// `report(step, loss, model, state)` after each step; an error it returns
+/// (e.g. from saving a snapshot) stops training and is returned.
 pub fn train(
     c: &SineConfig,
     m: &mut MetaModel<f32>,
     method: Method,
     steps: usize,
     seed: u64,
-    mut report: impl FnMut(usize, f64, &MetaModel<f32>) -> Result<()>,
+    report: impl FnMut(usize, f64, &MetaModel<f32>, &TrainState) -> Result<()>,
+) -> Result<()> {
+    let mut st = TrainState::new(c, seed)?;
+    train_from(c, m, method, seed, &mut st, steps, report)
+}
+
+/// Continues a run from `st` until `st.step == steps` (see [`train`]): a
+/// run interrupted after any step and continued from its saved model and
+/// state ends with the same model, bit for bit, as one that was not.
+pub fn train_from(
+    c: &SineConfig,
+    m: &mut MetaModel<f32>,
+    method: Method,
+    seed: u64,
+    st: &mut TrainState,
+    steps: usize,
+    mut report: impl FnMut(usize, f64, &MetaModel<f32>, &TrainState) -> Result<()>,
 ) -> Result<()> {
     let pool = pool(c, seed);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9) ^ 0xa11c);
-    let mut opt = Optimizer::new(OptimConfig::adam(c.meta_lr))?;
-    for step in 0..steps {
+    while st.step < steps {
         let t = match method {
-            Method::Pretrained => iid_batch(c, &pool, &mut rng),
-            _ => meta_trajectory(c, &pool, &mut rng),
+            Method::Pretrained => iid_batch(c, &pool, &mut st.rng),
+            _ => meta_trajectory(c, &pool, &mut st.rng),
         };
         let g = cpu::meta_grad(m, &t)?;
-        opt.step(
+        st.opt.step(
             &mut [("rln", &mut m.rln_p[..]), ("pln", &mut m.theta0[..]), ("nm", &mut m.nm_p[..])],
             &[("rln", &g.rln[..]), ("pln", &g.pln[..]), ("nm", &g.nm[..])],
         )?;
-        report(step, g.loss, m)?;
+        st.step += 1;
+        report(st.step - 1, g.loss, m, st)?;
     }
     Ok(())
 }
@@ -311,4 +350,156 @@ pub fn evaluate(m: &MetaModel<f32>, set: &EvalSet, order: &[usize]) -> Result<Ve
         m.theta0.iter_mut().zip(&g.pln).for_each(|(t, g)| *t -= beta * g);
     }
     set.held.iter().map(|(x, y)| Ok(cpu::meta_grad(&m, &one_batch(x, y))?.loss)).collect()
+}
+
+/// A saved training run of `train oml-sine`: what [`train_from`] needs to
+/// continue it (see [`save_checkpoint`] for the file).
+#[derive(Clone, Debug)]
+pub struct SineCheckpoint {
+    /// The task and training settings.
+    pub config: SineConfig,
+    /// The method.
+    pub method: Method,
+    /// The run's seed (pool, initialisation, draws).
+    pub seed: u64,
+    /// The model after `state.step` steps.
+    pub model: MetaModel<f32>,
+    /// Steps done, Adam's state, the generator's position.
+    pub state: TrainState,
+}
+
+/// Metadata key of a checkpoint's settings (JSON).
+const KEY_RUN: &str = "neuroplastic.oml_sine";
+/// The groups the outer optimizer updates.
+const GROUPS: [&str; 3] = ["rln", "pln", "nm"];
+
+/// Writes a checkpoint atomically: the model's tensors and metadata as in a
+/// model file (`meta::io`), Adam's moments `opt.m.<group>` / `opt.v.<group>`
+/// (F32; groups `rln`, `pln`, `nm`), `opt.step` and `train.step` (I64),
+/// the generator's `rng.seed` (32 bytes), `rng.stream` (8) and
+/// `rng.word_pos` (16, little-endian U8), and the settings, method and seed
+/// as JSON under the metadata key `neuroplastic.oml_sine`.
+pub fn save_checkpoint(
+    path: impl AsRef<std::path::Path>,
+    c: &SineConfig,
+    method: Method,
+    seed: u64,
+    m: &MetaModel<f32>,
+    st: &TrainState,
+) -> Result<()> {
+    use crate::io::{Data, Tensor, TensorFile};
+    let mut f = TensorFile::new();
+    super::io::put_model(&mut f, m);
+    let os = st.opt.state();
+    for (slot, map) in [("m", &os.m), ("v", &os.v)] {
+        for (g, v) in map {
+            f.put_f32(&format!("opt.{slot}.{g}"), &[v.len()], v.clone());
+        }
+    }
+    let i64t = |x: u64| Tensor { shape: vec![1], data: Data::I64(vec![x as i64]) };
+    let u8t = |b: &[u8]| Tensor { shape: vec![b.len()], data: Data::U8(b.to_vec()) };
+    f.put("opt.step", i64t(os.step));
+    f.put("train.step", i64t(st.step as u64));
+    f.put("rng.seed", u8t(&st.rng.get_seed()));
+    f.put("rng.stream", u8t(&st.rng.get_stream().to_le_bytes()));
+    f.put("rng.word_pos", u8t(&st.rng.get_word_pos().to_le_bytes()));
+    let (name, gate_at) = match method {
+        Method::Oml => ("oml", 0),
+        Method::Anml { gate_at } => ("anml", gate_at),
+        Method::Pretrained => ("pretrained", 0),
+    };
+    let run = serde_json::json!({
+        "method": name, "gate_at": gate_at, "seed": seed,
+        "width": c.width, "rln_layers": c.rln_layers, "pln_layers": c.pln_layers, "pool": c.pool,
+        "fns_per_traj": c.fns_per_traj, "steps_per_fn": c.steps_per_fn, "truncate": c.truncate,
+        "batch": c.batch, "remember": c.remember, "inner_lr": c.inner_lr, "meta_lr": c.meta_lr,
+        "eval_batches": c.eval_batches, "eval_points": c.eval_points,
+    });
+    f.metadata.insert(KEY_RUN.into(), run.to_string());
+    f.write(path)
+}
+
+/// Reads a checkpoint written by [`save_checkpoint`]; errors name the file
+/// and the tensor or setting that is missing or malformed.
+pub fn load_checkpoint(path: impl AsRef<std::path::Path>) -> Result<SineCheckpoint> {
+    use crate::error::Error;
+    use crate::io::{Data, TensorFile};
+    let mut f = TensorFile::read(path)?;
+    let bad = |f: &TensorFile, message: String| Error::Format { path: f.path.clone(), message };
+    let run: serde_json::Value = serde_json::from_str(f.meta(KEY_RUN)?)
+        .map_err(|e| bad(&f, format!("metadata `{KEY_RUN}` is not JSON: {e}")))?;
+    let num = |k: &str| run.get(k).and_then(|v| v.as_f64());
+    let get = |k: &str| -> Result<f64> {
+        num(k).ok_or_else(|| bad(&f, format!("metadata `{KEY_RUN}`: missing or non-numeric `{k}`")))
+    };
+    let u = |k: &str| -> Result<usize> { get(k).map(|x| x as usize) };
+    let config = SineConfig {
+        width: u("width")?,
+        rln_layers: u("rln_layers")?,
+        pln_layers: u("pln_layers")?,
+        pool: u("pool")?,
+        fns_per_traj: u("fns_per_traj")?,
+        steps_per_fn: u("steps_per_fn")?,
+        truncate: u("truncate")?,
+        batch: u("batch")?,
+        remember: u("remember")?,
+        inner_lr: get("inner_lr")?,
+        meta_lr: get("meta_lr")?,
+        eval_batches: u("eval_batches")?,
+        eval_points: u("eval_points")?,
+    };
+    let seed = run.get("seed").and_then(|v| v.as_u64()).ok_or_else(|| bad(&f, "missing `seed`".into()))?;
+    let method = match run.get("method").and_then(|v| v.as_str()) {
+        Some("oml") => Method::Oml,
+        Some("anml") => Method::Anml { gate_at: u("gate_at")? },
+        Some("pretrained") => Method::Pretrained,
+        other => {
+            return Err(bad(&f, format!("metadata `{KEY_RUN}`: method {other:?}, expected oml, anml or pretrained")));
+        }
+    };
+    let int = |f: &mut TensorFile, name: &str| -> Result<u64> {
+        match f.take(name)? {
+            t if t.shape == [1] => match t.data {
+                Data::I64(v) if v[0] >= 0 => Ok(v[0] as u64),
+                _ => Err(bad(f, format!("tensor `{name}` must be a non-negative I64"))),
+            },
+            _ => Err(bad(f, format!("tensor `{name}` must have shape (1,)"))),
+        }
+    };
+    let opt_step = int(&mut f, "opt.step")?;
+    let step = int(&mut f, "train.step")? as usize;
+    fn bytes<const K: usize>(f: &mut TensorFile, name: &str) -> Result<[u8; K]> {
+        let t = f.take(name)?;
+        match t.data {
+            Data::U8(v) if t.shape == [K] => Ok(v.try_into().expect("shape checked")),
+            _ => Err(crate::error::Error::Format {
+                path: f.path.clone(),
+                message: format!("tensor `{name}` must be U8 of shape ({K},)"),
+            }),
+        }
+    }
+    let mut rng = ChaCha8Rng::from_seed(bytes::<32>(&mut f, "rng.seed")?);
+    rng.set_stream(u64::from_le_bytes(bytes::<8>(&mut f, "rng.stream")?));
+    rng.set_word_pos(u128::from_le_bytes(bytes::<16>(&mut f, "rng.word_pos")?));
+    let mut os = crate::train::OptimState { step: opt_step, ..Default::default() };
+    for g in GROUPS {
+        for (slot, map) in [("m", &mut os.m), ("v", &mut os.v)] {
+            if let Some((_, v)) = f.take_f32_opt(&format!("opt.{slot}.{g}"), None)? {
+                map.insert(g.to_string(), v);
+            }
+        }
+    }
+    let model = super::io::take_model(&mut f)?;
+    f.finish("oml-sine checkpoint")?;
+    for (g, len) in [("rln", model.rln_p.len()), ("pln", model.theta0.len()), ("nm", model.nm_p.len())] {
+        for map in [&os.m, &os.v] {
+            if let Some(v) = map.get(g) {
+                if v.len() != len {
+                    return Err(bad(&f, format!("`opt.*.{g}` has {} elements, the model's {g} {len}", v.len())));
+                }
+            }
+        }
+    }
+    let opt = Optimizer::with_state(OptimConfig::adam(config.meta_lr), os)?;
+    Ok(SineCheckpoint { config, method, seed, model, state: TrainState { step, opt, rng } })
 }
