@@ -247,19 +247,17 @@ fn resumed_run_equals_an_uninterrupted_one() {
         assert_eq!(whole, std::fs::read(p("rest.safetensors")).unwrap(), "{method}: resumed ≠ uninterrupted");
         assert_ne!(whole, std::fs::read(p("part.safetensors")).unwrap(), "{method}: 2 steps = 5 steps?");
     }
-    let o = Command::new(bin)
-        .args(["train", "oml-sine", "--resume", &p("part.ckpt.safetensors"), "--steps", "2"])
-        .args(["--out", &p("x.safetensors")])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("--resume") && err.contains("done 2 steps"), "{err}");
+    let fails = |ckpt: &str, steps: &str| {
+        let o = Command::new(bin)
+            .args(["train", "oml-sine", "--resume", &p(ckpt), "--steps", steps, "--out", &p("x.safetensors")])
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = fails("part.ckpt.safetensors", "2");
+    assert!(err.contains("--resume") && err.contains("done 2 steps"), "{err}");
     // A model file is not a checkpoint: the error names the file and what is missing.
-    let o = Command::new(bin)
-        .args(["train", "oml-sine", "--resume", &p("whole.safetensors"), "--steps", "9"])
-        .args(["--out", &p("x.safetensors")])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("whole.safetensors") && err.contains("neuroplastic.oml_sine"), "{err}");
+    let err = fails("whole.safetensors", "9");
+    assert!(err.contains("whole.safetensors") && err.contains("neuroplastic.oml_sine"), "{err}");
 }

@@ -432,7 +432,12 @@ pub fn load_checkpoint(path: impl AsRef<std::path::Path>) -> Result<SineCheckpoi
     let get = |k: &str| -> Result<f64> {
         num(k).ok_or_else(|| bad(&f, format!("metadata `{KEY_RUN}`: missing or non-numeric `{k}`")))
     };
-    let u = |k: &str| -> Result<usize> { get(k).map(|x| x as usize) };
+    let u = |k: &str| -> Result<usize> {
+        run.get(k)
+            .and_then(|v| v.as_u64())
+            .map(|x| x as usize)
+            .ok_or_else(|| bad(&f, format!("metadata `{KEY_RUN}`: `{k}` must be a whole number ≥ 0")))
+    };
     let config = SineConfig {
         width: u("width")?,
         rln_layers: u("rln_layers")?,
