@@ -104,18 +104,12 @@ fn check_writable(path: &std::path::Path, flag: &str) -> Result<(), String> {
         .map_err(|e| format!("--{flag} {}: cannot write in {}: {e}", path.display(), dir.display()))
 }
 
-/// `dir/name.safetensors` → `dir/name.ckpt.safetensors`.
-fn checkpoint_path(out: &std::path::Path) -> PathBuf {
+/// `dir/name.safetensors` → `dir/name.<tag>.safetensors` (snapshots
+/// `step<N>`, the checkpoint `ckpt`).
+fn sibling(out: &std::path::Path, tag: &str) -> PathBuf {
     let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let ext = out.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
-    out.with_file_name(format!("{stem}.ckpt{ext}"))
-}
-
-/// `dir/name.safetensors` → `dir/name.step<N>.safetensors`.
-fn snapshot_path(out: &std::path::Path, step: usize) -> PathBuf {
-    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let ext = out.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
-    out.with_file_name(format!("{stem}.step{step}{ext}"))
+    out.with_file_name(format!("{stem}.{tag}{ext}"))
 }
 
 /// Arguments of `neuroplastic eval oml-sine`.
@@ -208,7 +202,7 @@ pub fn train(a: TrainArgs) -> CliResult {
         }
     };
     m.validate()?;
-    let ckpt = checkpoint_path(&a.out);
+    let ckpt = sibling(&a.out, "ckpt");
     let start = Instant::now();
     let (mut acc, mut n) = (0.0, 0usize);
     let every = a.log_every.max(1);
@@ -221,7 +215,7 @@ pub fn train(a: TrainArgs) -> CliResult {
         }
         if a.save_every > 0 && (step + 1) % a.save_every == 0 && step + 1 < a.steps {
             save_model(m, &a.out)?;
-            save_model(m, snapshot_path(&a.out, step + 1))?;
+            save_model(m, sibling(&a.out, &format!("step{}", step + 1)))?;
             sine::save_checkpoint(&ckpt, &c, method, seed, m, st)?;
         }
         Ok(())
