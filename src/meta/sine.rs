@@ -387,7 +387,8 @@ pub fn save_checkpoint(
     m: &MetaModel<f32>,
     st: &TrainState,
 ) -> Result<()> {
-    use crate::io::{Data, Tensor, TensorFile};
+    use crate::io::TensorFile;
+    use crate::train::checkpoint::{i64_tensor, put_rng};
     let mut f = TensorFile::new();
     super::io::put_model(&mut f, m);
     let os = st.opt.state();
@@ -396,13 +397,9 @@ pub fn save_checkpoint(
             f.put_f32(&format!("opt.{slot}.{g}"), &[v.len()], v.clone());
         }
     }
-    let i64t = |x: u64| Tensor { shape: vec![1], data: Data::I64(vec![x as i64]) };
-    let u8t = |b: &[u8]| Tensor { shape: vec![b.len()], data: Data::U8(b.to_vec()) };
-    f.put("opt.step", i64t(os.step));
-    f.put("train.step", i64t(st.step as u64));
-    f.put("rng.seed", u8t(&st.rng.get_seed()));
-    f.put("rng.stream", u8t(&st.rng.get_stream().to_le_bytes()));
-    f.put("rng.word_pos", u8t(&st.rng.get_word_pos().to_le_bytes()));
+    f.put("opt.step", i64_tensor(&[os.step]));
+    f.put("train.step", i64_tensor(&[st.step as u64]));
+    put_rng(&mut f, &st.rng);
     let (name, gate_at) = match method {
         Method::Oml => ("oml", 0),
         Method::Anml { gate_at } => ("anml", gate_at),
@@ -423,14 +420,16 @@ pub fn save_checkpoint(
 /// and the tensor or setting that is missing or malformed.
 pub fn load_checkpoint(path: impl AsRef<std::path::Path>) -> Result<SineCheckpoint> {
     use crate::error::Error;
-    use crate::io::{Data, TensorFile};
+    use crate::io::TensorFile;
+    use crate::train::checkpoint::{take_rng, take_u64s};
     let mut f = TensorFile::read(path)?;
     let bad = |f: &TensorFile, message: String| Error::Format { path: f.path.clone(), message };
     let run: serde_json::Value = serde_json::from_str(f.meta(KEY_RUN)?)
         .map_err(|e| bad(&f, format!("metadata `{KEY_RUN}` is not JSON: {e}")))?;
-    let num = |k: &str| run.get(k).and_then(|v| v.as_f64());
     let get = |k: &str| -> Result<f64> {
-        num(k).ok_or_else(|| bad(&f, format!("metadata `{KEY_RUN}`: missing or non-numeric `{k}`")))
+        run.get(k)
+            .and_then(|v| v.as_f64())
+            .ok_or_else(|| bad(&f, format!("metadata `{KEY_RUN}`: missing or non-numeric `{k}`")))
     };
     let u = |k: &str| -> Result<usize> {
         run.get(k)
@@ -462,30 +461,9 @@ pub fn load_checkpoint(path: impl AsRef<std::path::Path>) -> Result<SineCheckpoi
             return Err(bad(&f, format!("metadata `{KEY_RUN}`: method {other:?}, expected oml, anml or pretrained")));
         }
     };
-    let int = |f: &mut TensorFile, name: &str| -> Result<u64> {
-        match f.take(name)? {
-            t if t.shape == [1] => match t.data {
-                Data::I64(v) if v[0] >= 0 => Ok(v[0] as u64),
-                _ => Err(bad(f, format!("tensor `{name}` must be a non-negative I64"))),
-            },
-            _ => Err(bad(f, format!("tensor `{name}` must have shape (1,)"))),
-        }
-    };
-    let opt_step = int(&mut f, "opt.step")?;
-    let step = int(&mut f, "train.step")? as usize;
-    fn bytes<const K: usize>(f: &mut TensorFile, name: &str) -> Result<[u8; K]> {
-        let t = f.take(name)?;
-        match t.data {
-            Data::U8(v) if t.shape == [K] => Ok(v.try_into().expect("shape checked")),
-            _ => Err(crate::error::Error::Format {
-                path: f.path.clone(),
-                message: format!("tensor `{name}` must be U8 of shape ({K},)"),
-            }),
-        }
-    }
-    let mut rng = ChaCha8Rng::from_seed(bytes::<32>(&mut f, "rng.seed")?);
-    rng.set_stream(u64::from_le_bytes(bytes::<8>(&mut f, "rng.stream")?));
-    rng.set_word_pos(u128::from_le_bytes(bytes::<16>(&mut f, "rng.word_pos")?));
+    let opt_step = take_u64s(&mut f, "opt.step", Some(1))?[0];
+    let step = take_u64s(&mut f, "train.step", Some(1))?[0] as usize;
+    let rng = take_rng(&mut f)?;
     let mut os = crate::train::OptimState { step: opt_step, ..Default::default() };
     for g in GROUPS {
         for (slot, map) in [("m", &mut os.m), ("v", &mut os.v)] {

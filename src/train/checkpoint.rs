@@ -65,7 +65,7 @@ fn fmt_err(path: &str, message: String) -> Error {
     Error::Format { path: path.into(), message }
 }
 
-fn i64_tensor(v: &[u64]) -> Tensor {
+pub(crate) fn i64_tensor(v: &[u64]) -> Tensor {
     Tensor { shape: vec![v.len()], data: Data::I64(v.iter().map(|&x| x as i64).collect()) }
 }
 
@@ -182,7 +182,7 @@ fn train_from_json(v: &Value, path: &str) -> Result<TrainConfig> {
     Ok(c)
 }
 
-fn take_u64s(f: &mut TensorFile, name: &str, len: Option<usize>) -> Result<Vec<u64>> {
+pub(crate) fn take_u64s(f: &mut TensorFile, name: &str, len: Option<usize>) -> Result<Vec<u64>> {
     let path = f.path.clone();
     let t = f.take(name)?;
     let Data::I64(v) = t.data else {
@@ -214,6 +214,24 @@ fn take_bytes<const K: usize>(f: &mut TensorFile, name: &str) -> Result<[u8; K]>
     }
 }
 
+/// Writes a generator's exact position: `rng.seed`, `rng.stream`, `rng.word_pos`.
+pub(crate) fn put_rng(f: &mut TensorFile, rng: &TaskRng) {
+    f.put("rng.seed", u8_tensor(&rng.get_seed()));
+    f.put("rng.stream", u8_tensor(&rng.get_stream().to_le_bytes()));
+    f.put("rng.word_pos", u8_tensor(&rng.get_word_pos().to_le_bytes()));
+}
+
+/// Reads what [`put_rng`] wrote: the generator at the same position.
+pub(crate) fn take_rng(f: &mut TensorFile) -> Result<TaskRng> {
+    let seed: [u8; 32] = take_bytes(f, "rng.seed")?;
+    let stream = u64::from_le_bytes(take_bytes(f, "rng.stream")?);
+    let word_pos = u128::from_le_bytes(take_bytes(f, "rng.word_pos")?);
+    let mut rng = <TaskRng as rand::SeedableRng>::from_seed(seed);
+    rng.set_stream(stream);
+    rng.set_word_pos(word_pos);
+    Ok(rng)
+}
+
 impl TrainCheckpoint {
     /// The checkpoint as tensors and metadata.
     pub fn to_file(&self) -> Result<TensorFile> {
@@ -235,9 +253,7 @@ impl TrainCheckpoint {
         }
         f.put("opt.step", i64_tensor(&[self.optim.step]));
         f.put("train.step", i64_tensor(&[self.step]));
-        f.put("rng.seed", u8_tensor(&self.rng.get_seed()));
-        f.put("rng.stream", u8_tensor(&self.rng.get_stream().to_le_bytes()));
-        f.put("rng.word_pos", u8_tensor(&self.rng.get_word_pos().to_le_bytes()));
+        put_rng(&mut f, &self.rng);
         let col = |g: fn(&LogRow) -> f64| f64_tensor(self.log.iter().map(g).collect());
         f.put("log.step", i64_tensor(&self.log.iter().map(|r| r.step).collect::<Vec<_>>()));
         f.put("log.train_loss", col(|r| r.train_loss));
@@ -298,12 +314,7 @@ impl TrainCheckpoint {
             }
         }
         let step = take_u64s(&mut f, "train.step", Some(1))?[0];
-        let seed: [u8; 32] = take_bytes(&mut f, "rng.seed")?;
-        let stream = u64::from_le_bytes(take_bytes(&mut f, "rng.stream")?);
-        let word_pos = u128::from_le_bytes(take_bytes(&mut f, "rng.word_pos")?);
-        let mut rng = <TaskRng as rand::SeedableRng>::from_seed(seed);
-        rng.set_stream(stream);
-        rng.set_word_pos(word_pos);
+        let rng = take_rng(&mut f)?;
         let steps = take_u64s(&mut f, "log.step", None)?;
         let r = steps.len();
         let mut cols = Vec::new();

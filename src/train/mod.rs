@@ -18,7 +18,7 @@
 //! A checkpoint stores the training generator's exact position, so a resumed
 //! run draws the very episodes the uninterrupted run would have drawn.
 
-mod checkpoint;
+pub(crate) mod checkpoint;
 mod optim;
 mod trainer;
 
