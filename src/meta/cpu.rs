@@ -41,6 +41,10 @@ fn gemm(
     assert!(k == 0 || (m - 1) * rsa + (k - 1) * csa < a.len(), "gemm: a too short");
     assert!(k == 0 || (k - 1) * rsb + (n - 1) * csb < b.len(), "gemm: b too short");
     assert!(m * n <= c.len(), "gemm: c too short");
+    if small::BCAST && csb == 1 && n >= small::MIN_COLS && m.min(k) <= small::MAX_ROWS {
+        small::gemm_bcast(m, k, n, a, (rsa, csa), b, rsb, beta, c);
+        return;
+    }
     // SAFETY: the asserts above bound every index sgemm forms from the
     // dimensions and strides; `c` is exclusively borrowed.
     unsafe {

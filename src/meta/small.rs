@@ -6,91 +6,281 @@
 //! of two contiguous rows. `matrixmultiply` wants the other operand
 //! contiguous along the output dimension and gathers `w` element by element
 //! into its packed panel on every call, which for 16 × 300 × 300 costs more
-//! than the gathered products are worth (BENCHMARKS.md §11). Tiles of
-//! 4 rows of `x` × 3 rows of `w` keep 12 eight-lane accumulators in
-//! registers and read each row straight from cache; sums are reduced in a
-//! fixed order, so results do not depend on threads or alignment.
+//! than the gathered products are worth (BENCHMARKS.md §11, §13). Tiles of
+//! `R` rows of `x` × `J` rows of `w` keep `R·J` accumulators in registers and
+//! read each row straight from cache: 16-lane vectors, 4 × 4 tiles where the
+//! build targets AVX-512 (32 vector registers; on a core with full-width
+//! 512-bit units, eight-lane code runs at half the FMA rate), 8-lane
+//! vectors, 4 × 3 tiles otherwise. The reduced length's last partial vector
+//! is read as the row's last `L` elements with the lanes already summed
+//! masked off, so no element is summed by scalar code.
+//! Sums are reduced in a fixed order, so results do not depend on threads or
+//! alignment (they do depend on the lane width the build chose).
 
-use wide::f32x8;
+#[cfg(not(target_feature = "avx512f"))]
+use wide::f32x8 as V;
+#[cfg(target_feature = "avx512f")]
+use wide::f32x16 as V;
 
-/// Rows up to which [`gemm_nt`] beats the packed SGEMM (measured at widths
-/// 300 on a quiet host: 16 rows 1.2–1.4× faster, 32 rows at parity, 48
-/// rows slower; under load 16 rows come near parity).
+/// Lanes per vector.
+const L: usize = std::mem::size_of::<V>() / 4;
+/// Rows of `w` per tile.
+#[cfg(target_feature = "avx512f")]
+const TJ: usize = 4;
+#[cfg(not(target_feature = "avx512f"))]
+const TJ: usize = 3;
+/// Rows of `x` per tile.
+const TR: usize = 4;
+
+/// Rows up to which [`gemm_nt`] beats the packed SGEMM, measured at widths
+/// 300 on quiet hosts (`examples`-style loops, BENCHMARKS.md §11, §13).
+/// AVX-512 (Zen 5): 16 rows 2.3×, 32 rows 1.5×, 64 rows 1.1× faster, 128
+/// rows at parity, 704 rows 0.8×. AVX2 (Zen 4 guest without AVX-512): 16
+/// rows 1.2–1.4× faster, 32 rows at parity, 48 rows slower.
+#[cfg(target_feature = "avx512f")]
+pub(crate) const MAX_ROWS: usize = 96;
+#[cfg(not(target_feature = "avx512f"))]
 pub(crate) const MAX_ROWS: usize = 24;
-/// Reduced lengths below this go to the packed SGEMM (its gather is cheap).
+/// Reduced lengths below this go to the packed SGEMM (its gather is cheap);
+/// at least one vector, which the tail of [`tile`] relies on.
 pub(crate) const MIN_INNER: usize = 64;
+const _: () = assert!(MIN_INNER >= L);
+/// Columns from which [`gemm_bcast`] takes a product (it needs one vector).
+pub(crate) const MIN_COLS: usize = 2 * L;
 
+/// All bits set in the top `n` lanes, clear below.
 #[inline(always)]
-fn load(s: &[f32], k: usize) -> f32x8 {
-    let a: [f32; 8] = s[k..k + 8].try_into().expect("eight lanes");
-    f32x8::from(a)
+fn tail_mask(n: usize) -> V {
+    V::from(std::array::from_fn::<f32, L, _>(|l| f32::from_bits(if l >= L - n { u32::MAX } else { 0 })))
 }
 
 /// The R × J dot products of rows `xs` with rows `ws` (each of length `i`).
 #[inline(always)]
 fn tile<const R: usize, const J: usize>(xs: [&[f32]; R], ws: [&[f32]; J], i: usize) -> [[f32; J]; R] {
-    let iv = i / 8 * 8;
-    let mut acc = [[f32x8::ZERO; J]; R];
+    assert!(xs.iter().chain(ws.iter()).all(|s| s.len() == i), "tile: rows of length {i}");
+    let iv = i / L * L;
+    // Raw row pointers, so the loop keeps them in registers (through the
+    // slices LLVM reloads each base from the stack at every step).
+    let xp: [*const f32; R] = std::array::from_fn(|a| xs[a].as_ptr());
+    let wp: [*const f32; J] = std::array::from_fn(|b| ws[b].as_ptr());
+    let mut acc = [[V::ZERO; J]; R];
     let mut k = 0;
     while k < iv {
-        let mut wv = [f32x8::ZERO; J];
-        for b in 0..J {
-            wv[b] = load(ws[b], k);
-        }
+        // SAFETY: every row holds `i` elements (asserted) and k + L <= iv <= i.
+        let wv: [V; J] = std::array::from_fn(|b| V::from(unsafe { wp[b].add(k).cast::<[f32; L]>().read_unaligned() }));
         for a in 0..R {
-            let xv = load(xs[a], k);
+            // SAFETY: as above.
+            let xv = V::from(unsafe { xp[a].add(k).cast::<[f32; L]>().read_unaligned() });
             for b in 0..J {
                 acc[a][b] = xv.mul_add(wv[b], acc[a][b]);
             }
         }
-        k += 8;
+        k += L;
     }
-    let mut out = [[0.0f32; J]; R];
-    for a in 0..R {
-        for b in 0..J {
-            let mut s = acc[a][b].reduce_add();
-            for kk in iv..i {
-                s += xs[a][kk] * ws[b][kk];
+    if iv < i {
+        // The last L elements, with the lanes the loop already summed
+        // cleared in both operands (i >= L: `MIN_INNER`).
+        let k = i - L;
+        let keep = tail_mask(i - iv);
+        // SAFETY: k + L = i, and every row holds `i` elements.
+        let wv: [V; J] =
+            std::array::from_fn(|b| V::from(unsafe { wp[b].add(k).cast::<[f32; L]>().read_unaligned() }) & keep);
+        for a in 0..R {
+            // SAFETY: as above.
+            let xv = V::from(unsafe { xp[a].add(k).cast::<[f32; L]>().read_unaligned() }) & keep;
+            for b in 0..J {
+                acc[a][b] = xv.mul_add(wv[b], acc[a][b]);
             }
-            out[a][b] = s;
         }
     }
-    out
+    std::array::from_fn(|a| std::array::from_fn(|b| acc[a][b].reduce_add()))
 }
 
-/// Rows `r0 .. r0 + R` of `y` against every row of `w`.
+/// Rows `r0 .. r0 + R` of `y` against rows `j0 .. j0 + J` of `w`.
 #[inline(always)]
-fn rows<const R: usize>(x: &[f32], w: &[f32], y: &mut [f32], r0: usize, i: usize, j: usize) {
+fn block<const R: usize, const J: usize>(
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    r0: usize,
+    j0: usize,
+    i: usize,
+    j: usize,
+) {
     let xs: [&[f32]; R] = std::array::from_fn(|a| &x[(r0 + a) * i..(r0 + a + 1) * i]);
-    let mut j0 = 0;
-    while j0 + 3 <= j {
-        let ws: [&[f32]; 3] = std::array::from_fn(|b| &w[(j0 + b) * i..(j0 + b + 1) * i]);
-        let t = tile::<R, 3>(xs, ws, i);
-        for (a, t) in t.iter().enumerate() {
-            for (b, &t) in t.iter().enumerate() {
-                y[(r0 + a) * j + j0 + b] += t;
-            }
+    let ws: [&[f32]; J] = std::array::from_fn(|b| &w[(j0 + b) * i..(j0 + b + 1) * i]);
+    let t = tile::<R, J>(xs, ws, i);
+    for (a, t) in t.iter().enumerate() {
+        for (b, &t) in t.iter().enumerate() {
+            y[(r0 + a) * j + j0 + b] += t;
         }
-        j0 += 3;
     }
-    for j0 in j0..j {
-        let t = tile::<R, 1>(xs, [&w[j0 * i..(j0 + 1) * i]], i);
-        for (a, t) in t.iter().enumerate() {
-            y[(r0 + a) * j + j0] += t[0];
-        }
+}
+
+/// Every row of `y` against rows `j0 .. j0 + J` of `w` (which stay in L1
+/// while the rows of `x` pass by).
+#[inline(always)]
+fn cols<const J: usize>(x: &[f32], w: &[f32], y: &mut [f32], j0: usize, r: usize, i: usize, j: usize) {
+    let mut r0 = 0;
+    while r0 + TR <= r {
+        block::<TR, J>(x, w, y, r0, j0, i, j);
+        r0 += TR;
+    }
+    for r0 in r0..r {
+        block::<1, J>(x, w, y, r0, j0, i, j);
     }
 }
 
 /// `y (r×j) += x (r×i) · wᵀ` with `w: (j, i)`, all row-major.
 pub(crate) fn gemm_nt(x: &[f32], w: &[f32], y: &mut [f32], r: usize, i: usize, j: usize) {
     assert!(x.len() >= r * i && w.len() >= j * i && y.len() >= r * j, "gemm_nt: operand too short");
-    let mut r0 = 0;
-    while r0 + 4 <= r {
-        rows::<4>(x, w, y, r0, i, j);
-        r0 += 4;
+    let mut j0 = 0;
+    while j0 + TJ <= j {
+        cols::<TJ>(x, w, y, j0, r, i, j);
+        j0 += TJ;
     }
-    for r0 in r0..r {
-        rows::<1>(x, w, y, r0, i, j);
+    for j0 in j0..j {
+        cols::<1>(x, w, y, j0, r, i, j);
+    }
+}
+
+/// `c (m×n) = beta·c + a · b`, `a` read at `a[row·rsa + p·csa]` (any
+/// strides: a row-major matrix or the transpose of one), `b: (k, n)`
+/// row-major with row stride `rsb`, `c` row-major `(m, n)`.
+///
+/// Broadcast form: each step of the reduction loads `NV` vectors of a row of
+/// `b` and multiplies them by `R` broadcast elements of `a`, into an
+/// `R × NV` tile of `c` held in registers; `b` is read in place, never
+/// packed. Serves the dense layers' `dy · W` (a few rows of `dy` against a
+/// whole weight matrix) and `dyᵀ · x` (a few rows reduced into a whole
+/// weight-shaped gradient), where the packed SGEMM spends a large share of
+/// its time copying (BENCHMARKS.md §13). Columns are swept in blocks of
+/// `NV·L` that stay in L1 while every row tile passes; the last block
+/// recomputes the row's last `L` columns and stores only the new ones.
+/// Needs `n ≥ L`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_bcast(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    rsb: usize,
+    beta: f32,
+    c: &mut [f32],
+) {
+    assert!(n >= L, "gemm_bcast: {n} columns, fewer than a vector");
+    assert!(m == 0 || k == 0 || (m - 1) * rsa + (k - 1) * csa < a.len(), "gemm_bcast: a too short");
+    assert!(k == 0 || (k - 1) * rsb + n <= b.len(), "gemm_bcast: b too short");
+    assert!(m * n <= c.len(), "gemm_bcast: c too short");
+    let ops = Ops { k, n, a, rsa, csa, b, rsb, beta };
+    let mut n0 = 0;
+    while n0 + BV * L <= n {
+        ops.cols::<BV>(m, n0, n0, c);
+        n0 += BV * L;
+    }
+    while n0 + L <= n {
+        ops.cols::<1>(m, n0, n0, c);
+        n0 += L;
+    }
+    if n0 < n {
+        ops.cols::<1>(m, n - L, n0, c);
+    }
+}
+
+/// Vectors per column block of [`gemm_bcast`] and rows per tile: 8 × 2
+/// accumulators plus 2 loaded vectors and a broadcast in AVX-512's 32
+/// registers, 6 × 2 in AVX2's 16.
+const BV: usize = 2;
+#[cfg(target_feature = "avx512f")]
+const BR: usize = 8;
+#[cfg(not(target_feature = "avx512f"))]
+const BR: usize = 6;
+
+/// Whether the CPU backend sends `dy · W` and `dyᵀ · x` to [`gemm_bcast`]:
+/// where the build targets AVX-512 (a dense backward's two products at
+/// 16 × 300 × 300 1.3–1.4× faster than `matrixmultiply` on Zen 5, at
+/// parity or better up to 96 rows and widths 1,500; BENCHMARKS.md §13). On AVX2 an eight-lane version measured
+/// at parity with it (§12), so the packed SGEMM stays.
+pub(crate) const BCAST: bool = cfg!(target_feature = "avx512f");
+
+/// The operands of one [`gemm_bcast`].
+struct Ops<'a> {
+    k: usize,
+    n: usize,
+    a: &'a [f32],
+    rsa: usize,
+    csa: usize,
+    b: &'a [f32],
+    rsb: usize,
+    beta: f32,
+}
+
+impl Ops<'_> {
+    /// Every row of `c` for the `NV·L` columns from `n0`, of which those
+    /// from `keep` on are stored (the rest were stored by an earlier block).
+    #[inline(always)]
+    fn cols<const NV: usize>(&self, m: usize, n0: usize, keep: usize, c: &mut [f32]) {
+        let mut m0 = 0;
+        while m0 + BR <= m {
+            self.tile::<BR, NV>(m0, n0, keep, c);
+            m0 += BR;
+        }
+        while m0 + 2 <= m {
+            self.tile::<2, NV>(m0, n0, keep, c);
+            m0 += 2;
+        }
+        if m0 < m {
+            self.tile::<1, NV>(m0, n0, keep, c);
+        }
+    }
+
+    #[inline(always)]
+    fn tile<const R: usize, const NV: usize>(&self, m0: usize, n0: usize, keep: usize, c: &mut [f32]) {
+        let n = self.n;
+        let mut acc = [[V::ZERO; NV]; R];
+        if self.beta != 0.0 {
+            let beta = V::splat(self.beta);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let row = &c[(m0 + r) * n..(m0 + r + 1) * n];
+                for (v, acc) in acc.iter_mut().enumerate() {
+                    // (Lanes below `keep` belong to an earlier block and
+                    // are not stored back.)
+                    let lanes: [f32; L] = row[n0 + v * L..n0 + (v + 1) * L].try_into().expect("full vector");
+                    *acc = V::from(lanes) * beta;
+                }
+            }
+        }
+        let (ap, bp) = (self.a.as_ptr(), self.b.as_ptr());
+        for p in 0..self.k {
+            // SAFETY: `gemm_bcast` asserted (k-1)·rsb + n <= b.len() and
+            // n0 + NV·L <= n; and (m-1)·rsa + (k-1)·csa < a.len() with
+            // m0 + R <= m.
+            let bv: [V; NV] = std::array::from_fn(|v| {
+                V::from(unsafe { bp.add(p * self.rsb + n0 + v * L).cast::<[f32; L]>().read_unaligned() })
+            });
+            for (r, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: as above.
+                let s = V::splat(unsafe { *ap.add((m0 + r) * self.rsa + p * self.csa) });
+                for v in 0..NV {
+                    acc[v] = s.mul_add(bv[v], acc[v]);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let row = &mut c[(m0 + r) * n..(m0 + r + 1) * n];
+            for (v, acc) in acc.iter().enumerate() {
+                let at = n0 + v * L;
+                let lanes = acc.to_array();
+                if at >= keep {
+                    row[at..at + L].copy_from_slice(&lanes);
+                } else {
+                    let from = keep - at;
+                    row[keep..at + L].copy_from_slice(&lanes[from..]);
+                }
+            }
+        }
     }
 }
 
@@ -117,6 +307,48 @@ mod tests {
                         (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
                         "({r},{i},{j}) [{a},{b}]: {got} vs {want}"
                     );
+                }
+            }
+        }
+    }
+
+    /// `gemm_bcast` against a plain triple loop in f64: `a` row-major and
+    /// transposed, beta 0 (c's old values, even NaN, ignored) and beta 1,
+    /// over shapes that exercise every remainder (rows mod 8 and mod 2,
+    /// columns mod 32 and mod 16, a column tail narrower than a vector).
+    #[test]
+    fn broadcast_form_matches_a_plain_product() {
+        for &(m, k, n) in
+            &[(1, 1, 16), (3, 5, 17), (8, 16, 32), (16, 300, 300), (300, 16, 300), (9, 7, 47), (11, 64, 65)]
+        {
+            let mut seed = 0usize;
+            let mut val = |d: f32| {
+                seed += 1;
+                ((seed * 37 % 101) as f32 - 50.0) / d
+            };
+            let a: Vec<f32> = (0..m * k).map(|_| val(25.0)).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| val(31.0)).collect();
+            let c0: Vec<f32> = (0..m * n).map(|q| q as f32 * 0.25).collect();
+            for transposed in [false, true] {
+                let strides = if transposed { (1, m) } else { (k, 1) };
+                let at = |r: usize, p: usize| r * strides.0 + p * strides.1;
+                for beta in [0.0f32, 1.0] {
+                    let mut c = c0.clone();
+                    if beta == 0.0 {
+                        c[0] = f32::NAN;
+                    }
+                    gemm_bcast(m, k, n, &a, strides, &b, n, beta, &mut c);
+                    for r in 0..m {
+                        for q in 0..n {
+                            let dot: f64 = (0..k).map(|p| a[at(r, p)] as f64 * b[p * n + q] as f64).sum();
+                            let want = beta as f64 * c0[r * n + q] as f64 + dot;
+                            let got = c[r * n + q] as f64;
+                            assert!(
+                                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                                "({m},{k},{n}) transposed {transposed} beta {beta} [{r},{q}]: {got} vs {want}"
+                            );
+                        }
+                    }
                 }
             }
         }
