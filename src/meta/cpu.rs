@@ -41,9 +41,14 @@ fn gemm(
     assert!(k == 0 || (m - 1) * rsa + (k - 1) * csa < a.len(), "gemm: a too short");
     assert!(k == 0 || (k - 1) * rsb + (n - 1) * csb < b.len(), "gemm: b too short");
     assert!(m * n <= c.len(), "gemm: c too short");
-    if small::BCAST && csb == 1 && n >= small::MIN_COLS && m.min(k) <= small::MAX_ROWS {
-        small::gemm_bcast(m, k, n, a, (rsa, csa), b, rsb, beta, c);
-        return;
+    if small::BCAST && csb == 1 && m.min(k) <= small::MAX_ROWS {
+        if n >= small::MIN_COLS {
+            small::gemm_bcast(m, k, n, a, (rsa, csa), b, rsb, beta, c);
+            return;
+        }
+        if small::gemm_bcast_narrow(m, k, n, a, (rsa, csa), b, rsb, beta, c) {
+            return;
+        }
     }
     // SAFETY: the asserts above bound every index sgemm forms from the
     // dimensions and strides; `c` is exclusively borrowed.
@@ -85,10 +90,14 @@ pub fn dense_fwd(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], r: usize, i: us
     gemm_xwt(x, w, y, r, i, j);
 }
 
-/// `y += x wᵀ`: unpacked dot-product tiles for a few rows, SGEMM otherwise.
+/// `y += x wᵀ`: unpacked dot-product tiles for a few rows, SGEMM otherwise
+/// (or, for a short reduced length on AVX-512, the broadcast form against a
+/// transposed copy of `w`).
 fn gemm_xwt(x: &[f32], w: &[f32], y: &mut [f32], r: usize, i: usize, j: usize) {
     if r <= small::MAX_ROWS && i >= small::MIN_INNER {
         small::gemm_nt(x, w, y, r, i, j);
+    } else if small::BCAST && r <= small::MAX_ROWS && j >= small::MIN_COLS {
+        small::gemm_xwt_short(x, w, y, r, i, j);
     } else {
         gemm(r, i, j, x, (i, 1), w, (1, i), 1.0, y);
     }

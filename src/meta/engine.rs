@@ -465,10 +465,12 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
     let mut bbar = 0.0f64;
     let cap = seg.min(span);
     let mut segth: Vec<Buf<F<K>>> = (0..cap).map(|_| Buf::scratch(np)).collect();
-    let mut seggk: Vec<Buf<F<K>>> = (0..cap).map(|_| Buf::zeros(np)).collect();
     // The raw inner gradients are read again in the walk back only for the
-    // clamp's mask and β̄; otherwise each dies once it has rebuilt θ_{k+1}.
+    // clamp's mask and β̄; otherwise each dies once it has rebuilt θ_{k+1},
+    // and one buffer serves the whole segment.
     let keep_g = clamped || cfg.learn_lr;
+    let mut seggk: Vec<Buf<F<K>>> = (0..if keep_g { cap } else { 1 }).map(|_| Buf::zeros(np)).collect();
+    let gi = |i: usize| if keep_g { i } else { 0 };
     let mut rb = RBufs::new(&m.pln, if span > 0 { bi } else { 0 });
     let mut v = Buf::zeros(if clamped { np } else { 0 });
     let mut hv = Buf::zeros(np);
@@ -483,10 +485,10 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
                 break; // only the rebuild of θ_{k+1} would read it
             }
             // seggk[i] is zero here (its last reader leaves it so).
-            batch(k).wgrad::<K>(&segth[i], &acts[k - k0], &mut seggk[i]);
+            batch(k).wgrad::<K>(&segth[i], &acts[k - k0], &mut seggk[gi(i)]);
             if !last {
                 let (a, nx) = segth.split_at_mut(i + 1);
-                for ((n, &t), g) in nx[0].iter_mut().zip(&a[i]).zip(seggk[i].iter_mut()) {
+                for ((n, &t), g) in nx[0].iter_mut().zip(&a[i]).zip(seggk[gi(i)].iter_mut()) {
                     let gc = if clamped { clamp1(*g, c) } else { *g };
                     *n = t - beta * gc;
                     if !keep_g {
@@ -497,7 +499,7 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
         }
         for k in (ks..ke).rev() {
             let i = k - ks;
-            let gk = &mut seggk[i];
+            let gk = &mut seggk[gi(i)];
             // v = mask ⊙ θ̄_{k+1}: the clamp passes the derivative only inside ±c
             // (without a clamp, v is θ̄_{k+1} itself).
             // gk's last readers zero it for the segment before.

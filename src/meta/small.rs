@@ -189,6 +189,64 @@ pub(crate) fn gemm_bcast(
     }
 }
 
+thread_local! {
+    /// Scratch for the padded and transposed operands below (grows to the
+    /// largest seen, then is reused).
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`gemm_bcast`] for fewer than [`MIN_COLS`] columns (a dense layer's
+/// weight gradient on a handful of raw inputs, `dyᵀ · x` with `x` narrow):
+/// the transposed product `cᵀ = bᵀ · aᵀ` has `m` columns, so it runs in the
+/// broadcast form into scratch and is added back transposed. Needs `a`'s
+/// rows contiguous along `m` (`rsa == 1`, as `dyᵀ` is); otherwise the
+/// packed SGEMM.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_bcast_narrow(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    rsb: usize,
+    beta: f32,
+    c: &mut [f32],
+) -> bool {
+    if rsa != 1 || m < MIN_COLS {
+        return false;
+    }
+    assert!(m * n <= c.len(), "gemm_bcast_narrow: c too short");
+    SCRATCH.with_borrow_mut(|buf| {
+        buf.clear();
+        buf.resize(n * m, 0.0);
+        gemm_bcast(n, k, m, b, (1, rsb), a, csa, 0.0, buf);
+        for (q, row) in c[..m * n].chunks_exact_mut(n).enumerate() {
+            for (r, x) in row.iter_mut().enumerate() {
+                let t = buf[r * m + q];
+                *x = if beta == 0.0 { t } else { beta * *x + t };
+            }
+        }
+    });
+    true
+}
+
+/// `y (r×j) += x (r×i) · wᵀ` for a reduced length too short for
+/// [`gemm_nt`]'s vectors (a first layer on a handful of raw inputs): `w`
+/// copied transposed, `(i, j)`, then the broadcast form.
+pub(crate) fn gemm_xwt_short(x: &[f32], w: &[f32], y: &mut [f32], r: usize, i: usize, j: usize) {
+    SCRATCH.with_borrow_mut(|buf| {
+        buf.clear();
+        buf.resize(i * j, 0.0);
+        for (q, row) in w[..j * i].chunks_exact(i).enumerate() {
+            for (p, &v) in row.iter().enumerate() {
+                buf[p * j + q] = v;
+            }
+        }
+        gemm_bcast(r, i, j, x, (i, 1), buf, j, 1.0, y);
+    });
+}
+
 /// Vectors per column block of [`gemm_bcast`] and rows per tile: 8 × 2
 /// accumulators plus 2 loaded vectors and a broadcast in AVX-512's 32
 /// registers, 6 × 2 in AVX2's 16.
@@ -272,12 +330,15 @@ impl Ops<'_> {
             let row = &mut c[(m0 + r) * n..(m0 + r + 1) * n];
             for (v, acc) in acc.iter().enumerate() {
                 let at = n0 + v * L;
-                let lanes = acc.to_array();
+                let out: &mut [f32; L] = (&mut row[at..at + L]).try_into().expect("full vector");
                 if at >= keep {
-                    row[at..at + L].copy_from_slice(&lanes);
+                    *out = acc.to_array();
                 } else {
-                    let from = keep - at;
-                    row[keep..at + L].copy_from_slice(&lanes[from..]);
+                    // Lanes below `keep` were stored by an earlier block:
+                    // keep them (one full store, not a short copy).
+                    let new = tail_mask(at + L - keep);
+                    let old = V::from(*out);
+                    *out = ((*acc & new) | (old ^ (old & new))).to_array();
                 }
             }
         }
@@ -308,6 +369,44 @@ mod tests {
                         "({r},{i},{j}) [{a},{b}]: {got} vs {want}"
                     );
                 }
+            }
+        }
+    }
+
+    /// The two paths for a layer on a handful of inputs: `dyᵀ · x` with `x`
+    /// narrower than a vector (transposed product, beta 0 and 1) and
+    /// `x · wᵀ` with a reduced length shorter than a vector (transposed
+    /// copy of `w`), against plain loops in f64.
+    #[test]
+    fn narrow_products_match_plain_ones() {
+        let (r, i, j) = (16, 11, 300);
+        let dy: Vec<f32> = (0..r * j).map(|q| ((q * 37 % 101) as f32 - 50.0) / 25.0).collect();
+        let x: Vec<f32> = (0..r * i).map(|q| ((q * 53 % 97) as f32 - 48.0) / 31.0).collect();
+        for beta in [0.0f32, 1.0] {
+            let c0: Vec<f32> = (0..j * i).map(|q| q as f32 * 0.01).collect();
+            let mut c = c0.clone();
+            assert!(gemm_bcast_narrow(j, r, i, &dy, (1, j), &x, i, beta, &mut c));
+            for q in 0..j {
+                for p in 0..i {
+                    let want = beta as f64 * c0[q * i + p] as f64
+                        + (0..r).map(|t| dy[t * j + q] as f64 * x[t * i + p] as f64).sum::<f64>();
+                    let got = c[q * i + p] as f64;
+                    assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "beta {beta} [{q},{p}]: {got} vs {want}");
+                }
+            }
+        }
+        // Rows of `a` not contiguous along m: refused (the caller falls back).
+        assert!(!gemm_bcast_narrow(r, j, i, &dy, (j, 1), &x, i, 0.0, &mut vec![0.0; r * i]));
+        let w: Vec<f32> = (0..j * i).map(|q| ((q * 29 % 89) as f32 - 44.0) / 20.0).collect();
+        let y0: Vec<f32> = (0..r * j).map(|q| q as f32 * 0.5).collect();
+        let mut y = y0.clone();
+        gemm_xwt_short(&x, &w, &mut y, r, i, j);
+        for a in 0..r {
+            for b in 0..j {
+                let want =
+                    y0[a * j + b] as f64 + (0..i).map(|p| x[a * i + p] as f64 * w[b * i + p] as f64).sum::<f64>();
+                let got = y[a * j + b] as f64;
+                assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "[{a},{b}]: {got} vs {want}");
             }
         }
     }
