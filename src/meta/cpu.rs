@@ -20,12 +20,13 @@ use matrixmultiply::sgemm;
 use super::{Kernels, MetaGrads, MetaModel, Trajectory, small};
 use crate::error::Result;
 
-/// `c (m×n) = beta·c + a (m×k) · b (k×n)` with strides (row, column) for each.
+/// `c (m×n) = beta·c + alpha · a (m×k) · b (k×n)` with strides (row, column) for each.
 #[inline]
 fn gemm(
     m: usize,
     k: usize,
     n: usize,
+    alpha: f32,
     a: &[f32],
     (rsa, csa): (usize, usize),
     b: &[f32],
@@ -43,10 +44,10 @@ fn gemm(
     assert!(m * n <= c.len(), "gemm: c too short");
     if small::BCAST && csb == 1 && m.min(k) <= small::MAX_ROWS {
         if n >= small::MIN_COLS {
-            small::gemm_bcast(m, k, n, a, (rsa, csa), b, rsb, beta, c);
+            small::gemm_bcast(m, k, n, alpha, a, (rsa, csa), b, rsb, beta, c);
             return;
         }
-        if small::gemm_bcast_narrow(m, k, n, a, (rsa, csa), b, rsb, beta, c) {
+        if small::gemm_bcast_narrow(m, k, n, alpha, a, (rsa, csa), b, rsb, beta, c) {
             return;
         }
     }
@@ -57,7 +58,7 @@ fn gemm(
             m,
             k,
             n,
-            1.0,
+            alpha,
             a.as_ptr(),
             rsa as isize,
             csa as isize,
@@ -72,10 +73,11 @@ fn gemm(
     }
 }
 
-fn col_sums(dy: &[f32], db: &mut [f32], r: usize, j: usize) {
+/// `db += alpha · Σ_rows dy`, row by row (as the reference adds them).
+fn col_sums(dy: &[f32], db: &mut [f32], alpha: f32, r: usize, j: usize) {
     for row in dy[..r * j].chunks_exact(j) {
         for (d, &g) in db.iter_mut().zip(row) {
-            *d += g;
+            *d += alpha * g;
         }
     }
 }
@@ -99,7 +101,7 @@ fn gemm_xwt(x: &[f32], w: &[f32], y: &mut [f32], r: usize, i: usize, j: usize) {
     } else if small::BCAST && r <= small::MAX_ROWS && j >= small::MIN_COLS {
         small::gemm_xwt_short(x, w, y, r, i, j);
     } else {
-        gemm(r, i, j, x, (i, 1), w, (1, i), 1.0, y);
+        gemm(r, i, j, 1.0, x, (i, 1), w, (1, i), 1.0, y);
     }
 }
 
@@ -117,11 +119,25 @@ pub fn dense_bwd(
     i: usize,
     j: usize,
 ) {
-    gemm(j, r, i, dy, (1, j), x, (i, 1), 1.0, dw);
-    col_sums(dy, db, r, j);
+    dense_dw(x, dy, dw, db, 1.0, r, i, j);
     if let Some(dx) = dx {
-        gemm(r, j, i, dy, (j, 1), w, (i, 1), 0.0, dx);
+        dense_dx(w, dy, dx, r, i, j);
     }
+}
+
+/// Dense backward's parameter half, scaled (see [`super::reference::dense_dw`]).
+///
+/// `x: (R, I)  dy: (R, J)  dw: (J, I)  db: (J)`
+pub fn dense_dw(x: &[f32], dy: &[f32], dw: &mut [f32], db: &mut [f32], alpha: f32, r: usize, i: usize, j: usize) {
+    gemm(j, r, i, alpha, dy, (1, j), x, (i, 1), 1.0, dw);
+    col_sums(dy, db, alpha, r, j);
+}
+
+/// Dense backward's input half (see [`super::reference::dense_dx`]).
+///
+/// `w: (J, I)  dy: (R, J)  dx: (R, I)`
+pub fn dense_dx(w: &[f32], dy: &[f32], dx: &mut [f32], r: usize, i: usize, j: usize) {
+    gemm(r, j, i, 1.0, dy, (j, 1), w, (i, 1), 0.0, dx);
 }
 
 /// Dense R-forward (see [`super::reference::dense_rfwd`]).
@@ -161,15 +177,40 @@ pub fn dense_rbwd(
     i: usize,
     j: usize,
 ) {
-    gemm(j, r, i, rdy, (1, j), x, (i, 1), 1.0, rdw);
-    if let Some(rx) = rx {
-        gemm(j, r, i, dy, (1, j), rx, (i, 1), 1.0, rdw);
-    }
-    col_sums(rdy, rdb, r, j);
+    dense_rdw(x, rx, dy, rdy, rdw, rdb, 1.0, r, i, j);
     if let Some(rdx) = rdx {
-        gemm(r, j, i, rdy, (j, 1), w, (i, 1), 0.0, rdx);
-        gemm(r, j, i, dy, (j, 1), vw, (i, 1), 1.0, rdx);
+        dense_rdx(w, vw, dy, rdy, rdx, r, i, j);
     }
+}
+
+/// Dense R-backward's parameter half, scaled (see [`super::reference::dense_rdw`]).
+///
+/// `x, rx: (R, I)  dy, rdy: (R, J)  rdw: (J, I)  rdb: (J)`
+pub fn dense_rdw(
+    x: &[f32],
+    rx: Option<&[f32]>,
+    dy: &[f32],
+    rdy: &[f32],
+    rdw: &mut [f32],
+    rdb: &mut [f32],
+    alpha: f32,
+    r: usize,
+    i: usize,
+    j: usize,
+) {
+    gemm(j, r, i, alpha, rdy, (1, j), x, (i, 1), 1.0, rdw);
+    if let Some(rx) = rx {
+        gemm(j, r, i, alpha, dy, (1, j), rx, (i, 1), 1.0, rdw);
+    }
+    col_sums(rdy, rdb, alpha, r, j);
+}
+
+/// Dense R-backward's input half (see [`super::reference::dense_rdx`]).
+///
+/// `w, vw: (J, I)  dy, rdy: (R, J)  rdx: (R, I)`
+pub fn dense_rdx(w: &[f32], vw: &[f32], dy: &[f32], rdy: &[f32], rdx: &mut [f32], r: usize, i: usize, j: usize) {
+    gemm(r, j, i, 1.0, rdy, (j, 1), w, (i, 1), 0.0, rdx);
+    gemm(r, j, i, 1.0, dy, (j, 1), vw, (i, 1), 1.0, rdx);
 }
 
 /// ReLU forward (see [`super::reference::relu_fwd`]).
@@ -366,18 +407,11 @@ impl Kernels for Cpu {
     fn dense_fwd(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], r: usize, i: usize, j: usize) {
         dense_fwd(x, w, b, y, r, i, j)
     }
-    fn dense_bwd(
-        x: &[f32],
-        w: &[f32],
-        dy: &[f32],
-        dx: Option<&mut [f32]>,
-        dw: &mut [f32],
-        db: &mut [f32],
-        r: usize,
-        i: usize,
-        j: usize,
-    ) {
-        dense_bwd(x, w, dy, dx, dw, db, r, i, j)
+    fn dense_dw(x: &[f32], dy: &[f32], dw: &mut [f32], db: &mut [f32], alpha: f32, r: usize, i: usize, j: usize) {
+        dense_dw(x, dy, dw, db, alpha, r, i, j)
+    }
+    fn dense_dx(w: &[f32], dy: &[f32], dx: &mut [f32], r: usize, i: usize, j: usize) {
+        dense_dx(w, dy, dx, r, i, j)
     }
     fn dense_rfwd(
         x: &[f32],
@@ -392,21 +426,22 @@ impl Kernels for Cpu {
     ) {
         dense_rfwd(x, rx, w, vw, vb, ry, r, i, j)
     }
-    fn dense_rbwd(
+    fn dense_rdw(
         x: &[f32],
         rx: Option<&[f32]>,
-        w: &[f32],
-        vw: &[f32],
         dy: &[f32],
         rdy: &[f32],
-        rdx: Option<&mut [f32]>,
         rdw: &mut [f32],
         rdb: &mut [f32],
+        alpha: f32,
         r: usize,
         i: usize,
         j: usize,
     ) {
-        dense_rbwd(x, rx, w, vw, dy, rdy, rdx, rdw, rdb, r, i, j)
+        dense_rdw(x, rx, dy, rdy, rdw, rdb, alpha, r, i, j)
+    }
+    fn dense_rdx(w: &[f32], vw: &[f32], dy: &[f32], rdy: &[f32], rdx: &mut [f32], r: usize, i: usize, j: usize) {
+        dense_rdx(w, vw, dy, rdy, rdx, r, i, j)
     }
     fn relu_fwd(a: &[f32], y: &mut [f32]) {
         relu_fwd(a, y)

@@ -95,8 +95,10 @@ fn stack_bwd<K: Kernels>(
         }
         let input = if l == 0 { &x[r0 * i..rows * i] } else { &ys[l - 1][r0 * i..rows * i] };
         let (gw, gb) = grad.split_at_mut(br.start);
-        let dx = if l > 0 { Some(&mut next[..n * i]) } else { None };
-        K::dense_bwd(input, &p[wr.clone()], &da[..n * j], dx, &mut gw[wr], &mut gb[..j], n, i, j);
+        K::dense_dw(input, &da[..n * j], &mut gw[wr.clone()], &mut gb[..j], F::<K>::ONE, n, i, j);
+        if l > 0 {
+            K::dense_dx(&p[wr], &da[..n * j], &mut next[..n * i], n, i, j);
+        }
         std::mem::swap(&mut cur, &mut next);
     }
 }
@@ -211,10 +213,19 @@ impl<T: Real> Pln<'_, T> {
         l
     }
 
-    /// Backward after [`Pln::loss`]: accumulates dℓ/dθ into `gth`; with
-    /// `inputs`, also the adjoints of layer 0's input (`ws.dx[0]`, or
+    /// Backward after [`Pln::loss`]: adds `alpha · dℓ/dθ` to `gth`, or,
+    /// when `gth` is `None`, to θ itself (`alpha = −β`: the inner SGD step,
+    /// each layer's weights read for its input gradient before they move);
+    /// with `inputs`, also the adjoints of layer 0's input (`ws.dx[0]`, or
     /// `ws.dr[0]` when gated at 0) and of the gate (`ws.dg`).
-    fn bwd<K: Kernels<F = T>>(&self, th: &[T], ws: &mut Acts<T>, gth: &mut [T], inputs: bool) {
+    fn bwd<K: Kernels<F = T>>(
+        &self,
+        th: &mut [T],
+        ws: &mut Acts<T>,
+        mut gth: Option<&mut [T]>,
+        alpha: T,
+        inputs: bool,
+    ) {
         let n = self.rows;
         for l in (0..self.st.len()).rev() {
             let (i, j) = self.st.dims[l];
@@ -223,37 +234,54 @@ impl<T: Real> Pln<'_, T> {
                 let src = if self.gated(l + 1) { &ws.dr[l + 1] } else { &ws.dx[l + 1] };
                 K::relu_bwd(&ws.a[l][..n * j], &src[..n * j], &mut ws.da[l][..n * j]);
             }
-            let need = l > 0 || inputs;
+            if l > 0 || inputs {
+                K::dense_dx(&th[wr.clone()], &ws.da[l][..n * j], &mut ws.dx[l][..n * i], n, i, j);
+            }
             let rin: &[T] = if l == 0 { &self.h[..n * i] } else { &ws.r[l][..n * i] };
             let xin: &[T] = if self.gated(l) { &ws.x[l][..n * i] } else { rin };
-            let (gw, gb) = gth.split_at_mut(br.start);
-            let dx = if need { Some(&mut ws.dx[l][..n * i]) } else { None };
-            K::dense_bwd(xin, &th[wr.clone()], &ws.da[l][..n * j], dx, &mut gw[wr], &mut gb[..j], n, i, j);
-            if self.gated(l) && need {
+            let out: &mut [T] = match gth.as_deref_mut() {
+                Some(g) => g,
+                None => &mut *th,
+            };
+            let (gw, gb) = out.split_at_mut(br.start);
+            K::dense_dw(xin, &ws.da[l][..n * j], &mut gw[wr], &mut gb[..j], alpha, n, i, j);
+            if self.gated(l) && (l > 0 || inputs) {
                 K::gate_bwd(rin, &self.g[..n * i], &ws.dx[l][..n * i], &mut ws.dr[l][..n * i], &mut ws.dg[..n * i]);
             }
         }
     }
 
-    /// dℓ/dθ from the activations a forward and backward at θ left in `ws`
-    /// (the weight and bias products of [`Pln::bwd`] alone), accumulated into
-    /// `gth`; bitwise what that backward gave.
-    fn wgrad<K: Kernels<F = T>>(&self, th: &[T], ws: &Acts<T>, gth: &mut [T]) {
+    /// `alpha · dℓ/dθ` from the activations a forward and backward left in
+    /// `ws` (the weight and bias products of [`Pln::bwd`] alone), added to
+    /// `gth`; bitwise what that backward added.
+    fn wgrad<K: Kernels<F = T>>(&self, ws: &Acts<T>, gth: &mut [T], alpha: T) {
         let n = self.rows;
         for (l, &(i, j)) in self.st.dims.iter().enumerate() {
             let (wr, br) = self.st.ranges(l);
             let rin: &[T] = if l == 0 { &self.h[..n * i] } else { &ws.r[l][..n * i] };
             let xin: &[T] = if self.gated(l) { &ws.x[l][..n * i] } else { rin };
             let (gw, gb) = gth.split_at_mut(br.start);
-            K::dense_bwd(xin, &th[wr.clone()], &ws.da[l][..n * j], None, &mut gw[wr], &mut gb[..j], n, i, j);
+            K::dense_dw(xin, &ws.da[l][..n * j], &mut gw[wr], &mut gb[..j], alpha, n, i, j);
         }
     }
 
     /// R-pass along `v` (θ-shaped) after [`Pln::fwd`] and [`Pln::bwd`] at
-    /// the same θ: accumulates `H v` into `hv`; with `inputs`, the mixed
-    /// products land in `rb.rdx[0]` (or `rb.rdr[0]` when gated at 0) and
-    /// `rb.rdg`.
-    fn rpass<K: Kernels<F = T>>(&self, th: &[T], v: &[T], ws: &Acts<T>, rb: &mut RBufs<T>, hv: &mut [T], inputs: bool) {
+    /// the same θ: adds `alpha · H v` to `hv`, or, when `v` is `None`, along
+    /// `hv` itself and into it (`alpha = −β`: the reverse sweep's
+    /// `θ̄ ← θ̄ − β H θ̄`, each layer's direction read before it moves); with
+    /// `inputs`, the mixed products land in `rb.rdx[0]` (or `rb.rdr[0]` when
+    /// gated at 0) and `rb.rdg`.
+    #[allow(clippy::too_many_arguments)]
+    fn rpass<K: Kernels<F = T>>(
+        &self,
+        th: &[T],
+        v: Option<&[T]>,
+        ws: &Acts<T>,
+        rb: &mut RBufs<T>,
+        hv: &mut [T],
+        alpha: T,
+        inputs: bool,
+    ) {
         let (n, last) = (self.rows, self.st.len() - 1);
         for (l, &(i, j)) in self.st.dims.iter().enumerate() {
             let (wr, br) = self.st.ranges(l);
@@ -268,6 +296,7 @@ impl<T: Real> Pln<'_, T> {
                 (true, true) => Some(&rb.rx[l][..n * i]),
                 (true, false) => Some(&rb.rr[l][..n * i]),
             };
+            let v: &[T] = v.unwrap_or(hv);
             K::dense_rfwd(xin, rx, &th[wr.clone()], &v[wr], &v[br], &mut rb.ra[l][..n * j], n, i, j);
             if l < last {
                 K::relu_rfwd(&ws.a[l][..n * j], &rb.ra[l][..n * j], &mut rb.rr[l + 1][..n * j]);
@@ -290,22 +319,21 @@ impl<T: Real> Pln<'_, T> {
                 (true, true) => Some(&rb.rx[l][..n * i]),
                 (true, false) => Some(&rb.rr[l][..n * i]),
             };
+            if need {
+                let vw: &[T] = &v.unwrap_or(hv)[wr.clone()];
+                K::dense_rdx(
+                    &th[wr.clone()],
+                    vw,
+                    &ws.da[l][..n * j],
+                    &rb.rda[l][..n * j],
+                    &mut rb.rdx[l][..n * i],
+                    n,
+                    i,
+                    j,
+                );
+            }
             let (hw, hb) = hv.split_at_mut(br.start);
-            let rdx = if need { Some(&mut rb.rdx[l][..n * i]) } else { None };
-            K::dense_rbwd(
-                xin,
-                rx,
-                &th[wr.clone()],
-                &v[wr.clone()],
-                &ws.da[l][..n * j],
-                &rb.rda[l][..n * j],
-                rdx,
-                &mut hw[wr],
-                &mut hb[..j],
-                n,
-                i,
-                j,
-            );
+            K::dense_rdw(xin, rx, &ws.da[l][..n * j], &rb.rda[l][..n * j], &mut hw[wr], &mut hb[..j], alpha, n, i, j);
             if self.gated(l) && need {
                 let rr = if l > 0 { Some(&rb.rr[l][..n * i]) } else { None };
                 K::gate_rbwd(
@@ -411,7 +439,11 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
     let mut snaps: Vec<Buf<F<K>>> = Vec::with_capacity(span.div_ceil(seg));
     let mut early = Buf::zeros(if cfg.learn_lr { np } else { 0 });
     let mut th = Buf::copy_of(&m.theta0);
-    let mut gk = Buf::zeros(np);
+    // Without a clamp or a learned β the raw inner gradient is never needed
+    // on its own: the inner step goes straight into θ (and the reverse sweep
+    // straight into θ̄). Otherwise it is kept, for the clamp's mask and β̄.
+    let keep_g = clamped || cfg.learn_lr;
+    let mut gk = Buf::zeros(if keep_g { np } else { 0 });
     // The inner step's own input gradients are not part of the meta-gradient;
     // only the gate at layer 0 needs dℓ/dz there (for its R-backward).
     let step_inputs = gate == Some(0);
@@ -428,8 +460,14 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
         let b = batch(k);
         b.fwd::<K>(&th, ws);
         b.loss::<K>(ws);
+        if !keep_g {
+            // θ ← θ − β ∇ℓ inside the backward's weight products (the
+            // reverse sweep rebuilds it with the same products, bit for bit).
+            b.bwd::<K>(&mut th, ws, None, -beta, inp);
+            continue;
+        }
         // gk is zero here (the update below leaves it so): bwd accumulates.
-        b.bwd::<K>(&th, ws, &mut gk, inp);
+        b.bwd::<K>(&mut th, ws, Some(&mut gk), F::<K>::ONE, inp);
         if clamped {
             clamp(&mut gk, c);
         }
@@ -449,7 +487,7 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
     outer.fwd::<K>(&th, &mut ows);
     let loss = outer.loss::<K>(&mut ows);
     let mut thb = Buf::zeros(np);
-    outer.bwd::<K>(&th, &mut ows, &mut thb, inputs);
+    outer.bwd::<K>(&mut th, &mut ows, Some(&mut thb), F::<K>::ONE, inputs);
     if has_rln {
         dh[s * bi * hw..].copy_from_slice(&input_adj(gate, &ows.dx, &ows.dr)[..bo * hw]);
     }
@@ -465,15 +503,9 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
     let mut bbar = 0.0f64;
     let cap = seg.min(span);
     let mut segth: Vec<Buf<F<K>>> = (0..cap).map(|_| Buf::scratch(np)).collect();
-    // The raw inner gradients are read again in the walk back only for the
-    // clamp's mask and β̄; otherwise each dies once it has rebuilt θ_{k+1},
-    // and one buffer serves the whole segment.
-    let keep_g = clamped || cfg.learn_lr;
-    let mut seggk: Vec<Buf<F<K>>> = (0..if keep_g { cap } else { 1 }).map(|_| Buf::zeros(np)).collect();
-    let gi = |i: usize| if keep_g { i } else { 0 };
+    let mut seggk: Vec<Buf<F<K>>> = (0..if keep_g { cap } else { 0 }).map(|_| Buf::zeros(np)).collect();
     let mut rb = RBufs::new(&m.pln, if span > 0 { bi } else { 0 });
     let mut v = Buf::zeros(if clamped { np } else { 0 });
-    let mut hv = Buf::zeros(np);
     for (j, snap) in snaps.iter().enumerate().rev() {
         let ks = k0 + j * seg;
         let ke = (ks + seg).min(s);
@@ -484,22 +516,26 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
             if last && !keep_g {
                 break; // only the rebuild of θ_{k+1} would read it
             }
+            if !keep_g {
+                // The forward's step, same products: θ_{k+1} = θ_k − β ∇ℓ.
+                let (a, nx) = segth.split_at_mut(i + 1);
+                nx[0].copy_from_slice(&a[i]);
+                batch(k).wgrad::<K>(&acts[k - k0], &mut nx[0], -beta);
+                continue;
+            }
             // seggk[i] is zero here (its last reader leaves it so).
-            batch(k).wgrad::<K>(&segth[i], &acts[k - k0], &mut seggk[gi(i)]);
+            batch(k).wgrad::<K>(&acts[k - k0], &mut seggk[i], F::<K>::ONE);
             if !last {
                 let (a, nx) = segth.split_at_mut(i + 1);
-                for ((n, &t), g) in nx[0].iter_mut().zip(&a[i]).zip(seggk[gi(i)].iter_mut()) {
-                    let gc = if clamped { clamp1(*g, c) } else { *g };
+                for ((n, &t), &g) in nx[0].iter_mut().zip(&a[i]).zip(seggk[i].iter()) {
+                    let gc = if clamped { clamp1(g, c) } else { g };
                     *n = t - beta * gc;
-                    if !keep_g {
-                        *g = F::<K>::ZERO;
-                    }
                 }
             }
         }
         for k in (ks..ke).rev() {
             let i = k - ks;
-            let gk = &mut seggk[gi(i)];
+            let gk: &mut [F<K>] = if keep_g { &mut seggk[i] } else { &mut [] };
             // v = mask ⊙ θ̄_{k+1}: the clamp passes the derivative only inside ±c
             // (without a clamp, v is θ̄_{k+1} itself).
             // gk's last readers zero it for the segment before.
@@ -517,13 +553,9 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
                 }
                 bbar -= dot;
             }
-            // hv is zero here (the update below leaves it so): rpass accumulates.
-            let dir: &[F<K>] = if clamped { &v } else { &thb };
-            batch(k).rpass::<K>(&segth[i], dir, &acts[k - k0], &mut rb, &mut hv, inputs);
-            thb.iter_mut().zip(hv.iter_mut()).for_each(|(t, h)| {
-                *t -= beta * *h;
-                *h = F::<K>::ZERO;
-            });
+            // θ̄_k = θ̄_{k+1} − β H_k v, added into θ̄ by the R-pass itself.
+            let dir: Option<&[F<K>]> = if clamped { Some(&v) } else { None };
+            batch(k).rpass::<K>(&segth[i], dir, &acts[k - k0], &mut rb, &mut thb, -beta, inputs);
             let r0 = k * bi;
             if has_rln {
                 let src = input_adj(gate, &rb.rdx, &rb.rdr);

@@ -148,17 +148,17 @@ pub trait Kernels {
     /// Whether tasks run in parallel (rayon); the result is the same either way.
     const PARALLEL: bool;
     fn dense_fwd(x: &[Self::F], w: &[Self::F], b: &[Self::F], y: &mut [Self::F], r: usize, i: usize, j: usize);
-    fn dense_bwd(
+    fn dense_dw(
         x: &[Self::F],
-        w: &[Self::F],
         dy: &[Self::F],
-        dx: Option<&mut [Self::F]>,
         dw: &mut [Self::F],
         db: &mut [Self::F],
+        alpha: Self::F,
         r: usize,
         i: usize,
         j: usize,
     );
+    fn dense_dx(w: &[Self::F], dy: &[Self::F], dx: &mut [Self::F], r: usize, i: usize, j: usize);
     fn dense_rfwd(
         x: &[Self::F],
         rx: Option<&[Self::F]>,
@@ -170,16 +170,24 @@ pub trait Kernels {
         i: usize,
         j: usize,
     );
-    fn dense_rbwd(
+    fn dense_rdw(
         x: &[Self::F],
         rx: Option<&[Self::F]>,
+        dy: &[Self::F],
+        rdy: &[Self::F],
+        rdw: &mut [Self::F],
+        rdb: &mut [Self::F],
+        alpha: Self::F,
+        r: usize,
+        i: usize,
+        j: usize,
+    );
+    fn dense_rdx(
         w: &[Self::F],
         vw: &[Self::F],
         dy: &[Self::F],
         rdy: &[Self::F],
-        rdx: Option<&mut [Self::F]>,
-        rdw: &mut [Self::F],
-        rdb: &mut [Self::F],
+        rdx: &mut [Self::F],
         r: usize,
         i: usize,
         j: usize,

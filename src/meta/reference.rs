@@ -41,24 +41,40 @@ pub fn dense_bwd(
     i: usize,
     j: usize,
 ) {
+    dense_dw(x, dy, dw, db, 1.0, r, i, j);
+    if let Some(dx) = dx {
+        dense_dx(w, dy, dx, r, i, j);
+    }
+}
+
+/// The parameter half of [`dense_bwd`], scaled: `dW += α dyᵀ x`,
+/// `db += α Σ_rows dy`. With `α = −β` and `dW, db` the weights themselves
+/// this is an inner SGD step (after [`dense_dx`] has read them).
+///
+/// `x: (R, I)  dy: (R, J)  dw: (J, I)  db: (J)`
+pub fn dense_dw(x: &[f64], dy: &[f64], dw: &mut [f64], db: &mut [f64], alpha: f64, r: usize, i: usize, j: usize) {
     for n in 0..r {
         for o in 0..j {
-            let g = dy[n * j + o];
+            let g = alpha * dy[n * j + o];
             db[o] += g;
             for k in 0..i {
                 dw[o * i + k] += g * x[n * i + k];
             }
         }
     }
-    if let Some(dx) = dx {
-        for n in 0..r {
-            for k in 0..i {
-                let mut s = 0.0;
-                for o in 0..j {
-                    s += dy[n * j + o] * w[o * i + k];
-                }
-                dx[n * i + k] = s;
+}
+
+/// The input half of [`dense_bwd`]: `dx = dy W`.
+///
+/// `w: (J, I)  dy: (R, J)  dx: (R, I)`
+pub fn dense_dx(w: &[f64], dy: &[f64], dx: &mut [f64], r: usize, i: usize, j: usize) {
+    for n in 0..r {
+        for k in 0..i {
+            let mut s = 0.0;
+            for o in 0..j {
+                s += dy[n * j + o] * w[o * i + k];
             }
+            dx[n * i + k] = s;
         }
     }
 }
@@ -109,9 +125,33 @@ pub fn dense_rbwd(
     i: usize,
     j: usize,
 ) {
+    dense_rdw(x, rx, dy, rdy, rdw, rdb, 1.0, r, i, j);
+    if let Some(rdx) = rdx {
+        dense_rdx(w, vw, dy, rdy, rdx, r, i, j);
+    }
+}
+
+/// The parameter half of [`dense_rbwd`], scaled: `R{dW} += α (R{dy}ᵀ x +
+/// dyᵀ R{x})`, `R{db} += α Σ_rows R{dy}`. With `α = −β` and `R{dW}, R{db}`
+/// the adjoint θ̄ itself (after [`dense_rdx`] has read it as the direction
+/// V) this is a step of the reverse sweep, `θ̄ ← θ̄ − β H θ̄`.
+///
+/// `x, rx: (R, I)  dy, rdy: (R, J)  rdw: (J, I)  rdb: (J)`
+pub fn dense_rdw(
+    x: &[f64],
+    rx: Option<&[f64]>,
+    dy: &[f64],
+    rdy: &[f64],
+    rdw: &mut [f64],
+    rdb: &mut [f64],
+    alpha: f64,
+    r: usize,
+    i: usize,
+    j: usize,
+) {
     for n in 0..r {
         for o in 0..j {
-            let (g, rg) = (dy[n * j + o], rdy[n * j + o]);
+            let (g, rg) = (alpha * dy[n * j + o], alpha * rdy[n * j + o]);
             rdb[o] += rg;
             for k in 0..i {
                 let mut s = rg * x[n * i + k];
@@ -122,15 +162,19 @@ pub fn dense_rbwd(
             }
         }
     }
-    if let Some(rdx) = rdx {
-        for n in 0..r {
-            for k in 0..i {
-                let mut s = 0.0;
-                for o in 0..j {
-                    s += rdy[n * j + o] * w[o * i + k] + dy[n * j + o] * vw[o * i + k];
-                }
-                rdx[n * i + k] = s;
+}
+
+/// The input half of [`dense_rbwd`]: `R{dx} = R{dy} W + dy V`.
+///
+/// `w, vw: (J, I)  dy, rdy: (R, J)  rdx: (R, I)`
+pub fn dense_rdx(w: &[f64], vw: &[f64], dy: &[f64], rdy: &[f64], rdx: &mut [f64], r: usize, i: usize, j: usize) {
+    for n in 0..r {
+        for k in 0..i {
+            let mut s = 0.0;
+            for o in 0..j {
+                s += rdy[n * j + o] * w[o * i + k] + dy[n * j + o] * vw[o * i + k];
             }
+            rdx[n * i + k] = s;
         }
     }
 }
@@ -327,18 +371,11 @@ impl Kernels for Reference {
     fn dense_fwd(x: &[f64], w: &[f64], b: &[f64], y: &mut [f64], r: usize, i: usize, j: usize) {
         dense_fwd(x, w, b, y, r, i, j)
     }
-    fn dense_bwd(
-        x: &[f64],
-        w: &[f64],
-        dy: &[f64],
-        dx: Option<&mut [f64]>,
-        dw: &mut [f64],
-        db: &mut [f64],
-        r: usize,
-        i: usize,
-        j: usize,
-    ) {
-        dense_bwd(x, w, dy, dx, dw, db, r, i, j)
+    fn dense_dw(x: &[f64], dy: &[f64], dw: &mut [f64], db: &mut [f64], alpha: f64, r: usize, i: usize, j: usize) {
+        dense_dw(x, dy, dw, db, alpha, r, i, j)
+    }
+    fn dense_dx(w: &[f64], dy: &[f64], dx: &mut [f64], r: usize, i: usize, j: usize) {
+        dense_dx(w, dy, dx, r, i, j)
     }
     fn dense_rfwd(
         x: &[f64],
@@ -353,21 +390,22 @@ impl Kernels for Reference {
     ) {
         dense_rfwd(x, rx, w, vw, vb, ry, r, i, j)
     }
-    fn dense_rbwd(
+    fn dense_rdw(
         x: &[f64],
         rx: Option<&[f64]>,
-        w: &[f64],
-        vw: &[f64],
         dy: &[f64],
         rdy: &[f64],
-        rdx: Option<&mut [f64]>,
         rdw: &mut [f64],
         rdb: &mut [f64],
+        alpha: f64,
         r: usize,
         i: usize,
         j: usize,
     ) {
-        dense_rbwd(x, rx, w, vw, dy, rdy, rdx, rdw, rdb, r, i, j)
+        dense_rdw(x, rx, dy, rdy, rdw, rdb, alpha, r, i, j)
+    }
+    fn dense_rdx(w: &[f64], vw: &[f64], dy: &[f64], rdy: &[f64], rdx: &mut [f64], r: usize, i: usize, j: usize) {
+        dense_rdx(w, vw, dy, rdy, rdx, r, i, j)
     }
     fn relu_fwd(a: &[f64], y: &mut [f64]) {
         relu_fwd(a, y)

@@ -144,7 +144,7 @@ pub(crate) fn gemm_nt(x: &[f32], w: &[f32], y: &mut [f32], r: usize, i: usize, j
     }
 }
 
-/// `c (m×n) = beta·c + a · b`, `a` read at `a[row·rsa + p·csa]` (any
+/// `c (m×n) = beta·c + alpha · a · b`, `a` read at `a[row·rsa + p·csa]` (any
 /// strides: a row-major matrix or the transpose of one), `b: (k, n)`
 /// row-major with row stride `rsb`, `c` row-major `(m, n)`.
 ///
@@ -163,6 +163,7 @@ pub(crate) fn gemm_bcast(
     m: usize,
     k: usize,
     n: usize,
+    alpha: f32,
     a: &[f32],
     (rsa, csa): (usize, usize),
     b: &[f32],
@@ -174,7 +175,7 @@ pub(crate) fn gemm_bcast(
     assert!(m == 0 || k == 0 || (m - 1) * rsa + (k - 1) * csa < a.len(), "gemm_bcast: a too short");
     assert!(k == 0 || (k - 1) * rsb + n <= b.len(), "gemm_bcast: b too short");
     assert!(m * n <= c.len(), "gemm_bcast: c too short");
-    let ops = Ops { k, n, a, rsa, csa, b, rsb, beta };
+    let ops = Ops { k, n, alpha, a, rsa, csa, b, rsb, beta };
     let mut n0 = 0;
     while n0 + BV * L <= n {
         ops.cols::<BV>(m, n0, n0, c);
@@ -206,6 +207,7 @@ pub(crate) fn gemm_bcast_narrow(
     m: usize,
     k: usize,
     n: usize,
+    alpha: f32,
     a: &[f32],
     (rsa, csa): (usize, usize),
     b: &[f32],
@@ -218,9 +220,11 @@ pub(crate) fn gemm_bcast_narrow(
     }
     assert!(m * n <= c.len(), "gemm_bcast_narrow: c too short");
     SCRATCH.with_borrow_mut(|buf| {
-        buf.clear();
-        buf.resize(n * m, 0.0);
-        gemm_bcast(n, k, m, b, (1, rsb), a, csa, 0.0, buf);
+        // Written in full (beta 0) before it is read: only grown, never cleared.
+        if buf.len() < n * m {
+            buf.resize(n * m, 0.0);
+        }
+        gemm_bcast(n, k, m, alpha, b, (1, rsb), a, csa, 0.0, buf);
         for (q, row) in c[..m * n].chunks_exact_mut(n).enumerate() {
             for (r, x) in row.iter_mut().enumerate() {
                 let t = buf[r * m + q];
@@ -236,14 +240,15 @@ pub(crate) fn gemm_bcast_narrow(
 /// copied transposed, `(i, j)`, then the broadcast form.
 pub(crate) fn gemm_xwt_short(x: &[f32], w: &[f32], y: &mut [f32], r: usize, i: usize, j: usize) {
     SCRATCH.with_borrow_mut(|buf| {
-        buf.clear();
-        buf.resize(i * j, 0.0);
+        if buf.len() < i * j {
+            buf.resize(i * j, 0.0);
+        }
         for (q, row) in w[..j * i].chunks_exact(i).enumerate() {
             for (p, &v) in row.iter().enumerate() {
                 buf[p * j + q] = v;
             }
         }
-        gemm_bcast(r, i, j, x, (i, 1), buf, j, 1.0, y);
+        gemm_bcast(r, i, j, 1.0, x, (i, 1), buf, j, 1.0, y);
     });
 }
 
@@ -267,6 +272,8 @@ pub(crate) const BCAST: bool = cfg!(target_feature = "avx512f");
 struct Ops<'a> {
     k: usize,
     n: usize,
+    /// Multiplies each broadcast element of `a` (exact when 1).
+    alpha: f32,
     a: &'a [f32],
     rsa: usize,
     csa: usize,
@@ -298,7 +305,11 @@ impl Ops<'_> {
     fn tile<const R: usize, const NV: usize>(&self, m0: usize, n0: usize, keep: usize, c: &mut [f32]) {
         let n = self.n;
         let mut acc = [[V::ZERO; NV]; R];
-        if self.beta != 0.0 {
+        // With alpha 1 the tile starts from beta·c; otherwise from zero, and
+        // alpha and beta·c are applied at the store (so the broadcasts stay
+        // plain loads, never a multiply inside the loop).
+        let scaled = self.alpha != 1.0;
+        if self.beta != 0.0 && !scaled {
             let beta = V::splat(self.beta);
             for (r, acc) in acc.iter_mut().enumerate() {
                 let row = &c[(m0 + r) * n..(m0 + r + 1) * n];
@@ -326,19 +337,25 @@ impl Ops<'_> {
                 }
             }
         }
+        let (alpha, beta) = (V::splat(self.alpha), V::splat(self.beta));
         for (r, acc) in acc.iter().enumerate() {
             let row = &mut c[(m0 + r) * n..(m0 + r + 1) * n];
-            for (v, acc) in acc.iter().enumerate() {
+            for (v, &acc) in acc.iter().enumerate() {
                 let at = n0 + v * L;
                 let out: &mut [f32; L] = (&mut row[at..at + L]).try_into().expect("full vector");
+                let old = V::from(*out);
+                let val = match (scaled, self.beta != 0.0) {
+                    (false, _) => acc,
+                    (true, false) => acc * alpha,
+                    (true, true) => acc.mul_add(alpha, old * beta),
+                };
                 if at >= keep {
-                    *out = acc.to_array();
+                    *out = val.to_array();
                 } else {
                     // Lanes below `keep` were stored by an earlier block:
                     // keep them (one full store, not a short copy).
                     let new = tail_mask(at + L - keep);
-                    let old = V::from(*out);
-                    *out = ((*acc & new) | (old ^ (old & new))).to_array();
+                    *out = ((val & new) | (old ^ (old & new))).to_array();
                 }
             }
         }
@@ -385,7 +402,7 @@ mod tests {
         for beta in [0.0f32, 1.0] {
             let c0: Vec<f32> = (0..j * i).map(|q| q as f32 * 0.01).collect();
             let mut c = c0.clone();
-            assert!(gemm_bcast_narrow(j, r, i, &dy, (1, j), &x, i, beta, &mut c));
+            assert!(gemm_bcast_narrow(j, r, i, 1.0, &dy, (1, j), &x, i, beta, &mut c));
             for q in 0..j {
                 for p in 0..i {
                     let want = beta as f64 * c0[q * i + p] as f64
@@ -396,7 +413,7 @@ mod tests {
             }
         }
         // Rows of `a` not contiguous along m: refused (the caller falls back).
-        assert!(!gemm_bcast_narrow(r, j, i, &dy, (j, 1), &x, i, 0.0, &mut vec![0.0; r * i]));
+        assert!(!gemm_bcast_narrow(r, j, i, 1.0, &dy, (j, 1), &x, i, 0.0, &mut vec![0.0; r * i]));
         let w: Vec<f32> = (0..j * i).map(|q| ((q * 29 % 89) as f32 - 44.0) / 20.0).collect();
         let y0: Vec<f32> = (0..r * j).map(|q| q as f32 * 0.5).collect();
         let mut y = y0.clone();
@@ -413,6 +430,7 @@ mod tests {
 
     /// `gemm_bcast` against a plain triple loop in f64: `a` row-major and
     /// transposed, beta 0 (c's old values, even NaN, ignored) and beta 1,
+    /// alpha 1 and a negative alpha (an SGD step's `−β`),
     /// over shapes that exercise every remainder (rows mod 8 and mod 2,
     /// columns mod 32 and mod 16, a column tail narrower than a vector).
     #[test]
@@ -431,16 +449,16 @@ mod tests {
             for transposed in [false, true] {
                 let strides = if transposed { (1, m) } else { (k, 1) };
                 let at = |r: usize, p: usize| r * strides.0 + p * strides.1;
-                for beta in [0.0f32, 1.0] {
+                for (alpha, beta) in [(1.0f32, 0.0f32), (1.0, 1.0), (-0.375, 1.0)] {
                     let mut c = c0.clone();
                     if beta == 0.0 {
                         c[0] = f32::NAN;
                     }
-                    gemm_bcast(m, k, n, &a, strides, &b, n, beta, &mut c);
+                    gemm_bcast(m, k, n, alpha, &a, strides, &b, n, beta, &mut c);
                     for r in 0..m {
                         for q in 0..n {
                             let dot: f64 = (0..k).map(|p| a[at(r, p)] as f64 * b[p * n + q] as f64).sum();
-                            let want = beta as f64 * c0[r * n + q] as f64 + dot;
+                            let want = beta as f64 * c0[r * n + q] as f64 + alpha as f64 * dot;
                             let got = c[r * n + q] as f64;
                             assert!(
                                 (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
