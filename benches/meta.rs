@@ -17,6 +17,11 @@
 //! dot-product tiles up to 24 rows, SGEMM above) against
 //! `xwt/{R}x300x300/sgemm` (`matrixmultiply::sgemm` on the same operands).
 //!
+//! And the dense backward's two products (`dw += dyᵀ x`, `dx = dy W`) at
+//! 300 × 300 for R = 16, 32, 64: `bwd/{R}x300x300/dense_bwd` (the CPU
+//! backend's dispatch: broadcast form on AVX-512 builds) against
+//! `bwd/{R}x300x300/sgemm` (two `matrixmultiply::sgemm` calls).
+//!
 //! Run: `cargo bench --bench meta` (filter e.g. `cargo bench --bench meta -- anml`).
 
 use std::hint::black_box;
@@ -117,6 +122,62 @@ fn bench(c: &mut Criterion) {
                         j as isize,
                         1,
                     )
+                }
+            })
+        });
+    }
+    g.finish();
+
+    // The dense backward's two products, `dw += dyᵀ x` and `dx = dy W`: the
+    // CPU backend's dispatch (broadcast form on AVX-512 builds) against two
+    // `matrixmultiply::sgemm` calls on the same operands.
+    let mut g = c.benchmark_group("bwd");
+    g.sample_size(30).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    for r in [16, 32, 64] {
+        let x: Vec<f32> = (0..r * i).map(|_| lcg(&mut seed)).collect();
+        let dy: Vec<f32> = (0..r * j).map(|_| lcg(&mut seed)).collect();
+        let (mut dx, mut dw, mut db) = (vec![0.0f32; r * i], vec![0.0f32; j * i], vec![0.0f32; j]);
+        g.throughput(Throughput::Elements((2 * r * i * j) as u64));
+        g.bench_function(format!("{r}x{i}x{j}/dense_bwd"), |bch| {
+            bch.iter(|| cpu::dense_bwd(black_box(&x), &w, &dy, Some(&mut dx), &mut dw, &mut db, r, i, j))
+        });
+        g.bench_function(format!("{r}x{i}x{j}/sgemm"), |bch| {
+            bch.iter(|| {
+                // SAFETY: dy is r×j (read as its transpose for dw), x is r×i,
+                // w is j×i, dw is j×i, dx is r×i; the strides stay inside them.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        j,
+                        r,
+                        i,
+                        1.0,
+                        dy.as_ptr(),
+                        1,
+                        j as isize,
+                        black_box(&x).as_ptr(),
+                        i as isize,
+                        1,
+                        1.0,
+                        dw.as_mut_ptr(),
+                        i as isize,
+                        1,
+                    );
+                    matrixmultiply::sgemm(
+                        r,
+                        j,
+                        i,
+                        1.0,
+                        dy.as_ptr(),
+                        j as isize,
+                        1,
+                        w.as_ptr(),
+                        i as isize,
+                        1,
+                        0.0,
+                        dx.as_mut_ptr(),
+                        i as isize,
+                        1,
+                    );
                 }
             })
         });

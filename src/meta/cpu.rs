@@ -1,17 +1,16 @@
 //! f32 CPU twins of [`reference`](mod@super::reference)'s meta-learning layers
 //! (same names, same argument order, same formulas: see there).
 //!
-//! Dense layers are matrix products, done by `matrixmultiply::sgemm`
-//! (blocked, packed, AVX2/FMA micro-kernels chosen at run time), which at
-//! the sizes of meta-learning (R = 16 … 704 rows, widths 11 … 300) runs near
-//! the machine's SGEMM rate — except `x · Wᵀ` for a few rows, where its
-//! element-by-element packing of W costs more than the product: those go
-//! to the unpacked dot-product tiles of `small` (1.2–1.4× faster at 16 ×
-//! 300 × 300 on a quiet host, near parity under load, slower from 32 rows
-//! on; BENCHMARKS.md §11). The elementwise layers are plain loops the
-//! compiler vectorises. Threads come from running tasks in parallel
-//! ([`Cpu::PARALLEL`](super::Kernels::PARALLEL)), each task's kernels
-//! single-threaded, so no GEMM waits on a barrier.
+//! Dense layers are matrix products. The large ones (an RLN over all rows of
+//! a task) go to `matrixmultiply::sgemm` (blocked, packed, AVX2/FMA/AVX-512
+//! micro-kernels chosen at run time). The few-row products of an inner loop
+//! go to the unpacked kernels of `small`, where packing a whole weight
+//! matrix for 16 rows of work costs more than the product: `x · Wᵀ` as dot
+//! products of rows, and on AVX-512 builds `dy · W` and `dyᵀ · x` in
+//! broadcast form (docs/meta.md §6, BENCHMARKS.md §13). The elementwise
+//! layers are plain loops the compiler vectorises. Threads come from running
+//! tasks in parallel ([`Cpu::PARALLEL`](super::Kernels::PARALLEL)), each
+//! task's kernels single-threaded, so no GEMM waits on a barrier.
 
 #![allow(clippy::too_many_arguments)]
 
@@ -130,6 +129,33 @@ pub fn dense_bwd(
 /// `x: (R, I)  dy: (R, J)  dw: (J, I)  db: (J)`
 pub fn dense_dw(x: &[f32], dy: &[f32], dw: &mut [f32], db: &mut [f32], alpha: f32, r: usize, i: usize, j: usize) {
     gemm(j, r, i, alpha, dy, (1, j), x, (i, 1), 1.0, dw);
+    col_sums(dy, db, alpha, r, j);
+}
+
+/// Dense backward's parameter half onto a copy (see
+/// [`super::reference::dense_step`]); where the broadcast kernel takes the
+/// product it reads the old weights from `src_w` instead of copying them.
+///
+/// `src_w, dw: (J, I)  src_b, db: (J)  x: (R, I)  dy: (R, J)`
+pub fn dense_step(
+    src_w: &[f32],
+    src_b: &[f32],
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    alpha: f32,
+    r: usize,
+    i: usize,
+    j: usize,
+) {
+    if small::BCAST && i >= small::MIN_COLS && j.min(r) <= small::MAX_ROWS && j > 0 {
+        small::gemm_bcast_from(j, r, i, alpha, dy, (1, j), x, i, &src_w[..j * i], dw);
+    } else {
+        dw[..j * i].copy_from_slice(&src_w[..j * i]);
+        gemm(j, r, i, alpha, dy, (1, j), x, (i, 1), 1.0, dw);
+    }
+    db[..j].copy_from_slice(&src_b[..j]);
     col_sums(dy, db, alpha, r, j);
 }
 
@@ -413,6 +439,20 @@ impl Kernels for Cpu {
     fn dense_dx(w: &[f32], dy: &[f32], dx: &mut [f32], r: usize, i: usize, j: usize) {
         dense_dx(w, dy, dx, r, i, j)
     }
+    fn dense_step(
+        src_w: &[f32],
+        src_b: &[f32],
+        x: &[f32],
+        dy: &[f32],
+        dw: &mut [f32],
+        db: &mut [f32],
+        alpha: f32,
+        r: usize,
+        i: usize,
+        j: usize,
+    ) {
+        dense_step(src_w, src_b, x, dy, dw, db, alpha, r, i, j)
+    }
     fn dense_rfwd(
         x: &[f32],
         rx: Option<&[f32]>,
@@ -499,4 +539,32 @@ impl Kernels for Cpu {
 /// The meta-loss and its gradient in f32, tasks in parallel (see [`super::meta_grad`]).
 pub fn meta_grad(model: &MetaModel<f32>, traj: &Trajectory<f32>) -> Result<MetaGrads<f32>> {
     super::meta_grad::<Cpu>(model, traj)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reverse sweep rebuilds θ_{k+1} with `dense_step` from θ_k, the
+    /// forward sweep stepped θ_k in place with `dense_dw`: the two must agree
+    /// bit for bit, on every path a product can take (broadcast form, the
+    /// narrow transposed form, the packed SGEMM for many rows).
+    #[test]
+    fn step_onto_a_copy_equals_the_step_in_place() {
+        for &(r, i, j) in &[(16, 300, 300), (16, 11, 300), (16, 300, 1), (5, 40, 7), (200, 120, 130)] {
+            let val = |q: usize, d: f32| ((q * 37 % 101) as f32 - 50.0) / d;
+            let x: Vec<f32> = (0..r * i).map(|q| val(q, 25.0)).collect();
+            let dy: Vec<f32> = (0..r * j).map(|q| val(q + 7, 31.0)).collect();
+            let w0: Vec<f32> = (0..j * i).map(|q| val(q + 3, 17.0)).collect();
+            let b0: Vec<f32> = (0..j).map(|q| val(q + 5, 13.0)).collect();
+            let (mut w1, mut b1) = (w0.clone(), b0.clone());
+            dense_dw(&x, &dy, &mut w1, &mut b1, -0.003, r, i, j);
+            let (mut w2, mut b2) = (vec![f32::NAN; j * i], vec![f32::NAN; j]);
+            dense_step(&w0, &b0, &x, &dy, &mut w2, &mut b2, -0.003, r, i, j);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&w1), bits(&w2), "weights, ({r},{i},{j})");
+            assert_eq!(bits(&b1), bits(&b2), "biases, ({r},{i},{j})");
+            assert_ne!(bits(&w1), bits(&w0), "the step moved nothing, ({r},{i},{j})");
+        }
+    }
 }

@@ -265,6 +265,20 @@ impl<T: Real> Pln<'_, T> {
         }
     }
 
+    /// `θ_next = θ + alpha · dℓ/dθ` from the activations a forward and
+    /// backward at θ left in `ws`, written into `next` (θ untouched); bitwise
+    /// what [`Pln::bwd`] with `gth = None` did to θ.
+    fn step_into<K: Kernels<F = T>>(&self, th: &[T], ws: &Acts<T>, next: &mut [T], alpha: T) {
+        let n = self.rows;
+        for (l, &(i, j)) in self.st.dims.iter().enumerate() {
+            let (wr, br) = self.st.ranges(l);
+            let rin: &[T] = if l == 0 { &self.h[..n * i] } else { &ws.r[l][..n * i] };
+            let xin: &[T] = if self.gated(l) { &ws.x[l][..n * i] } else { rin };
+            let (nw, nb) = next.split_at_mut(br.start);
+            K::dense_step(&th[wr.clone()], &th[br], xin, &ws.da[l][..n * j], &mut nw[wr], &mut nb[..j], alpha, n, i, j);
+        }
+    }
+
     /// R-pass along `v` (θ-shaped) after [`Pln::fwd`] and [`Pln::bwd`] at
     /// the same θ: adds `alpha · H v` to `hv`, or, when `v` is `None`, along
     /// `hv` itself and into it (`alpha = −β`: the reverse sweep's
@@ -519,8 +533,7 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
             if !keep_g {
                 // The forward's step, same products: θ_{k+1} = θ_k − β ∇ℓ.
                 let (a, nx) = segth.split_at_mut(i + 1);
-                nx[0].copy_from_slice(&a[i]);
-                batch(k).wgrad::<K>(&acts[k - k0], &mut nx[0], -beta);
+                batch(k).step_into::<K>(&a[i], &acts[k - k0], &mut nx[0], -beta);
                 continue;
             }
             // seggk[i] is zero here (its last reader leaves it so).

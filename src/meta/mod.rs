@@ -159,6 +159,18 @@ pub trait Kernels {
         j: usize,
     );
     fn dense_dx(w: &[Self::F], dy: &[Self::F], dx: &mut [Self::F], r: usize, i: usize, j: usize);
+    fn dense_step(
+        src_w: &[Self::F],
+        src_b: &[Self::F],
+        x: &[Self::F],
+        dy: &[Self::F],
+        dw: &mut [Self::F],
+        db: &mut [Self::F],
+        alpha: Self::F,
+        r: usize,
+        i: usize,
+        j: usize,
+    );
     fn dense_rfwd(
         x: &[Self::F],
         rx: Option<&[Self::F]>,

@@ -64,6 +64,28 @@ pub fn dense_dw(x: &[f64], dy: &[f64], dw: &mut [f64], db: &mut [f64], alpha: f6
     }
 }
 
+/// [`dense_dw`] onto a copy: `dW = W₀ + α dyᵀ x`, `db = b₀ + α Σ_rows dy`
+/// (with `α = −β`, an inner SGD step from `W₀, b₀` written elsewhere); the
+/// same values as copying `W₀, b₀` into `dW, db` and calling [`dense_dw`].
+///
+/// `src_w, dw: (J, I)  src_b, db: (J)  x: (R, I)  dy: (R, J)`
+pub fn dense_step(
+    src_w: &[f64],
+    src_b: &[f64],
+    x: &[f64],
+    dy: &[f64],
+    dw: &mut [f64],
+    db: &mut [f64],
+    alpha: f64,
+    r: usize,
+    i: usize,
+    j: usize,
+) {
+    dw[..j * i].copy_from_slice(&src_w[..j * i]);
+    db[..j].copy_from_slice(&src_b[..j]);
+    dense_dw(x, dy, dw, db, alpha, r, i, j);
+}
+
 /// The input half of [`dense_bwd`]: `dx = dy W`.
 ///
 /// `w: (J, I)  dy: (R, J)  dx: (R, I)`
@@ -376,6 +398,20 @@ impl Kernels for Reference {
     }
     fn dense_dx(w: &[f64], dy: &[f64], dx: &mut [f64], r: usize, i: usize, j: usize) {
         dense_dx(w, dy, dx, r, i, j)
+    }
+    fn dense_step(
+        src_w: &[f64],
+        src_b: &[f64],
+        x: &[f64],
+        dy: &[f64],
+        dw: &mut [f64],
+        db: &mut [f64],
+        alpha: f64,
+        r: usize,
+        i: usize,
+        j: usize,
+    ) {
+        dense_step(src_w, src_b, x, dy, dw, db, alpha, r, i, j)
     }
     fn dense_rfwd(
         x: &[f64],

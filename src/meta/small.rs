@@ -171,11 +171,48 @@ pub(crate) fn gemm_bcast(
     beta: f32,
     c: &mut [f32],
 ) {
+    bcast(m, k, n, alpha, a, (rsa, csa), b, rsb, beta, None, c);
+}
+
+/// `c = src + alpha · a · b` ([`gemm_bcast`] with beta 1 reading the old
+/// values from `src`, same layout as `c`): bit for bit what copying `src`
+/// into `c` and calling [`gemm_bcast`] gives, without the copy.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_bcast_from(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    sa: (usize, usize),
+    b: &[f32],
+    rsb: usize,
+    src: &[f32],
+    c: &mut [f32],
+) {
+    assert!(m * n <= src.len(), "gemm_bcast_from: src too short");
+    bcast(m, k, n, alpha, a, sa, b, rsb, 1.0, Some(src), c);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bcast(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    rsb: usize,
+    beta: f32,
+    src: Option<&[f32]>,
+    c: &mut [f32],
+) {
     assert!(n >= L, "gemm_bcast: {n} columns, fewer than a vector");
     assert!(m == 0 || k == 0 || (m - 1) * rsa + (k - 1) * csa < a.len(), "gemm_bcast: a too short");
     assert!(k == 0 || (k - 1) * rsb + n <= b.len(), "gemm_bcast: b too short");
     assert!(m * n <= c.len(), "gemm_bcast: c too short");
-    let ops = Ops { k, n, alpha, a, rsa, csa, b, rsb, beta };
+    let ops = Ops { k, n, alpha, a, rsa, csa, b, rsb, beta, src };
     let mut n0 = 0;
     while n0 + BV * L <= n {
         ops.cols::<BV>(m, n0, n0, c);
@@ -280,6 +317,8 @@ struct Ops<'a> {
     b: &'a [f32],
     rsb: usize,
     beta: f32,
+    /// Where the old values of `c` are read (`c` itself when `None`).
+    src: Option<&'a [f32]>,
 }
 
 impl Ops<'_> {
@@ -312,7 +351,7 @@ impl Ops<'_> {
         if self.beta != 0.0 && !scaled {
             let beta = V::splat(self.beta);
             for (r, acc) in acc.iter_mut().enumerate() {
-                let row = &c[(m0 + r) * n..(m0 + r + 1) * n];
+                let row = &self.src.unwrap_or(&*c)[(m0 + r) * n..(m0 + r + 1) * n];
                 for (v, acc) in acc.iter_mut().enumerate() {
                     // (Lanes below `keep` belong to an earlier block and
                     // are not stored back.)
@@ -339,23 +378,27 @@ impl Ops<'_> {
         }
         let (alpha, beta) = (V::splat(self.alpha), V::splat(self.beta));
         for (r, acc) in acc.iter().enumerate() {
-            let row = &mut c[(m0 + r) * n..(m0 + r + 1) * n];
+            let (lo, hi) = ((m0 + r) * n, (m0 + r + 1) * n);
             for (v, &acc) in acc.iter().enumerate() {
                 let at = n0 + v * L;
-                let out: &mut [f32; L] = (&mut row[at..at + L]).try_into().expect("full vector");
-                let old = V::from(*out);
                 let val = match (scaled, self.beta != 0.0) {
                     (false, _) => acc,
                     (true, false) => acc * alpha,
-                    (true, true) => acc.mul_add(alpha, old * beta),
+                    (true, true) => {
+                        let old: [f32; L] =
+                            self.src.unwrap_or(&*c)[lo + at..lo + at + L].try_into().expect("full vector");
+                        acc.mul_add(alpha, V::from(old) * beta)
+                    }
                 };
+                let out: &mut [f32; L] = (&mut c[lo..hi][at..at + L]).try_into().expect("full vector");
                 if at >= keep {
                     *out = val.to_array();
                 } else {
                     // Lanes below `keep` were stored by an earlier block:
                     // keep them (one full store, not a short copy).
                     let new = tail_mask(at + L - keep);
-                    *out = ((val & new) | (old ^ (old & new))).to_array();
+                    let prev = V::from(*out);
+                    *out = ((val & new) | (prev ^ (prev & new))).to_array();
                 }
             }
         }
