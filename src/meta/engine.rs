@@ -251,6 +251,14 @@ impl<T: Real> Pln<'_, T> {
         }
     }
 
+    /// Layer l's input before the gate and after it (the same slice when
+    /// the layer is not gated), from a forward's activations.
+    fn inputs<'a>(&'a self, l: usize, ws: &'a Acts<T>) -> (&'a [T], &'a [T]) {
+        let ni = self.rows * self.st.dims[l].0;
+        let rin: &[T] = if l == 0 { &self.h[..ni] } else { &ws.r[l][..ni] };
+        (rin, if self.gated(l) { &ws.x[l][..ni] } else { rin })
+    }
+
     /// `alpha · dℓ/dθ` from the activations a forward and backward left in
     /// `ws` (the weight and bias products of [`Pln::bwd`] alone), added to
     /// `gth`; bitwise what that backward added.
@@ -258,8 +266,7 @@ impl<T: Real> Pln<'_, T> {
         let n = self.rows;
         for (l, &(i, j)) in self.st.dims.iter().enumerate() {
             let (wr, br) = self.st.ranges(l);
-            let rin: &[T] = if l == 0 { &self.h[..n * i] } else { &ws.r[l][..n * i] };
-            let xin: &[T] = if self.gated(l) { &ws.x[l][..n * i] } else { rin };
+            let (_, xin) = self.inputs(l, ws);
             let (gw, gb) = gth.split_at_mut(br.start);
             K::dense_dw(xin, &ws.da[l][..n * j], &mut gw[wr], &mut gb[..j], alpha, n, i, j);
         }
@@ -272,8 +279,7 @@ impl<T: Real> Pln<'_, T> {
         let n = self.rows;
         for (l, &(i, j)) in self.st.dims.iter().enumerate() {
             let (wr, br) = self.st.ranges(l);
-            let rin: &[T] = if l == 0 { &self.h[..n * i] } else { &ws.r[l][..n * i] };
-            let xin: &[T] = if self.gated(l) { &ws.x[l][..n * i] } else { rin };
+            let (_, xin) = self.inputs(l, ws);
             let (nw, nb) = next.split_at_mut(br.start);
             K::dense_step(&th[wr.clone()], &th[br], xin, &ws.da[l][..n * j], &mut nw[wr], &mut nb[..j], alpha, n, i, j);
         }
@@ -299,8 +305,7 @@ impl<T: Real> Pln<'_, T> {
         let (n, last) = (self.rows, self.st.len() - 1);
         for (l, &(i, j)) in self.st.dims.iter().enumerate() {
             let (wr, br) = self.st.ranges(l);
-            let rin: &[T] = if l == 0 { &self.h[..n * i] } else { &ws.r[l][..n * i] };
-            let xin: &[T] = if self.gated(l) { &ws.x[l][..n * i] } else { rin };
+            let (rin, xin) = self.inputs(l, ws);
             // Layer 0's input does not depend on θ: its direction is zero.
             if self.gated(l) && l > 0 {
                 K::gate_rfwd(rin, &self.g[..n * i], Some(&rb.rr[l][..n * i]), None, &mut rb.rx[l][..n * i]);
@@ -326,8 +331,7 @@ impl<T: Real> Pln<'_, T> {
                 K::relu_rbwd(&ws.a[l][..n * j], &src[..n * j], &mut rb.rda[l][..n * j]);
             }
             let need = l > 0 || inputs;
-            let rin: &[T] = if l == 0 { &self.h[..n * i] } else { &ws.r[l][..n * i] };
-            let xin: &[T] = if self.gated(l) { &ws.x[l][..n * i] } else { rin };
+            let (rin, xin) = self.inputs(l, ws);
             let rx: Option<&[T]> = match (l > 0, self.gated(l)) {
                 (false, _) => None,
                 (true, true) => Some(&rb.rx[l][..n * i]),
