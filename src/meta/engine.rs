@@ -259,16 +259,16 @@ impl<T: Real> Pln<'_, T> {
         (rin, if self.gated(l) { &ws.x[l][..ni] } else { rin })
     }
 
-    /// `alpha · dℓ/dθ` from the activations a forward and backward left in
-    /// `ws` (the weight and bias products of [`Pln::bwd`] alone), added to
-    /// `gth`; bitwise what that backward added.
-    fn wgrad<K: Kernels<F = T>>(&self, ws: &Acts<T>, gth: &mut [T], alpha: T) {
+    /// dℓ/dθ from the activations a forward and backward left in `ws` (the
+    /// weight and bias products of [`Pln::bwd`] alone), added to `gth`;
+    /// bitwise what that backward added.
+    fn wgrad<K: Kernels<F = T>>(&self, ws: &Acts<T>, gth: &mut [T]) {
         let n = self.rows;
         for (l, &(i, j)) in self.st.dims.iter().enumerate() {
             let (wr, br) = self.st.ranges(l);
             let (_, xin) = self.inputs(l, ws);
             let (gw, gb) = gth.split_at_mut(br.start);
-            K::dense_dw(xin, &ws.da[l][..n * j], &mut gw[wr], &mut gb[..j], alpha, n, i, j);
+            K::dense_dw(xin, &ws.da[l][..n * j], &mut gw[wr], &mut gb[..j], T::ONE, n, i, j);
         }
     }
 
@@ -541,7 +541,7 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
                 continue;
             }
             // seggk[i] is zero here (its last reader leaves it so).
-            batch(k).wgrad::<K>(&acts[k - k0], &mut seggk[i], F::<K>::ONE);
+            batch(k).wgrad::<K>(&acts[k - k0], &mut seggk[i]);
             if !last {
                 let (a, nx) = segth.split_at_mut(i + 1);
                 for ((n, &t), &g) in nx[0].iter_mut().zip(&a[i]).zip(seggk[i].iter()) {
