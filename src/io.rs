@@ -251,14 +251,14 @@ impl TensorFile {
         let Data::F32(v) = t.data else {
             return Err(self.err(format!("tensor `{name}` has dtype {}, expected F32", t.data.dtype_name())));
         };
-        if let Some(s) = shape {
-            if t.shape != s {
-                return Err(self.err(format!(
-                    "tensor `{name}`: expected shape {}, got {}",
-                    Shape(s.to_vec()),
-                    Shape(t.shape)
-                )));
-            }
+        if let Some(s) = shape
+            && t.shape != s
+        {
+            return Err(self.err(format!(
+                "tensor `{name}`: expected shape {}, got {}",
+                Shape(s.to_vec()),
+                Shape(t.shape)
+            )));
         }
         Ok((t.shape, v))
     }
@@ -629,10 +629,10 @@ pub fn take_model(file: &mut TensorFile) -> Result<Model> {
         )?;
     }
     for (name, v) in [("eta", &eta), ("eta_e", &eta_e)] {
-        if let Some(&e) = v.first() {
-            if !(0.0..=1.0).contains(&e) {
-                return Err(f.err(format!("tensor `{name}` = {e} is out of range: a rate must lie in [0, 1]")));
-            }
+        if let Some(&e) = v.first()
+            && !(0.0..=1.0).contains(&e)
+        {
+            return Err(f.err(format!("tensor `{name}` = {e} is out of range: a rate must lie in [0, 1]")));
         }
     }
 
@@ -932,10 +932,10 @@ pub fn load_gradients(path: impl AsRef<Path>, model: &Model) -> Result<ModelGrad
     // loss: (1,); every other tensor has the shape of the model's parameter of the same name.
     let mut f = TensorFile::read(path)?;
     for (k, v) in model_metadata(&model.cfg) {
-        if let Some(got) = f.metadata.get(&k) {
-            if *got != v {
-                return Err(f.err(format!("metadata `{k}` = \"{got}\", but the model has \"{v}\"")));
-            }
+        if let Some(got) = f.metadata.get(&k)
+            && *got != v
+        {
+            return Err(f.err(format!("metadata `{k}` = \"{got}\", but the model has \"{v}\"")));
         }
     }
     let (ls, loss) = f.take_f32("loss", None)?;

@@ -133,7 +133,7 @@ impl Truncation {
                 let first = steps.saturating_sub(k);
                 (t >= first, t > first || first == 0)
             }
-            Truncation::Windows(k) => (true, t % k != 0 || t == 0),
+            Truncation::Windows(k) => (true, !t.is_multiple_of(k) || t == 0),
         }
     }
 

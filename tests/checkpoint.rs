@@ -72,7 +72,7 @@ fn every_interval_gives_the_same_gradients_bitwise() {
             let mut cfg =
                 if recurrent { LayerConfig::recurrent(rule, 13, 6) } else { LayerConfig::feed_forward(rule, 10, 13) };
             cfg.clip = 0.4;
-            let pb = problem(cfg, if rule as u64 % 2 == 0 { 2 } else { 5 }, t, 7 + rule as u64);
+            let pb = problem(cfg, if (rule as u64).is_multiple_of(2) { 2 } else { 5 }, t, 7 + rule as u64);
             for truncate in [Truncation::None, Truncation::Last(5), Truncation::Windows(3)] {
                 let (all, _) = grads(&pb, Checkpoint::All, truncate);
                 assert!(all[7].iter().any(|v| *v != 0.0), "the gradient of W is zero: a vacuous comparison");

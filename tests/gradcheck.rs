@@ -733,7 +733,7 @@ fn problem(c: &Case) -> Problem {
         batch: c.batch,
         steps: c.steps,
         point: Point { p, xs, init },
-        init_given: c.random_init || c.seed % 2 == 0,
+        init_given: c.random_init || c.seed.is_multiple_of(2),
         dy,
         dlast,
         dlast_given: c.dlast_given,

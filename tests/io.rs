@@ -34,22 +34,22 @@ fn dir(name: &str) -> PathBuf {
 /// A model with random values; `variant` toggles input map, bias and modulator options.
 fn model(rule: Rule, alpha: AlphaShape, head: bool, variant: usize, seed: u64) -> Model {
     let n = 5;
-    let mut cfg = if variant % 2 == 0 {
+    let mut cfg = if variant.is_multiple_of(2) {
         LayerConfig::recurrent(rule, n, 3)
     } else {
         LayerConfig { input_map: InputMap::Direct, ..LayerConfig::recurrent(rule, n, n) }
     };
     cfg.alpha = alpha;
-    cfg.bias = variant % 2 == 0;
+    cfg.bias = variant.is_multiple_of(2);
     cfg.activation = if variant % 3 == 2 { Activation::Identity } else { Activation::Tanh };
     cfg.eta = if variant % 2 == 1 { EtaMode::Fixed } else { EtaMode::Learned };
     cfg.clip = 0.1 + 0.2; // 0.30000000000000004: the decimal must round-trip exactly.
     cfg.modulator = ModulatorConfig {
         k: 1 + variant % 2,
         activation: ModActivation::ALL[variant % 3],
-        bias: variant % 2 == 0,
+        bias: variant.is_multiple_of(2),
         fanout: variant % 2 == 1,
-        fanout_bias: variant % 3 != 0,
+        fanout_bias: !variant.is_multiple_of(3),
     };
     let mut r = Lcg(seed);
     let mut params = Params::<f32>::zeros(&cfg);

@@ -262,7 +262,7 @@ fn check_ptr(ptr: *const f32, len: usize, arg: &str) -> Result<(), Fail> {
         }
         return Err(Fail(NP_ERR_NULL, format!("{arg} is NULL but its length is {len}")));
     }
-    if (ptr as usize) % align_of::<f32>() != 0 {
+    if !ptr.is_aligned() {
         return Err(invalid(format!("{arg} is not aligned for float")));
     }
     if len > isize::MAX as usize / size_of::<f32>() {

@@ -325,10 +325,10 @@ impl Session<'_> {
                 state.rewards.len().min(100),
                 u.loss.loss
             ));
-            if !self.terminal && !self.s.quiet && k % every == 0 {
+            if !self.terminal && !self.s.quiet && k.is_multiple_of(every) {
                 eprintln!("{label} update {k}/{total}: mean reward {:.3}", recent.last().copied().unwrap_or(f64::NAN));
             }
-            if k % every == 0 {
+            if k.is_multiple_of(every) {
                 state.write(ckpt)?;
             }
         }

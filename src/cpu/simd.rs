@@ -74,7 +74,7 @@ pub(crate) fn prefetch(p: *const f32) {
 /// Prefetches the line of `base + i` once per 16 floats (64 bytes).
 #[inline(always)]
 pub(crate) fn prefetch_at(base: *const f32, i: usize) {
-    if i % 16 == 0 {
+    if i.is_multiple_of(16) {
         prefetch(base.wrapping_add(i));
     }
 }

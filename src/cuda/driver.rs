@@ -210,7 +210,7 @@ pub fn plastic_fwd<L: Launcher>(
 
     // Where the trace before step t lives: its snapshot, or the running buffer.
     let loc = |l: &mut L, s: usize| -> (u64, u64) {
-        if s < t_len && s % c == 0 {
+        if s < t_len && s.is_multiple_of(c) {
             (l.addr(&snap_h[s / c]), l.addr(&snap_e[s / c]))
         } else {
             (l.addr(&cur_h), l.addr(&cur_e))

@@ -224,9 +224,17 @@ pub fn dense_rdw(
     i: usize,
     j: usize,
 ) {
-    gemm(j, r, i, alpha, rdy, (1, j), x, (i, 1), 1.0, rdw);
-    if let Some(rx) = rx {
-        gemm(j, r, i, alpha, dy, (1, j), rx, (i, 1), 1.0, rdw);
+    match rx {
+        // Both products in one pass over `rdw` (the broadcast kernel's
+        // dispatch conditions, as in `gemm`).
+        Some(rx) if small::BCAST && j.min(r) <= small::MAX_ROWS && i >= small::MIN_COLS && j > 0 => {
+            small::gemm_bcast2(j, r, i, alpha, (rdy, dy), (1, j), (x, rx), i, 1.0, rdw);
+        }
+        Some(rx) => {
+            gemm(j, r, i, alpha, rdy, (1, j), x, (i, 1), 1.0, rdw);
+            gemm(j, r, i, alpha, dy, (1, j), rx, (i, 1), 1.0, rdw);
+        }
+        None => gemm(j, r, i, alpha, rdy, (1, j), x, (i, 1), 1.0, rdw),
     }
     col_sums(rdy, rdb, alpha, r, j);
 }

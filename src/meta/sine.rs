@@ -476,10 +476,10 @@ pub fn load_checkpoint(path: impl AsRef<std::path::Path>) -> Result<SineCheckpoi
     f.finish("oml-sine checkpoint")?;
     for (g, len) in [("rln", model.rln_p.len()), ("pln", model.theta0.len()), ("nm", model.nm_p.len())] {
         for map in [&os.m, &os.v] {
-            if let Some(v) = map.get(g) {
-                if v.len() != len {
-                    return Err(bad(&f, format!("`opt.*.{g}` has {} elements, the model's {g} {len}", v.len())));
-                }
+            if let Some(v) = map.get(g)
+                && v.len() != len
+            {
+                return Err(bad(&f, format!("`opt.*.{g}` has {} elements, the model's {g} {len}", v.len())));
             }
         }
     }

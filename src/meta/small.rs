@@ -93,7 +93,66 @@ fn tile<const R: usize, const J: usize>(xs: [&[f32]; R], ws: [&[f32]; J], i: usi
             }
         }
     }
+    reduce::<R, J>(&acc)
+}
+
+/// Each accumulator's horizontal sum. A full 4 × 4 tile on AVX-512 sums its
+/// sixteen vectors together in a transposing tree (45 shuffles and adds for
+/// all sixteen instead of eight for each), which leaves lane `t` holding
+/// the sum of accumulator [`TREE_LANE`]`⁻¹[t]`; other tiles reduce one
+/// vector at a time. Either way the order of the additions is fixed.
+#[inline(always)]
+fn reduce<const R: usize, const J: usize>(acc: &[[V; J]; R]) -> [[f32; J]; R] {
+    #[cfg(target_feature = "avx512f")]
+    if R * J == 16 {
+        let flat: [V; 16] = std::array::from_fn(|q| acc[q / J][q % J]);
+        let sums = tree16(&flat);
+        return std::array::from_fn(|a| std::array::from_fn(|b| sums[TREE_LANE[a * J + b]]));
+    }
     std::array::from_fn(|a| std::array::from_fn(|b| acc[a][b].reduce_add()))
+}
+
+/// Where [`tree16`] leaves the sum of its input vector `q`.
+#[cfg(target_feature = "avx512f")]
+const TREE_LANE: [usize; 16] = [0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15];
+
+/// Sixteen 16-lane vectors to one vector of their sums (lane
+/// [`TREE_LANE`]`[q]` = Σ of vector `q`): four levels, each pairing vectors
+/// and adding the halves that belong to the same input (256-bit halves,
+/// then 128-bit quarters, then pairs of lanes, then lanes).
+#[cfg(target_feature = "avx512f")]
+#[inline(always)]
+fn tree16(v: &[V; 16]) -> [f32; 16] {
+    use std::arch::x86_64::{
+        __m512, _mm512_add_ps, _mm512_castpd_ps, _mm512_castps_pd, _mm512_shuffle_f32x4, _mm512_shuffle_ps,
+        _mm512_unpackhi_pd, _mm512_unpacklo_pd,
+    };
+    // SAFETY: the build targets AVX-512 (this function's cfg), so the
+    // intrinsics' instructions exist; with AVX-512 `V` wraps 16 f32 lanes in
+    // exactly `__m512`'s layout, and every bit pattern is valid in both.
+    unsafe {
+        let m: [__m512; 16] = std::array::from_fn(|q| std::mem::transmute::<V, __m512>(v[q]));
+        // [a's quarters 0 1 | b's 0 1] + [a's 2 3 | b's 2 3]: each 256-bit half
+        // holds one input's partial sums.
+        let l1: [__m512; 8] = std::array::from_fn(|k| {
+            let (a, b) = (m[2 * k], m[2 * k + 1]);
+            _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(a, b), _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b))
+        });
+        // Each 128-bit quarter holds one input's four partial sums.
+        let l2: [__m512; 4] = std::array::from_fn(|k| {
+            let (a, b) = (l1[2 * k], l1[2 * k + 1]);
+            _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(a, b), _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b))
+        });
+        // Each pair of lanes holds one input's two partial sums.
+        let l3: [__m512; 2] = std::array::from_fn(|k| {
+            let (a, b) = (_mm512_castps_pd(l2[2 * k]), _mm512_castps_pd(l2[2 * k + 1]));
+            _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)))
+        });
+        let (a, b) = (l3[0], l3[1]);
+        let l4 = _mm512_add_ps(_mm512_shuffle_ps::<0b10_00_10_00>(a, b), _mm512_shuffle_ps::<0b11_01_11_01>(a, b));
+        // SAFETY: `__m512` holds 16 f32 lanes; every bit pattern is a valid array.
+        std::mem::transmute::<__m512, [f32; 16]>(l4)
+    }
 }
 
 /// Rows `r0 .. r0 + R` of `y` against rows `j0 .. j0 + J` of `w`.
@@ -171,7 +230,27 @@ pub(crate) fn gemm_bcast(
     beta: f32,
     c: &mut [f32],
 ) {
-    bcast(m, k, n, alpha, a, (rsa, csa), b, rsb, beta, None, c);
+    bcast(m, k, n, alpha, a, (rsa, csa), b, rsb, None, beta, None, c);
+}
+
+/// `c = beta·c + alpha · (a · b + a2 · b2)`: [`gemm_bcast`] over two pairs
+/// of operands with the same shapes and strides, summed in the same
+/// accumulators (so `c` is read and written once, not twice). Serves the
+/// R-backward's `rdyᵀ · x + dyᵀ · rx`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_bcast2(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    (a, a2): (&[f32], &[f32]),
+    (rsa, csa): (usize, usize),
+    (b, b2): (&[f32], &[f32]),
+    rsb: usize,
+    beta: f32,
+    c: &mut [f32],
+) {
+    bcast(m, k, n, alpha, a, (rsa, csa), b, rsb, Some((a2, b2)), beta, None, c);
 }
 
 /// `c = src + alpha · a · b` ([`gemm_bcast`] with beta 1 reading the old
@@ -191,7 +270,7 @@ pub(crate) fn gemm_bcast_from(
     c: &mut [f32],
 ) {
     assert!(m * n <= src.len(), "gemm_bcast_from: src too short");
-    bcast(m, k, n, alpha, a, sa, b, rsb, 1.0, Some(src), c);
+    bcast(m, k, n, alpha, a, sa, b, rsb, None, 1.0, Some(src), c);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -204,27 +283,21 @@ fn bcast(
     (rsa, csa): (usize, usize),
     b: &[f32],
     rsb: usize,
+    more: Option<(&[f32], &[f32])>,
     beta: f32,
     src: Option<&[f32]>,
     c: &mut [f32],
 ) {
     assert!(n >= L, "gemm_bcast: {n} columns, fewer than a vector");
-    assert!(m == 0 || k == 0 || (m - 1) * rsa + (k - 1) * csa < a.len(), "gemm_bcast: a too short");
-    assert!(k == 0 || (k - 1) * rsb + n <= b.len(), "gemm_bcast: b too short");
+    for (a, b) in std::iter::once((a, b)).chain(more) {
+        assert!(m == 0 || k == 0 || (m - 1) * rsa + (k - 1) * csa < a.len(), "gemm_bcast: a too short");
+        assert!(k == 0 || (k - 1) * rsb + n <= b.len(), "gemm_bcast: b too short");
+    }
     assert!(m * n <= c.len(), "gemm_bcast: c too short");
-    let ops = Ops { k, n, alpha, a, rsa, csa, b, rsb, beta, src };
-    let mut n0 = 0;
-    while n0 + BV * L <= n {
-        ops.cols::<BV>(m, n0, n0, c);
-        n0 += BV * L;
-    }
-    while n0 + L <= n {
-        ops.cols::<1>(m, n0, n0, c);
-        n0 += L;
-    }
-    if n0 < n {
-        ops.cols::<1>(m, n - L, n0, c);
-    }
+    let ops = Ops { k, n, alpha, a, rsa, csa, b, rsb, more, beta, src };
+    // One instance of the kernels per number of pairs, so the one-pair
+    // loops carry no test for a second.
+    if ops.more.is_some() { ops.run::<true>(m, c) } else { ops.run::<false>(m, c) }
 }
 
 thread_local! {
@@ -298,6 +371,10 @@ const BR: usize = 8;
 #[cfg(not(target_feature = "avx512f"))]
 const BR: usize = 6;
 
+/// Elements of `b` (both pairs) up to which [`gemm_bcast`] sweeps `c` row
+/// tile by row tile: 32 KiB, within every L1 data cache it targets.
+const B_IN_L1: usize = 8192;
+
 /// Whether the CPU backend sends `dy · W` and `dyᵀ · x` to [`gemm_bcast`]:
 /// where the build targets AVX-512 (a dense backward's two products at
 /// 16 × 300 × 300 1.3–1.4× faster than `matrixmultiply` on Zen 5, at
@@ -316,6 +393,8 @@ struct Ops<'a> {
     csa: usize,
     b: &'a [f32],
     rsb: usize,
+    /// A second `(a, b)` whose product is summed into the same tile.
+    more: Option<(&'a [f32], &'a [f32])>,
     beta: f32,
     /// Where the old values of `c` are read (`c` itself when `None`).
     src: Option<&'a [f32]>,
@@ -324,24 +403,106 @@ struct Ops<'a> {
 impl Ops<'_> {
     /// Every row of `c` for the `NV·L` columns from `n0`, of which those
     /// from `keep` on are stored (the rest were stored by an earlier block).
+    /// All of `c` (`TWO`: whether `more` is set). Where all of `b` fits
+    /// in L1 (a weight gradient `dyᵀ · x` over a few rows), row tile by row
+    /// tile, so `c` streams through once in memory order; otherwise column
+    /// block by column block, so each block of `b` stays in L1 while every
+    /// row tile passes.
+    fn run<const TWO: bool>(&self, m: usize, c: &mut [f32]) {
+        let n = self.n;
+        if self.k * n * if TWO { 2 } else { 1 } <= B_IN_L1 {
+            let mut m0 = 0;
+            while m0 + BR <= m {
+                self.row::<BR, TWO>(m0, c);
+                m0 += BR;
+            }
+            while m0 + 2 <= m {
+                self.row::<2, TWO>(m0, c);
+                m0 += 2;
+            }
+            if m0 < m {
+                self.row::<1, TWO>(m0, c);
+            }
+            return;
+        }
+        let mut n0 = 0;
+        while n0 + BV * L <= n {
+            self.cols::<BV, TWO>(m, n0, n0, c);
+            n0 += BV * L;
+        }
+        while n0 + L <= n {
+            self.cols::<1, TWO>(m, n0, n0, c);
+            n0 += L;
+        }
+        if n0 < n {
+            self.cols::<1, TWO>(m, n - L, n0, c);
+        }
+    }
+
+    /// Rows `m0 .. m0 + R` of `c`, every column.
     #[inline(always)]
-    fn cols<const NV: usize>(&self, m: usize, n0: usize, keep: usize, c: &mut [f32]) {
-        let mut m0 = 0;
-        while m0 + BR <= m {
-            self.tile::<BR, NV>(m0, n0, keep, c);
-            m0 += BR;
+    fn row<const R: usize, const TWO: bool>(&self, m0: usize, c: &mut [f32]) {
+        let n = self.n;
+        let mut n0 = 0;
+        while n0 + BV * L <= n {
+            self.tile::<R, BV, TWO>(m0, n0, n0, c);
+            n0 += BV * L;
         }
-        while m0 + 2 <= m {
-            self.tile::<2, NV>(m0, n0, keep, c);
-            m0 += 2;
+        while n0 + L <= n {
+            self.tile::<R, 1, TWO>(m0, n0, n0, c);
+            n0 += L;
         }
-        if m0 < m {
-            self.tile::<1, NV>(m0, n0, keep, c);
+        if n0 < n {
+            self.tile::<R, 1, TWO>(m0, n - L, n0, c);
         }
     }
 
     #[inline(always)]
-    fn tile<const R: usize, const NV: usize>(&self, m0: usize, n0: usize, keep: usize, c: &mut [f32]) {
+    fn cols<const NV: usize, const TWO: bool>(&self, m: usize, n0: usize, keep: usize, c: &mut [f32]) {
+        let mut m0 = 0;
+        while m0 + BR <= m {
+            self.tile::<BR, NV, TWO>(m0, n0, keep, c);
+            m0 += BR;
+        }
+        while m0 + 2 <= m {
+            self.tile::<2, NV, TWO>(m0, n0, keep, c);
+            m0 += 2;
+        }
+        if m0 < m {
+            self.tile::<1, NV, TWO>(m0, n0, keep, c);
+        }
+    }
+
+    /// `acc += a · b` over the tile's rows `m0..` and columns `n0..`.
+    #[inline(always)]
+    fn accumulate<const R: usize, const NV: usize>(
+        &self,
+        acc: &mut [[V; NV]; R],
+        a: &[f32],
+        b: &[f32],
+        m0: usize,
+        n0: usize,
+    ) {
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        for p in 0..self.k {
+            // SAFETY: `bcast` asserted (k-1)·rsb + n <= b.len() and
+            // n0 + NV·L <= n; and (m-1)·rsa + (k-1)·csa < a.len() with
+            // m0 + R <= m, for both pairs.
+            let bv: [V; NV] = std::array::from_fn(|v| {
+                V::from(unsafe { bp.add(p * self.rsb + n0 + v * L).cast::<[f32; L]>().read_unaligned() })
+            });
+            for (r, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: as above.
+                let s = V::splat(unsafe { *ap.add((m0 + r) * self.rsa + p * self.csa) });
+                for v in 0..NV {
+                    acc[v] = s.mul_add(bv[v], acc[v]);
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn tile<const R: usize, const NV: usize, const TWO: bool>(&self, m0: usize, n0: usize, keep: usize, c: &mut [f32]) {
         let n = self.n;
         let mut acc = [[V::ZERO; NV]; R];
         // With alpha 1 the tile starts from beta·c; otherwise from zero, and
@@ -360,21 +521,9 @@ impl Ops<'_> {
                 }
             }
         }
-        let (ap, bp) = (self.a.as_ptr(), self.b.as_ptr());
-        for p in 0..self.k {
-            // SAFETY: `gemm_bcast` asserted (k-1)·rsb + n <= b.len() and
-            // n0 + NV·L <= n; and (m-1)·rsa + (k-1)·csa < a.len() with
-            // m0 + R <= m.
-            let bv: [V; NV] = std::array::from_fn(|v| {
-                V::from(unsafe { bp.add(p * self.rsb + n0 + v * L).cast::<[f32; L]>().read_unaligned() })
-            });
-            for (r, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: as above.
-                let s = V::splat(unsafe { *ap.add((m0 + r) * self.rsa + p * self.csa) });
-                for v in 0..NV {
-                    acc[v] = s.mul_add(bv[v], acc[v]);
-                }
-            }
+        self.accumulate(&mut acc, self.a, self.b, m0, n0);
+        if TWO && let Some((a, b)) = self.more {
+            self.accumulate(&mut acc, a, b, m0, n0);
         }
         let (alpha, beta) = (V::splat(self.alpha), V::splat(self.beta));
         for (r, acc) in acc.iter().enumerate() {
@@ -408,6 +557,23 @@ impl Ops<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tree's lane map, found by summing one marked vector at a time:
+    /// a wrong map or a shuffle that mixes two inputs fails here (and in
+    /// every product test below).
+    #[cfg(target_feature = "avx512f")]
+    #[test]
+    fn the_reduction_tree_puts_each_sum_where_the_map_says() {
+        for (q, &lane) in TREE_LANE.iter().enumerate() {
+            let v: [V; 16] = std::array::from_fn(|p| {
+                V::from(std::array::from_fn::<f32, L, _>(|l| if p == q { (l + 1) as f32 } else { 0.0 }))
+            });
+            let sums = tree16(&v);
+            for (t, &s) in sums.iter().enumerate() {
+                assert_eq!(s, if t == lane { 136.0 } else { 0.0 }, "input {q}, lane {t}");
+            }
+        }
+    }
 
     /// Against a plain triple loop in f64, over shapes that exercise every
     /// remainder (rows mod 4, outputs mod 3, inputs mod 8).
@@ -498,15 +664,30 @@ mod tests {
                         c[0] = f32::NAN;
                     }
                     gemm_bcast(m, k, n, alpha, &a, strides, &b, n, beta, &mut c);
+                    // The two-pair form: a·b + a2·b2 with a2 = 2a reversed
+                    // and b2 = b reversed (each pair's terms differ).
+                    let (a2, b2): (Vec<f32>, Vec<f32>) =
+                        (a.iter().rev().map(|v| 2.0 * v).collect(), b.iter().rev().copied().collect());
+                    let mut c2 = c0.clone();
+                    gemm_bcast2(m, k, n, alpha, (&a, &a2), strides, (&b, &b2), n, beta, &mut c2);
                     for r in 0..m {
                         for q in 0..n {
-                            let dot: f64 = (0..k).map(|p| a[at(r, p)] as f64 * b[p * n + q] as f64).sum();
-                            let want = beta as f64 * c0[r * n + q] as f64 + alpha as f64 * dot;
-                            let got = c[r * n + q] as f64;
-                            assert!(
-                                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                                "({m},{k},{n}) transposed {transposed} beta {beta} [{r},{q}]: {got} vs {want}"
-                            );
+                            let terms = |a: &[f32], b: &[f32]| -> Vec<f64> {
+                                (0..k).map(|p| a[at(r, p)] as f64 * b[p * n + q] as f64).collect()
+                            };
+                            let (t1, t2) = (terms(&a, &b), terms(&a2, &b2));
+                            let (dot, dot2): (f64, f64) = (t1.iter().sum(), t2.iter().sum());
+                            // f32 rounding is relative to the terms' magnitudes, not the sum's.
+                            let size = t1.iter().chain(&t2).map(|t| t.abs()).sum::<f64>();
+                            for (got, dot, what) in
+                                [(c[r * n + q], dot, "one pair"), (c2[r * n + q], dot + dot2, "two pairs")]
+                            {
+                                let want = beta as f64 * c0[r * n + q] as f64 + alpha as f64 * dot;
+                                assert!(
+                                    (got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()) + 1e-6 * size,
+                                    "{what} ({m},{k},{n}) transposed {transposed} beta {beta} [{r},{q}]: {got} vs {want}"
+                                );
+                            }
                         }
                     }
                 }

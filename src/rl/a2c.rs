@@ -160,7 +160,12 @@ pub fn loss(
 ) -> Result<A2cLoss> {
     cfg.validate()?;
     let rows = actions.len();
-    if rows == 0 || steps == 0 || rows % steps != 0 || rewards.len() != rows || out.len() % rows != 0 {
+    if rows == 0
+        || steps == 0
+        || !rows.is_multiple_of(steps)
+        || rewards.len() != rows
+        || !out.len().is_multiple_of(rows)
+    {
         return Err(Error::Config {
             arg: "a2c::loss".into(),
             message: format!(

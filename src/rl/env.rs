@@ -229,7 +229,7 @@ impl Default for MazeConfig {
 impl MazeConfig {
     /// Checks the settings.
     pub fn validate(&self) -> Result<()> {
-        if self.size < 5 || self.size % 2 == 0 {
+        if self.size < 5 || self.size.is_multiple_of(2) {
             return Err(Error::Range {
                 arg: "maze size".into(),
                 value: self.size as f64,
@@ -293,7 +293,7 @@ impl Maze {
     /// Whether cell `(r, c)` of a maze with these settings is a wall.
     pub fn wall_at(cfg: &MazeConfig, r: usize, c: usize) -> bool {
         let s = cfg.size;
-        r == 0 || c == 0 || r == s - 1 || c == s - 1 || (r % 2 == 0 && c % 2 == 0)
+        r == 0 || c == 0 || r == s - 1 || c == s - 1 || (r.is_multiple_of(2) && c.is_multiple_of(2))
     }
 
     /// The free cells in row-major order.

@@ -378,11 +378,11 @@ impl<T: Task> Trainer<T> {
         while self.step < until {
             let rep = self.step()?;
             on(Event::Step(&rep))?;
-            if self.cfg.eval_every > 0 && self.step % self.cfg.eval_every == 0 {
+            if self.cfg.eval_every > 0 && self.step.is_multiple_of(self.cfg.eval_every) {
                 let row = self.record()?;
                 on(Event::Eval(&row))?;
             }
-            if let Some((path, _)) = checkpoint.filter(|&(_, every)| every > 0 && self.step % every == 0) {
+            if let Some((path, _)) = checkpoint.filter(|&(_, every)| every > 0 && self.step.is_multiple_of(every)) {
                 self.save(path)?;
                 saved_at = Some(self.step);
                 on(Event::Saved(path))?;

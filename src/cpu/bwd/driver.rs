@@ -179,7 +179,7 @@ pub(super) fn sweep_time(fx: &Fixed<'_>, p: &Plan, ep: Episodes<'_>, o: Outs<'_>
     let loc = |t: usize| {
         if t == 0 && ep.zero_init {
             (Loc::zeros(zeros), Loc::zeros(zeros))
-        } else if t % p.c == 0 {
+        } else if t.is_multiple_of(p.c) {
             let off = (t / p.c - ep.zero_init as usize) * sl;
             (Loc::at(sh, off), Loc::at(se, off))
         } else {
