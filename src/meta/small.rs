@@ -294,13 +294,49 @@ fn bcast(
         assert!(k == 0 || (k - 1) * rsb + n <= b.len(), "gemm_bcast: b too short");
     }
     assert!(m * n <= c.len(), "gemm_bcast: c too short");
-    let ops = Ops { k, n, alpha, a, rsa, csa, b, rsb, more, beta, src };
-    // One instance of the kernels per number of pairs, so the one-pair
-    // loops carry no test for a second.
-    if ops.more.is_some() { ops.run::<true>(m, c) } else { ops.run::<false>(m, c) }
+    let go = |a: &[f32], (rsa, csa): (usize, usize), more: Option<(&[f32], &[f32])>, c: &mut [f32]| {
+        let ops = Ops { k, n, a, rsa, csa, b, rsb, more, beta, src };
+        // One instance of the kernels per number of pairs, so the one-pair
+        // loops carry no test for a second.
+        if ops.more.is_some() { ops.run::<true>(m, c) } else { ops.run::<false>(m, c) }
+    };
+    if alpha == 1.0 {
+        return go(a, (rsa, csa), more, c);
+    }
+    // alpha multiplies `a` once, m·k products, instead of every element of
+    // the result (m·n of them, each a multiply and an add on the FMA ports
+    // the tile needs): the tiles then start from beta·c and end in a plain
+    // store. Into compact scratch of the same orientation as `a`.
+    let (rs, cs) = if rsa == 1 { (1, m) } else { (k, 1) };
+    ASCALED.with_borrow_mut(|buf| {
+        let pairs = 1 + usize::from(more.is_some());
+        if buf.len() < pairs * m * k {
+            buf.resize(pairs * m * k, 0.0);
+        }
+        let (s1, s2) = buf[..pairs * m * k].split_at_mut(m * k);
+        for (a, dst) in std::iter::once(a).chain(more.map(|(a2, _)| a2)).zip([s1, s2]) {
+            if rs == 1 {
+                for p in 0..k {
+                    for (r, d) in dst[p * m..(p + 1) * m].iter_mut().enumerate() {
+                        *d = alpha * a[r * rsa + p * csa];
+                    }
+                }
+            } else {
+                for (r, row) in dst.chunks_exact_mut(k).enumerate() {
+                    for (p, d) in row.iter_mut().enumerate() {
+                        *d = alpha * a[r * rsa + p * csa];
+                    }
+                }
+            }
+        }
+        let (s1, s2) = buf[..pairs * m * k].split_at(m * k);
+        go(s1, (rs, cs), more.map(|(_, b2)| (s2, b2)), c)
+    })
 }
 
 thread_local! {
+    /// `alpha · a` for [`bcast`] (grows to the largest seen, then is reused).
+    static ASCALED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Scratch for the padded and transposed operands below (grows to the
     /// largest seen, then is reused).
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -386,8 +422,6 @@ pub(crate) const BCAST: bool = cfg!(target_feature = "avx512f");
 struct Ops<'a> {
     k: usize,
     n: usize,
-    /// Multiplies each broadcast element of `a` (exact when 1).
-    alpha: f32,
     a: &'a [f32],
     rsa: usize,
     csa: usize,
@@ -505,11 +539,9 @@ impl Ops<'_> {
     fn tile<const R: usize, const NV: usize, const TWO: bool>(&self, m0: usize, n0: usize, keep: usize, c: &mut [f32]) {
         let n = self.n;
         let mut acc = [[V::ZERO; NV]; R];
-        // With alpha 1 the tile starts from beta·c; otherwise from zero, and
-        // alpha and beta·c are applied at the store (so the broadcasts stay
-        // plain loads, never a multiply inside the loop).
-        let scaled = self.alpha != 1.0;
-        if self.beta != 0.0 && !scaled {
+        // The tile starts from beta·c (alpha is already in `a`), so the
+        // broadcasts stay plain loads and the store a plain store.
+        if self.beta != 0.0 {
             let beta = V::splat(self.beta);
             for (r, acc) in acc.iter_mut().enumerate() {
                 let row = &self.src.unwrap_or(&*c)[(m0 + r) * n..(m0 + r + 1) * n];
@@ -517,7 +549,7 @@ impl Ops<'_> {
                     // (Lanes below `keep` belong to an earlier block and
                     // are not stored back.)
                     let lanes: [f32; L] = row[n0 + v * L..n0 + (v + 1) * L].try_into().expect("full vector");
-                    *acc = V::from(lanes) * beta;
+                    *acc = if self.beta == 1.0 { V::from(lanes) } else { V::from(lanes) * beta };
                 }
             }
         }
@@ -525,20 +557,10 @@ impl Ops<'_> {
         if TWO && let Some((a, b)) = self.more {
             self.accumulate(&mut acc, a, b, m0, n0);
         }
-        let (alpha, beta) = (V::splat(self.alpha), V::splat(self.beta));
         for (r, acc) in acc.iter().enumerate() {
             let (lo, hi) = ((m0 + r) * n, (m0 + r + 1) * n);
-            for (v, &acc) in acc.iter().enumerate() {
+            for (v, &val) in acc.iter().enumerate() {
                 let at = n0 + v * L;
-                let val = match (scaled, self.beta != 0.0) {
-                    (false, _) => acc,
-                    (true, false) => acc * alpha,
-                    (true, true) => {
-                        let old: [f32; L] =
-                            self.src.unwrap_or(&*c)[lo + at..lo + at + L].try_into().expect("full vector");
-                        acc.mul_add(alpha, V::from(old) * beta)
-                    }
-                };
                 let out: &mut [f32; L] = (&mut c[lo..hi][at..at + L]).try_into().expect("full vector");
                 if at >= keep {
                     *out = val.to_array();
