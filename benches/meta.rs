@@ -22,6 +22,10 @@
 //! backend's dispatch: broadcast form on AVX-512 builds) against
 //! `bwd/{R}x300x300/sgemm` (two `matrixmultiply::sgemm` calls).
 //!
+//! And the R-backward's two weight products, `rdw += α (rdyᵀ x + dyᵀ rx)`,
+//! at 300 × 300 for R = 16, 64: `rdw/{R}x300x300/dense_rdw` against
+//! `rdw/{R}x300x300/sgemm` (two scaled `matrixmultiply::sgemm` calls).
+//!
 //! Run: `cargo bench --bench meta` (filter e.g. `cargo bench --bench meta -- anml`).
 
 use std::hint::black_box;
@@ -143,25 +147,10 @@ fn bench(c: &mut Criterion) {
         });
         g.bench_function(format!("{r}x{i}x{j}/sgemm"), |bch| {
             bch.iter(|| {
-                // SAFETY: dy is r×j (read as its transpose for dw), x is r×i,
-                // w is j×i, dw is j×i, dx is r×i; the strides stay inside them.
+                sgemm_dw(black_box(&x), &dy, &mut dw, 1.0, r, i, j);
+                // SAFETY: dy is r×j, w is j×i, dx is r×i; the strides stay
+                // inside them.
                 unsafe {
-                    matrixmultiply::sgemm(
-                        j,
-                        r,
-                        i,
-                        1.0,
-                        dy.as_ptr(),
-                        1,
-                        j as isize,
-                        black_box(&x).as_ptr(),
-                        i as isize,
-                        1,
-                        1.0,
-                        dw.as_mut_ptr(),
-                        i as isize,
-                        1,
-                    );
                     matrixmultiply::sgemm(
                         r,
                         j,
@@ -183,6 +172,53 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.finish();
+
+    // The R-backward's weight products, `rdw += α (rdyᵀ x + dyᵀ rx)` with
+    // α = −β as the reverse sweep calls them: the CPU backend's dispatch
+    // (one broadcast pass over both pairs on AVX-512 builds) against two
+    // scaled `matrixmultiply::sgemm` calls.
+    let mut g = c.benchmark_group("rdw");
+    g.sample_size(30).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    for r in [16, 64] {
+        let mut vals = |n: usize| (0..n).map(|_| lcg(&mut seed)).collect::<Vec<f32>>();
+        let (x, rx, dy, rdy) = (vals(r * i), vals(r * i), vals(r * j), vals(r * j));
+        let (mut rdw, mut rdb) = (vec![0.0f32; j * i], vec![0.0f32; j]);
+        g.throughput(Throughput::Elements((4 * r * i * j) as u64));
+        g.bench_function(format!("{r}x{i}x{j}/dense_rdw"), |bch| {
+            bch.iter(|| cpu::dense_rdw(black_box(&x), Some(&rx), &dy, &rdy, &mut rdw, &mut rdb, -0.003, r, i, j))
+        });
+        g.bench_function(format!("{r}x{i}x{j}/sgemm"), |bch| {
+            bch.iter(|| {
+                sgemm_dw(black_box(&x), &rdy, &mut rdw, -0.003, r, i, j);
+                sgemm_dw(&rx, &dy, &mut rdw, -0.003, r, i, j);
+            })
+        });
+    }
+    g.finish();
+}
+
+/// `dw (j×i) += alpha · dyᵀ x` by `matrixmultiply::sgemm`, `dy: (r, j)`, `x: (r, i)`.
+fn sgemm_dw(x: &[f32], dy: &[f32], dw: &mut [f32], alpha: f32, r: usize, i: usize, j: usize) {
+    assert!(x.len() >= r * i && dy.len() >= r * j && dw.len() >= j * i);
+    // SAFETY: the lengths asserted above bound every index the strides form.
+    unsafe {
+        matrixmultiply::sgemm(
+            j,
+            r,
+            i,
+            alpha,
+            dy.as_ptr(),
+            1,
+            j as isize,
+            x.as_ptr(),
+            i as isize,
+            1,
+            1.0,
+            dw.as_mut_ptr(),
+            i as isize,
+            1,
+        );
+    }
 }
 
 criterion_group!(benches, bench);
