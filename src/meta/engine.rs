@@ -520,31 +520,32 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
     // it backwards.
     let mut bbar = 0.0f64;
     let cap = seg.min(span);
-    let mut segth: Vec<Buf<F<K>>> = (0..cap).map(|_| Buf::scratch(np)).collect();
+    // θ_ks is the segment's snapshot itself; segth[q] holds θ_{ks+1+q}.
+    let mut segth: Vec<Buf<F<K>>> = (1..cap).map(|_| Buf::scratch(np)).collect();
     let mut seggk: Vec<Buf<F<K>>> = (0..if keep_g { cap } else { 0 }).map(|_| Buf::zeros(np)).collect();
     let mut rb = RBufs::new(&m.pln, if span > 0 { bi } else { 0 });
     let mut v = Buf::zeros(if clamped { np } else { 0 });
     for (j, snap) in snaps.iter().enumerate().rev() {
         let ks = k0 + j * seg;
         let ke = (ks + seg).min(s);
-        segth[0].copy_from_slice(snap);
         for k in ks..ke {
             let i = k - ks;
             let last = k + 1 == ke;
             if last && !keep_g {
                 break; // only the rebuild of θ_{k+1} would read it
             }
+            // θ_k (the snapshot, or rebuilt) and where θ_{k+1} goes.
+            let (done, rest) = segth.split_at_mut(i);
+            let th_k: &[F<K>] = if i == 0 { snap } else { &done[i - 1] };
             if !keep_g {
                 // The forward's step, same products: θ_{k+1} = θ_k − β ∇ℓ.
-                let (a, nx) = segth.split_at_mut(i + 1);
-                batch(k).step_into::<K>(&a[i], &acts[k - k0], &mut nx[0], -beta);
+                batch(k).step_into::<K>(th_k, &acts[k - k0], &mut rest[0], -beta);
                 continue;
             }
             // seggk[i] is zero here (its last reader leaves it so).
             batch(k).wgrad::<K>(&acts[k - k0], &mut seggk[i]);
             if !last {
-                let (a, nx) = segth.split_at_mut(i + 1);
-                for ((n, &t), &g) in nx[0].iter_mut().zip(&a[i]).zip(seggk[i].iter()) {
+                for ((n, &t), &g) in rest[0].iter_mut().zip(th_k).zip(seggk[i].iter()) {
                     let gc = if clamped { clamp1(g, c) } else { g };
                     *n = t - beta * gc;
                 }
@@ -572,7 +573,8 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
             }
             // θ̄_k = θ̄_{k+1} − β H_k v, added into θ̄ by the R-pass itself.
             let dir: Option<&[F<K>]> = if clamped { Some(&v) } else { None };
-            batch(k).rpass::<K>(&segth[i], dir, &acts[k - k0], &mut rb, &mut thb, -beta, inputs);
+            let th_k: &[F<K>] = if i == 0 { snap } else { &segth[i - 1] };
+            batch(k).rpass::<K>(th_k, dir, &acts[k - k0], &mut rb, &mut thb, -beta, inputs);
             let r0 = k * bi;
             if has_rln {
                 let src = input_adj(gate, &rb.rdx, &rb.rdr);
