@@ -322,7 +322,7 @@ fn bcast(
                     }
                 }
             } else {
-                for (r, row) in dst.chunks_exact_mut(k).enumerate() {
+                for (r, row) in dst.chunks_exact_mut(k.max(1)).enumerate() {
                     for (p, d) in row.iter_mut().enumerate() {
                         *d = alpha * a[r * rsa + p * csa];
                     }
@@ -667,7 +667,7 @@ mod tests {
     #[test]
     fn broadcast_form_matches_a_plain_product() {
         for &(m, k, n) in
-            &[(1, 1, 16), (3, 5, 17), (8, 16, 32), (16, 300, 300), (300, 16, 300), (9, 7, 47), (11, 64, 65)]
+            &[(1, 1, 16), (3, 5, 17), (8, 16, 32), (16, 300, 300), (300, 16, 300), (9, 7, 47), (11, 64, 65), (3, 0, 17)]
         {
             let mut seed = 0usize;
             let mut val = |d: f32| {
