@@ -434,76 +434,73 @@ struct Ops<'a> {
     src: Option<&'a [f32]>,
 }
 
+/// The row tiles of an `m`-row result: `(first row, rows)`, rows being
+/// `BR`, then 2, then 1 for what is left.
+fn row_tiles(m: usize) -> impl Iterator<Item = (usize, usize)> {
+    let full = m / BR * BR;
+    let pairs = full + (m - full) / 2 * 2;
+    (0..full)
+        .step_by(BR)
+        .map(|m0| (m0, BR))
+        .chain((full..pairs).step_by(2).map(|m0| (m0, 2)))
+        .chain((pairs..m).map(|m0| (m0, 1)))
+}
+
+/// The column blocks of an `n`-column result (`n ≥ L`): `(first column,
+/// first column to store, wide)`, wide blocks `BV·L` columns and the others
+/// `L`. A last partial vector is recomputed as the row's last `L` columns,
+/// storing only those from the second value on.
+fn col_blocks(n: usize) -> impl Iterator<Item = (usize, usize, bool)> {
+    let wide = n / (BV * L) * (BV * L);
+    let narrow = wide + (n - wide) / L * L;
+    let tail = (narrow < n).then_some((n - L, narrow, false));
+    (0..wide)
+        .step_by(BV * L)
+        .map(|n0| (n0, n0, true))
+        .chain((wide..narrow).step_by(L).map(|n0| (n0, n0, false)))
+        .chain(tail)
+}
+
 impl Ops<'_> {
-    /// Every row of `c` for the `NV·L` columns from `n0`, of which those
-    /// from `keep` on are stored (the rest were stored by an earlier block).
     /// All of `c` (`TWO`: whether `more` is set). Where all of `b` fits
     /// in L1 (a weight gradient `dyᵀ · x` over a few rows), row tile by row
     /// tile, so `c` streams through once in memory order; otherwise column
     /// block by column block, so each block of `b` stays in L1 while every
     /// row tile passes.
     fn run<const TWO: bool>(&self, m: usize, c: &mut [f32]) {
-        let n = self.n;
-        if self.k * n * if TWO { 2 } else { 1 } <= B_IN_L1 {
-            let mut m0 = 0;
-            while m0 + BR <= m {
-                self.row::<BR, TWO>(m0, c);
-                m0 += BR;
+        if self.k * self.n * if TWO { 2 } else { 1 } <= B_IN_L1 {
+            for (m0, rows) in row_tiles(m) {
+                match rows {
+                    BR => self.row::<BR, TWO>(m0, c),
+                    2 => self.row::<2, TWO>(m0, c),
+                    _ => self.row::<1, TWO>(m0, c),
+                }
             }
-            while m0 + 2 <= m {
-                self.row::<2, TWO>(m0, c);
-                m0 += 2;
+        } else {
+            for (n0, keep, wide) in col_blocks(self.n) {
+                if wide { self.cols::<BV, TWO>(m, n0, keep, c) } else { self.cols::<1, TWO>(m, n0, keep, c) }
             }
-            if m0 < m {
-                self.row::<1, TWO>(m0, c);
-            }
-            return;
-        }
-        let mut n0 = 0;
-        while n0 + BV * L <= n {
-            self.cols::<BV, TWO>(m, n0, n0, c);
-            n0 += BV * L;
-        }
-        while n0 + L <= n {
-            self.cols::<1, TWO>(m, n0, n0, c);
-            n0 += L;
-        }
-        if n0 < n {
-            self.cols::<1, TWO>(m, n - L, n0, c);
         }
     }
 
     /// Rows `m0 .. m0 + R` of `c`, every column.
     #[inline(always)]
     fn row<const R: usize, const TWO: bool>(&self, m0: usize, c: &mut [f32]) {
-        let n = self.n;
-        let mut n0 = 0;
-        while n0 + BV * L <= n {
-            self.tile::<R, BV, TWO>(m0, n0, n0, c);
-            n0 += BV * L;
-        }
-        while n0 + L <= n {
-            self.tile::<R, 1, TWO>(m0, n0, n0, c);
-            n0 += L;
-        }
-        if n0 < n {
-            self.tile::<R, 1, TWO>(m0, n - L, n0, c);
+        for (n0, keep, wide) in col_blocks(self.n) {
+            if wide { self.tile::<R, BV, TWO>(m0, n0, keep, c) } else { self.tile::<R, 1, TWO>(m0, n0, keep, c) }
         }
     }
 
+    /// Every row of `c` for the `NV·L` columns from `n0`, of which those
+    /// from `keep` on are stored (the rest were stored by an earlier block).
     #[inline(always)]
     fn cols<const NV: usize, const TWO: bool>(&self, m: usize, n0: usize, keep: usize, c: &mut [f32]) {
-        let mut m0 = 0;
-        while m0 + BR <= m {
-            self.tile::<BR, NV, TWO>(m0, n0, keep, c);
-            m0 += BR;
-        }
-        while m0 + 2 <= m {
-            self.tile::<2, NV, TWO>(m0, n0, keep, c);
-            m0 += 2;
-        }
-        if m0 < m {
-            self.tile::<1, NV, TWO>(m0, n0, keep, c);
+        for (m0, rows) in row_tiles(m) {
+            match rows {
+                BR => self.tile::<BR, NV, TWO>(m0, n0, keep, c),
+                2 => self.tile::<2, NV, TWO>(m0, n0, keep, c),
+                _ => self.tile::<1, NV, TWO>(m0, n0, keep, c),
+            }
         }
     }
 
