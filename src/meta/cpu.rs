@@ -41,14 +41,16 @@ fn gemm(
     assert!(k == 0 || (m - 1) * rsa + (k - 1) * csa < a.len(), "gemm: a too short");
     assert!(k == 0 || (k - 1) * rsb + (n - 1) * csb < b.len(), "gemm: b too short");
     assert!(m * n <= c.len(), "gemm: c too short");
-    if small::BCAST && csb == 1 && m.min(k) <= small::MAX_ROWS {
-        if n >= small::MIN_COLS {
-            small::gemm_bcast(m, k, n, alpha, a, (rsa, csa), b, rsb, beta, c);
-            return;
-        }
-        if small::gemm_bcast_narrow(m, k, n, alpha, a, (rsa, csa), b, rsb, beta, c) {
-            return;
-        }
+    if broadcast_form(m, k, n, csb) {
+        small::gemm_bcast(m, k, n, alpha, a, (rsa, csa), b, rsb, beta, c);
+        return;
+    }
+    if small::BCAST
+        && csb == 1
+        && m.min(k) <= small::MAX_ROWS
+        && small::gemm_bcast_narrow(m, k, n, alpha, a, (rsa, csa), b, rsb, beta, c)
+    {
+        return;
     }
     // SAFETY: the asserts above bound every index sgemm forms from the
     // dimensions and strides; `c` is exclusively borrowed.
@@ -70,6 +72,13 @@ fn gemm(
             1,
         );
     }
+}
+
+/// Whether [`gemm`] gives an `m × k × n` product with `b`'s column stride
+/// `csb` to the broadcast kernel: AVX-512 builds, `b` rows contiguous, one
+/// side of at most `MAX_ROWS` rows, at least `MIN_COLS` columns.
+fn broadcast_form(m: usize, k: usize, n: usize, csb: usize) -> bool {
+    small::BCAST && csb == 1 && m.min(k) <= small::MAX_ROWS && n >= small::MIN_COLS
 }
 
 /// `db += alpha · Σ_rows dy`, row by row (as the reference adds them).
@@ -149,7 +158,7 @@ pub fn dense_step(
     i: usize,
     j: usize,
 ) {
-    if small::BCAST && i >= small::MIN_COLS && j.min(r) <= small::MAX_ROWS && j > 0 {
+    if j > 0 && broadcast_form(j, r, i, 1) {
         small::gemm_bcast_from(j, r, i, alpha, dy, (1, j), x, i, &src_w[..j * i], dw);
     } else {
         dw[..j * i].copy_from_slice(&src_w[..j * i]);
@@ -225,9 +234,9 @@ pub fn dense_rdw(
     j: usize,
 ) {
     match rx {
-        // Both products in one pass over `rdw` (the broadcast kernel's
-        // dispatch conditions, as in `gemm`).
-        Some(rx) if small::BCAST && j.min(r) <= small::MAX_ROWS && i >= small::MIN_COLS && j > 0 => {
+        // Both products in one pass over `rdw`, where `gemm` would take
+        // either to the broadcast kernel.
+        Some(rx) if j > 0 && broadcast_form(j, r, i, 1) => {
             small::gemm_bcast2(j, r, i, alpha, (rdy, dy), (1, j), (x, rx), i, 1.0, rdw);
         }
         Some(rx) => {
