@@ -13,7 +13,10 @@
 //! the FLOPs that any implementation must spend — the RLN's forward and
 //! backward over all rows, and the PLN's products of a second-order
 //! meta-gradient without recomputation — at this machine's SGEMM rate
-//! (measured here, all threads, one GEMM per thread at the RLN's shape).
+//! (measured here, all threads, one GEMM per thread at the RLN's shape);
+//! and the same FLOPs at the machine's FMA peak (also measured here: a
+//! register-only loop of fused multiply-adds on every thread), which no
+//! implementation can beat.
 //!
 //! A subcommand of `bench` (see [`super::bench::BenchArgs`]); its options
 //! are its own.
@@ -177,6 +180,44 @@ fn sgemm_rate() -> f64 {
     (threads as f64) * 2.0 * (m * k * n) as f64 / median(&mut times)
 }
 
+/// This machine's f32 FMA peak (FLOP/s) with the vectors this build targets,
+/// and their lanes: every thread runs independent fused multiply-adds on
+/// registers only (enough chains to cover the FMA latency), median of
+/// repeated runs. No kernel of this build can beat it, so the FLOPs a
+/// workload must spend at this rate are a hard floor, where the SGEMM floor
+/// is `matrixmultiply`'s. (A build for narrower vectors than the CPU has
+/// measures that width's peak, which `matrixmultiply`, dispatching at run
+/// time, can exceed.)
+fn fma_peak() -> (f64, usize) {
+    #[cfg(target_feature = "avx512f")]
+    type V = wide::f32x16;
+    #[cfg(not(target_feature = "avx512f"))]
+    type V = wide::f32x8;
+    const CHAINS: usize = if cfg!(target_feature = "avx512f") { 16 } else { 12 };
+    const ROUNDS: usize = 200_000;
+    fn chains(seed: f32) -> f32 {
+        let mut acc = [V::splat(seed); CHAINS];
+        let (a, b) = (V::splat(0.999_999), V::splat(1e-7));
+        for _ in 0..ROUNDS {
+            for x in acc.iter_mut() {
+                *x = x.mul_add(a, b);
+            }
+        }
+        acc.iter().map(|v| v.reduce_add()).sum()
+    }
+    let threads = rayon::current_num_threads();
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < 10 || (start.elapsed().as_secs_f64() < 1.0 && times.len() < 1000) {
+        let t0 = Instant::now();
+        let s: f32 = (0..threads).into_par_iter().map(|t| chains(std::hint::black_box(t as f32))).sum();
+        times.push(t0.elapsed().as_secs_f64());
+        std::hint::black_box(s);
+    }
+    let lanes = std::mem::size_of::<V>() / 4;
+    ((threads * ROUNDS * CHAINS * lanes * 2) as f64 / median(&mut times), lanes)
+}
+
 fn run_child(args: &Args, w: MetaWorkload) -> Result<String, Box<dyn std::error::Error>> {
     let (m, t) = make(w, 0);
     let mut times = Vec::new();
@@ -194,13 +235,16 @@ fn run_child(args: &Args, w: MetaWorkload) -> Result<String, Box<dyn std::error:
     let med = median(&mut times);
     let rate = sgemm_rate();
     let floor = (rln_flops(w) + pln_flops(w)) / rate;
+    let (peak_rate, lanes) = fma_peak();
+    let peak_floor = (rln_flops(w) + pln_flops(w)) / peak_rate;
     Ok(format!(
-        "{{\"impl\":\"neuroplastic\",\"workload\":\"{}\",\"median_s\":{med},\"reps\":{},\"peak_rss_mib\":{peak},\"loss\":{loss},\"rln_gflop\":{},\"pln_gflop\":{},\"sgemm_gflops\":{},\"floor_s\":{floor},\"threads\":{}}}",
+        "{{\"impl\":\"neuroplastic\",\"workload\":\"{}\",\"median_s\":{med},\"reps\":{},\"peak_rss_mib\":{peak},\"loss\":{loss},\"rln_gflop\":{},\"pln_gflop\":{},\"sgemm_gflops\":{},\"floor_s\":{floor},\"fma_gflops\":{},\"fma_lanes\":{lanes},\"peak_floor_s\":{peak_floor},\"threads\":{}}}",
         w.name(),
         times.len(),
         rln_flops(w) / 1e9,
         pln_flops(w) / 1e9,
         rate / 1e9,
+        peak_rate / 1e9,
         rayon::current_num_threads()
     ))
 }
@@ -294,6 +338,13 @@ pub fn run(args: Args) -> CliResult {
                 f(&ours, "sgemm_gflops"),
                 f(&ours, "threads"),
                 1e3 * f(&ours, "floor_s")
+            );
+            println!(
+                "       at the FMA peak of {}-lane vectors, {:.0} GFLOP/s: {:.1} ms ({:.0}% of it reached)",
+                f(&ours, "fma_lanes"),
+                f(&ours, "fma_gflops"),
+                1e3 * f(&ours, "peak_floor_s"),
+                100.0 * f(&ours, "peak_floor_s") / f(&ours, "median_s")
             );
         }
     }
