@@ -169,15 +169,24 @@ fn sgemm_rate() -> f64 {
     let b = vec![0.25f32; k * n];
     let bias = vec![0.0f32; n];
     let mut cs: Vec<Vec<f32>> = (0..threads).map(|_| vec![0.0f32; m * n]).collect();
+    let t = median_time(|| {
+        cs.par_iter_mut().for_each(|c| cpu::dense_fwd(&a, &b, &bias, c, m, k, n));
+        std::hint::black_box(&mut cs);
+    });
+    (threads as f64) * 2.0 * (m * k * n) as f64 / t
+}
+
+/// The median time of `f` over at least 10 runs, more while under a second
+/// has passed (at most 1,000).
+fn median_time(mut f: impl FnMut()) -> f64 {
     let mut times = Vec::new();
     let start = Instant::now();
     while times.len() < 10 || (start.elapsed().as_secs_f64() < 1.0 && times.len() < 1000) {
         let t0 = Instant::now();
-        cs.par_iter_mut().for_each(|c| cpu::dense_fwd(&a, &b, &bias, c, m, k, n));
+        f();
         times.push(t0.elapsed().as_secs_f64());
-        std::hint::black_box(&mut cs);
     }
-    (threads as f64) * 2.0 * (m * k * n) as f64 / median(&mut times)
+    median(&mut times)
 }
 
 /// This machine's f32 FMA peak (FLOP/s) with the vectors this build targets,
@@ -206,16 +215,12 @@ fn fma_peak() -> (f64, usize) {
         acc.iter().map(|v| v.reduce_add()).sum()
     }
     let threads = rayon::current_num_threads();
-    let mut times = Vec::new();
-    let start = Instant::now();
-    while times.len() < 10 || (start.elapsed().as_secs_f64() < 1.0 && times.len() < 1000) {
-        let t0 = Instant::now();
+    let t = median_time(|| {
         let s: f32 = (0..threads).into_par_iter().map(|t| chains(std::hint::black_box(t as f32))).sum();
-        times.push(t0.elapsed().as_secs_f64());
         std::hint::black_box(s);
-    }
+    });
     let lanes = std::mem::size_of::<V>() / 4;
-    ((threads * ROUNDS * CHAINS * lanes * 2) as f64 / median(&mut times), lanes)
+    ((threads * ROUNDS * CHAINS * lanes * 2) as f64 / t, lanes)
 }
 
 fn run_child(args: &Args, w: MetaWorkload) -> Result<String, Box<dyn std::error::Error>> {
