@@ -315,16 +315,21 @@ fn bcast(
         }
         let (s1, s2) = buf[..pairs * m * k].split_at_mut(m * k);
         for (a, dst) in std::iter::once(a).chain(more.map(|(a2, _)| a2)).zip([s1, s2]) {
+            // Contiguous runs of `a` scale as slices (vectorized, no index
+            // arithmetic per element): this copy is m·k scalar products
+            // otherwise, 14% of a 300 × 16 × 300 weight gradient.
+            let scale = |dst: &mut [f32], src: &[f32]| dst.iter_mut().zip(src).for_each(|(d, &s)| *d = alpha * s);
             if rs == 1 {
-                for p in 0..k {
-                    for (r, d) in dst[p * m..(p + 1) * m].iter_mut().enumerate() {
-                        *d = alpha * a[r * rsa + p * csa];
-                    }
+                // rsa == 1: each p is a run of m.
+                for (p, col) in dst.chunks_exact_mut(m.max(1)).enumerate() {
+                    scale(col, &a[p * csa..p * csa + m]);
                 }
             } else {
                 for (r, row) in dst.chunks_exact_mut(k.max(1)).enumerate() {
-                    for (p, d) in row.iter_mut().enumerate() {
-                        *d = alpha * a[r * rsa + p * csa];
+                    if csa == 1 {
+                        scale(row, &a[r * rsa..r * rsa + k]);
+                    } else {
+                        row.iter_mut().enumerate().for_each(|(p, d)| *d = alpha * a[r * rsa + p * csa]);
                     }
                 }
             }
