@@ -143,7 +143,10 @@ impl TensorFile {
     /// Parses the bytes of a safetensors file; `path` is used in messages.
     pub fn parse(bytes: &[u8], path: &str) -> Result<Self> {
         let fmt = |message: String| Error::Format { path: path.to_string(), message };
-        let st = SafeTensors::deserialize(bytes).map_err(|e| fmt(format!("not a valid safetensors file: {e}")))?;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| match e {
+            safetensors::SafeTensorError::ValidationOverflow => fmt(overflowing_shape(bytes)),
+            e => fmt(format!("not a valid safetensors file: {e}")),
+        })?;
         let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| fmt(format!("bad header: {e}")))?;
         let metadata = meta.metadata().clone().unwrap_or_default().into_iter().collect();
         let mut tensors = BTreeMap::new();
@@ -156,7 +159,7 @@ impl TensorFile {
                 Dtype::U8 => Data::U8(b.to_vec()),
                 d => {
                     return Err(fmt(format!(
-                        "tensor `{name}` has dtype {d:?}; expected F32 (or F64/I64/U8 in checkpoints)"
+                        "tensor `{name}` has dtype {d:?}, which neuroplastic does not read: store it as F32"
                     )));
                 }
             };
@@ -288,31 +291,102 @@ impl TensorFile {
     }
 }
 
+/// The message for a header whose declared shape has more elements than
+/// any buffer can hold, naming the tensor (read from the header JSON).
+fn overflowing_shape(bytes: &[u8]) -> String {
+    let generic = "a tensor's declared shape has more elements than any file can hold".to_string();
+    let Some(len) = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize) else {
+        return generic;
+    };
+    let Some(Ok(serde_json::Value::Object(header))) =
+        bytes.get(8..8usize.saturating_add(len)).map(serde_json::from_slice::<serde_json::Value>)
+    else {
+        return generic;
+    };
+    for (name, t) in &header {
+        let Some(shape) = t.get("shape").and_then(|s| s.as_array()) else { continue };
+        let dims: Vec<u64> = shape.iter().filter_map(|d| d.as_u64()).collect();
+        if dims.iter().try_fold(8u64, |a, &d| a.checked_mul(d)).is_none() {
+            let dims: Vec<String> = dims.iter().map(u64::to_string).collect();
+            return format!(
+                "tensor `{name}` declares shape ({}), more elements than any file can hold",
+                dims.join(", ")
+            );
+        }
+    }
+    generic
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder,
 /// flushed to disk, then renamed over `path`. A crash leaves either the old
 /// file or the new one, never a torn one.
+///
+/// What `path` already is, is kept: through a symbolic link the file it
+/// points to is replaced (the link stays a link); an existing file's
+/// permissions carry over to the new one, and a read-only file is refused
+/// rather than replaced; a device or pipe (`/dev/null`, `/dev/stdout`) is
+/// written to in place, never replaced by a regular file; a folder is an error.
 pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
-    let path = path.as_ref();
-    let p = path.display().to_string();
+    let given = path.as_ref();
+    let p = given.display().to_string();
     let io = |source| Error::Io { path: p.clone(), source };
+    let refuse = |message: String| Error::Config { arg: p.clone(), message };
+    let path = resolve_links(given).map_err(io)?;
+    let existing = std::fs::metadata(&path).ok();
+    if let Some(m) = &existing {
+        if m.is_dir() {
+            return Err(refuse("is a folder, expected a file name".into()));
+        }
+        if !m.is_file() {
+            // A device or pipe: written in place (a rename would replace it).
+            return std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all(bytes))
+                .map_err(io);
+        }
+        if m.permissions().readonly() {
+            return Err(refuse("is read-only: make it writable or choose another name".into()));
+        }
+    }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::Config { arg: "path".into(), message: format!("`{p}` names no file") })?;
+    let name = path.file_name().ok_or_else(|| refuse("names no file".into()))?;
     let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
     let res = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
+        if let Some(m) = &existing {
+            f.set_permissions(m.permissions())?;
+        }
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, &path)
     })();
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     res.map_err(io)
+}
+
+/// `path` with symbolic links followed to the file they name (which may not
+/// exist yet), so that replacing it keeps the link.
+fn resolve_links(path: &Path) -> std::io::Result<std::path::PathBuf> {
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = std::fs::read_link(&p)?;
+                p = match p.parent() {
+                    Some(d) if target.is_relative() => d.join(target),
+                    _ => target,
+                };
+            }
+            _ => return Ok(p),
+        }
+    }
+    Err(std::io::Error::other("too many levels of symbolic links"))
 }
 
 // ---------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-//! Every safetensors loader (model, episode, gradients, training checkpoint)
-//! on malformed bytes: the files a hostile or careless user can hand us.
+//! Every safetensors loader (model, episode, gradients, training checkpoint,
+//! meta-learner, trajectory) on malformed bytes: the files a hostile or careless user can hand us.
 //! Hand-made cases first (empty, truncated, absurd header length,
 //! overlapping offsets, non-UTF-8 header, wrong dtype, …), then a proptest
 //! that mutates the bytes of valid files at random. Whatever the bytes, a
@@ -45,12 +45,38 @@ fn model_and_episode() -> (Model, Episode) {
 }
 
 /// The bytes of a valid model file, episode file, gradients file and training checkpoint.
-fn valid_files() -> &'static [Vec<u8>; 4] {
-    static FILES: std::sync::OnceLock<[Vec<u8>; 4]> = std::sync::OnceLock::new();
+fn valid_files() -> &'static [Vec<u8>; 6] {
+    static FILES: std::sync::OnceLock<[Vec<u8>; 6]> = std::sync::OnceLock::new();
     FILES.get_or_init(make_files)
 }
 
-fn make_files() -> [Vec<u8>; 4] {
+/// A small ANML meta-learner (RLN, PLN, NM gating layer 1, learned β, clamp)
+/// and a trajectory for it.
+fn meta_model_and_trajectory() -> (neuroplastic::meta::MetaModel<f32>, neuroplastic::meta::Trajectory<f32>) {
+    use neuroplastic::meta::{MetaConfig, MetaModel, Trajectory};
+    let cfg = MetaConfig { inner_lr: 0.1, learn_lr: true, clamp: 0.5, gate_at: 1, ..MetaConfig::default() };
+    let mut m = MetaModel::<f32>::zeros(cfg, 3, &[3, 4], &[4, 5, 2], &[3, 5]);
+    let fill = |v: &mut Vec<f32>| v.iter_mut().enumerate().for_each(|(k, x)| *x = ((k * 7 % 11) as f32 - 5.0) / 10.0);
+    fill(&mut m.rln_p);
+    fill(&mut m.theta0);
+    fill(&mut m.nm_p);
+    let (p, s, bi, bo) = (2, 3, 2, 2);
+    let t = Trajectory {
+        p,
+        s,
+        bi,
+        bo,
+        d: 3,
+        ycols: 2,
+        inner_x: vec![0.5; p * s * bi * 3],
+        inner_y: vec![0.25; p * s * bi * 2],
+        outer_x: vec![-0.5; p * bo * 3],
+        outer_y: vec![0.75; p * bo * 2],
+    };
+    (m, t)
+}
+
+fn make_files() -> [Vec<u8>; 6] {
     let (model, ep) = model_and_episode();
     let mut mf = TensorFile::new();
     put_model(&mut mf, &model).unwrap();
@@ -71,7 +97,18 @@ fn make_files() -> [Vec<u8>; 4] {
     let mut tr = Trainer::new(task, m, engine, cfg).unwrap();
     tr.run(2, None, &mut |_| Ok(())).unwrap();
     let ck = tr.checkpoint().to_file().unwrap().to_bytes().unwrap();
-    [mf.to_bytes().unwrap(), ef.to_bytes().unwrap(), std::fs::read(&gp).unwrap(), ck]
+    let (mm, mt) = meta_model_and_trajectory();
+    let (mp, tp) = (dir.join("meta.safetensors"), dir.join("traj.safetensors"));
+    neuroplastic::meta::io::save_model(&mm, &mp).unwrap();
+    neuroplastic::meta::io::save_trajectory(&mt, &mm, &tp).unwrap();
+    [
+        mf.to_bytes().unwrap(),
+        ef.to_bytes().unwrap(),
+        std::fs::read(&gp).unwrap(),
+        ck,
+        std::fs::read(&mp).unwrap(),
+        std::fs::read(&tp).unwrap(),
+    ]
 }
 
 /// Runs `bytes` through every loader. Each either succeeds or fails with a
@@ -92,6 +129,7 @@ fn load_all(bytes: &[u8]) -> Vec<String> {
     note(take_model(&mut f.clone()).map(|_| ()));
     note(take_episode(&mut f.clone(), &model).map(|_| ()));
     note(TrainCheckpoint::from_file(f.clone()).map(|_| ()));
+    note(neuroplastic::meta::io::take_model(&mut f.clone()).map(|_| ()));
     // The gradients loader reads a path: write the bytes out once per case.
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fuzz_loaders");
     let p = dir.join(format!("g-{:?}.safetensors", std::thread::current().id()).replace(['(', ')'], ""));
@@ -99,6 +137,10 @@ fn load_all(bytes: &[u8]) -> Vec<String> {
     std::fs::write(&p, bytes).unwrap();
     if let Err(e) = neuroplastic::io::load_gradients(&p, &model) {
         assert!(e.to_string().contains("g-"), "the gradients error does not name the file: {e}");
+    }
+    let (meta, _) = meta_model_and_trajectory();
+    if let Err(e) = neuroplastic::meta::io::load_trajectory(&p, &meta) {
+        assert!(e.to_string().contains("g-"), "the trajectory error does not name the file: {e}");
     }
     errs
 }
@@ -147,6 +189,9 @@ fn hand_made_malformed_files_are_named_errors() {
     // A huge declared shape whose data is absent.
     let h = br#"{"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}}"#;
     rejected(&raw(h, &[0; 4]), &[NAME]);
+    // One whose element count overflows: the tensor and its shape are named.
+    let h = br#"{"inner.x":{"dtype":"F32","shape":[1048576,1048576,1048576,3],"data_offsets":[0,4]}}"#;
+    rejected(&raw(h, &[0; 4]), &[NAME, "`inner.x`", "1048576, 1048576, 1048576, 3"]);
     // Wrong dtype, named with the tensor.
     let h = br#"{"__metadata__":{"neuroplastic.rule":"hebb"},"w":{"dtype":"F16","shape":[1,1],"data_offsets":[0,2]}}"#;
     rejected(&raw(h, &[0; 2]), &[NAME, "`w`", "F16"]);
@@ -176,7 +221,7 @@ fn the_valid_files_load() {
     for bytes in valid_files() {
         // Its own loader accepts each (the others may refuse it); none panics.
         let errs = load_all(bytes);
-        assert!(errs.len() < 4, "{errs:?}");
+        assert!(errs.len() < 5, "{errs:?}");
     }
 }
 
@@ -239,7 +284,7 @@ proptest! {
 
     #[test]
     fn mutated_files_never_panic_and_errors_name_the_file(
-        which in 0usize..4,
+        which in 0usize..6,
         muts in proptest::collection::vec(mutation(), 1..4),
     ) {
         let mut bytes = valid_files()[which].clone();

@@ -304,6 +304,52 @@ fn writes_are_atomic_and_failures_name_the_path() {
     assert_names(&e, &["junk.safetensors", "not a valid safetensors file"]);
 }
 
+/// What the output path already is, is kept: a link stays a link (its
+/// target is replaced), a read-only file is refused and left as it was, an
+/// existing file's permissions carry over, a pipe is written to in place
+/// (a rename would replace it with a regular file, as it would `/dev/null`).
+#[cfg(unix)]
+#[test]
+fn writes_keep_links_permissions_and_special_files() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let d = dir("atomic_kinds");
+    let bytes = |seed| {
+        let mut f = TensorFile::new();
+        f.put_f32("v", &[2], vec![seed, 1.0]);
+        f.to_bytes().unwrap()
+    };
+    // Through a link: the target gets the new contents, the link remains.
+    let target = d.join("target.safetensors");
+    std::fs::write(&target, b"old").unwrap();
+    let link = d.join("link.safetensors");
+    std::os::unix::fs::symlink("target.safetensors", &link).unwrap();
+    neuroplastic::io::write_atomic(&link, &bytes(1.0)).unwrap();
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link was replaced");
+    assert_eq!(std::fs::read(&target).unwrap(), bytes(1.0));
+    // Permissions carry over.
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+    neuroplastic::io::write_atomic(&target, &bytes(2.0)).unwrap();
+    assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o600);
+    // Read-only: refused, contents kept.
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let e = neuroplastic::io::write_atomic(&target, &bytes(3.0)).unwrap_err().to_string();
+    assert_names(&e, &["target.safetensors", "read-only"]);
+    assert_eq!(std::fs::read(&target).unwrap(), bytes(2.0));
+    // A folder.
+    let e = neuroplastic::io::write_atomic(&d, &bytes(3.0)).unwrap_err().to_string();
+    assert_names(&e, &["is a folder"]);
+    // A pipe: written in place, still a pipe.
+    let fifo = d.join("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    neuroplastic::io::write_atomic(&fifo, &bytes(4.0)).unwrap();
+    assert_eq!(reader.join().unwrap(), bytes(4.0));
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo(), "the pipe was replaced by a file");
+}
+
 #[test]
 fn unknown_missing_and_forbidden_tensors_are_named() {
     let hebb = model(Rule::Hebb, AlphaShape::Connection, true, 0, 1);

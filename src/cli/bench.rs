@@ -139,6 +139,10 @@ pub struct Args {
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> CliResult {
+    check_timing(args.min_seconds, "--min-episodes", args.min_episodes, args.threads)?;
+    if args.max_episodes == 0 {
+        return Err("--max-episodes 0: at least one timed episode is needed for a median".into());
+    }
     if args.child {
         let w = *args.workload.first().ok_or("--child needs one --workload")?;
         let r = run_one(&args, w)?;
@@ -297,6 +301,27 @@ fn copy_bandwidth(bytes: usize) -> f64 {
     }
     times.sort_by(f64::total_cmp);
     (2 * len * 4) as f64 / times[times.len() / 2]
+}
+
+/// Checks the timing flags shared by the benches: `--min-seconds` a finite
+/// number ≥ 0, the count flag `count_flag` (`--min-episodes`, `--min-reps`)
+/// at least 1 (a median needs one timing), `--threads` at least 1.
+pub(super) fn check_timing(
+    min_seconds: f64,
+    count_flag: &str,
+    count: usize,
+    threads: Option<usize>,
+) -> Result<(), String> {
+    if !(min_seconds.is_finite() && min_seconds >= 0.0) {
+        return Err(format!("--min-seconds {min_seconds}: expected a finite number of seconds ≥ 0"));
+    }
+    if count == 0 {
+        return Err(format!("{count_flag} 0: at least one timed run is needed for a median"));
+    }
+    if threads == Some(0) {
+        return Err("--threads 0: expected at least 1 (leave it out for one thread per core)".into());
+    }
+    Ok(())
 }
 
 /// The median of `v` (sorts it; the mean of the middle two for an even length).

@@ -30,7 +30,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::CliResult;
-use super::bench::{median, peak_rss_mib};
+use super::bench::{check_timing, median, peak_rss_mib};
 
 /// The workloads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -256,6 +256,7 @@ fn run_child(args: &Args, w: MetaWorkload) -> Result<String, Box<dyn std::error:
 
 /// Runs `bench meta`.
 pub fn run(args: Args) -> CliResult {
+    check_timing(args.min_seconds, "--min-reps", args.min_reps, args.threads)?;
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
     }

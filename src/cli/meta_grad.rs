@@ -41,6 +41,8 @@ pub struct Args {
 
 /// Runs `meta-grad`.
 pub fn run(a: Args) -> CliResult {
+    super::paths::refuse_overwrite("--out", &a.out, &[("--model", &a.model), ("--trajectory", &a.trajectory)])?;
+    super::paths::check_writable("--out", &a.out)?;
     let m = load_model(&a.model)?;
     let t = load_trajectory(&a.trajectory, &m)?;
     let start = Instant::now();
@@ -49,13 +51,16 @@ pub fn run(a: Args) -> CliResult {
         Backend::Reference => {
             let g = reference::meta_grad(&m.cast::<f64>(), &t.cast::<f64>())?;
             let c = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-            neuroplastic::meta::MetaGrads {
+            let g = neuroplastic::meta::MetaGrads {
                 loss: g.loss,
                 rln: c(&g.rln),
                 pln: c(&g.pln),
                 nm: c(&g.nm),
                 inner_lr: g.inner_lr as f32,
-            }
+            };
+            // What f64 held may not fit the f32 file.
+            neuroplastic::meta::check_grads(&m, &g)?;
+            g
         }
     };
     let secs = start.elapsed().as_secs_f64();

@@ -42,6 +42,33 @@ pub fn refuse_overwrite(out_flag: &str, out: &Path, inputs: &[(&str, &Path)]) ->
     Ok(())
 }
 
+/// Checks before a command computes anything that `path` (given as
+/// `flag`) can be written: it names a file (not a folder, no trailing
+/// slash), its folder exists and takes a new file, and an existing file
+/// there is not read-only. A run that computed for an hour must not end
+/// on "no such directory".
+pub fn check_writable(flag: &str, path: &Path) -> Result<(), String> {
+    let shown = path.display();
+    let text = path.as_os_str().to_string_lossy();
+    if text.is_empty() || text.ends_with('/') || path.is_dir() {
+        return Err(format!("{flag} {shown}: is a folder, expected a file name"));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!("{flag} {shown}: the folder {} does not exist", dir.display()));
+    }
+    if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().readonly()) {
+        return Err(format!("{flag} {shown}: the file is read-only; make it writable or choose another name"));
+    }
+    let probe = dir.join(format!(".neuroplastic-probe{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| format!("{flag} {shown}: cannot write in {}: {e}", dir.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

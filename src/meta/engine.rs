@@ -18,7 +18,8 @@ use rayon::prelude::*;
 
 use super::pool::Buf;
 use super::{Kernels, Loss, MetaGrads, MetaModel, Order, Real, Stack, Trajectory};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::limits::Estimate;
 
 type F<K> = <K as Kernels>::F;
 
@@ -614,6 +615,13 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
 pub fn meta_grad<K: Kernels>(model: &MetaModel<K::F>, traj: &Trajectory<K::F>) -> Result<MetaGrads<K::F>> {
     model.validate()?;
     traj.validate(model)?;
+    let in_flight = if K::PARALLEL { rayon::current_num_threads().min(traj.p) } else { 1 };
+    estimate(model, traj, in_flight).check(
+        &format!("trajectory (P = {}, S = {}, Bi = {}, Bo = {})", traj.p, traj.s, traj.bi, traj.bo),
+        "the meta-gradient",
+        "use fewer inner steps S (or truncate them: neuroplastic.meta.truncate), fewer rows per batch, \
+         narrower layers, or fewer threads (RAYON_NUM_THREADS)",
+    )?;
     let one = |p: usize| {
         let mut g = TaskGrads {
             loss: 0.0,
@@ -643,5 +651,145 @@ pub fn meta_grad<K: Kernels>(model: &MetaModel<K::F>, traj: &Trajectory<K::F>) -
     }
     total.inner_lr *= sc;
     total.loss = loss * scale;
+    if let Some(p) = per.iter().position(|g| !g.loss.is_finite()) {
+        return Err(Error::Overflow {
+            quantity: format!("meta-loss of task {p}"),
+            message: format!(
+                "is {}: the inner loop or the meta-loss left the {} range. Usually the inner SGD diverges over \
+                 its {} steps (β = {} is too large for these inputs and weights) or inputs or weights are huge; \
+                 lower β (inner_lr) or scale the inputs down",
+                per[p].loss,
+                std::any::type_name::<K::F>(),
+                traj.s,
+                short(model.inner_lr.to_f64())
+            ),
+        });
+    }
+    check_grads(model, &total)?;
     Ok(total)
+}
+
+/// A scalar for messages: as the f32 it is used as, in exponent form when
+/// very large or small (`0.003`, not `0.003000000026077032`; `1e30`).
+fn short(v: f64) -> String {
+    let f = v as f32;
+    if f != 0.0 && (f.abs() >= 1e5 || f.abs() < 1e-4) { format!("{f:e}") } else { format!("{f}") }
+}
+
+/// Errors ([`Error::Overflow`]) when the meta-loss does not fit the scalar
+/// type `F` or a gradient holds NaN or ±∞, naming the tensor and element:
+/// such a result must not be written or stepped on as if it were one.
+pub fn check_grads<F: Real>(model: &MetaModel<F>, g: &MetaGrads<F>) -> Result<()> {
+    let loss = g.loss;
+    if !F::from_f64(loss).to_f64().is_finite() {
+        return Err(Error::Overflow {
+            quantity: "meta-loss".into(),
+            message: format!(
+                "is {loss:e}, beyond the range of {}: the model's outputs are finite but enormous; lower β \
+                 (inner_lr) or scale the inputs and targets down",
+                std::any::type_name::<F>()
+            ),
+        });
+    }
+    for (name, st, v) in [("rln", &model.rln, &g.rln), ("pln", &model.pln, &g.pln), ("nm", &model.nm, &g.nm)] {
+        if let Err(Error::NonFinite { arg, index, value }) = st.check_finite(name, v) {
+            return Err(Error::Overflow {
+                quantity: format!("meta-gradient of `{arg}` (element {index})"),
+                message: format!(
+                    "is {value} although the meta-loss ({loss:e}) is finite: the backward pass through the inner \
+                     loop overflowed. Lower β (inner_lr), clamp the inner gradients (neuroplastic.meta.clamp) or \
+                     scale the inputs down"
+                ),
+            });
+        }
+    }
+    if !g.inner_lr.to_f64().is_finite() {
+        return Err(Error::Overflow {
+            quantity: "meta-gradient of `inner_lr`".into(),
+            message: format!("is {} although the meta-loss ({loss:e}) is finite; lower β", g.inner_lr.to_f64()),
+        });
+    }
+    Ok(())
+}
+
+/// What [`meta_grad`] allocates for `model` on `traj`'s shapes with
+/// `in_flight` tasks computed at once, counted from the buffers the engine
+/// makes (an upper bound within a few percent): per task the RLN's and NM's
+/// activations over all S·Bi + Bo rows and their backward, each
+/// differentiated step's PLN activations, the θ snapshots and one segment
+/// of rebuilt θ's (O(√S) copies of the PLN), and the R-pass buffers; and
+/// every task's gradient, kept until they are summed in task order.
+pub fn estimate<F: Real>(model: &MetaModel<F>, traj: &Trajectory<F>, in_flight: usize) -> Estimate {
+    let b = std::mem::size_of::<F>() as u128;
+    let (s, bi, bo) = (traj.s as u128, traj.bi as u128, traj.bo as u128);
+    let rows = s.saturating_mul(bi).saturating_add(bo);
+    let widths = |st: &Stack| st.dims.iter().map(|&(_, o)| o as u128).sum::<u128>();
+    let widest = |st: &Stack| st.widest() as u128;
+    let cfg = &model.cfg;
+    let gate = (!model.nm.is_empty()).then_some(cfg.gate_at);
+    let has_rln = !model.rln.is_empty();
+    let inputs = has_rln || gate == Some(0);
+    // Per row, what `Acts::new` keeps: layer inputs r (l > 0), the gated
+    // input x, a and da, dx where the input's adjoint is needed, dr at the gate.
+    let kept_per_row = model
+        .pln
+        .dims
+        .iter()
+        .enumerate()
+        .map(|(l, &(i, o))| {
+            let (i, o, gated, need) = (i as u128, o as u128, gate == Some(l), l > 0 || inputs);
+            i * (u128::from(l > 0) + u128::from(gated) + u128::from(need) + u128::from(gated && need)) + 2 * o
+        })
+        .sum::<u128>();
+    // The R-pass twins: rr, rx, rdx, rdr (inputs) and ra, rda (outputs).
+    let rbufs = model.pln.dims.iter().map(|&(i, o)| 4 * i as u128 + 2 * o as u128).sum::<u128>();
+    let k0 = match (cfg.order, cfg.truncate) {
+        (Order::First, _) => traj.s,
+        (Order::Second, 0) => 0,
+        (Order::Second, k) => traj.s.saturating_sub(k),
+    };
+    let span = (traj.s - k0) as u128;
+    let seg = ((span as f64).sqrt().ceil() as u128).max(1);
+    let np = model.pln.params() as u128;
+    let all = (model.rln.params() + model.pln.params() + model.nm.params()) as u128 + 1;
+    let x = |n: u128| n.saturating_mul(b);
+    let fly = in_flight as u128;
+    let mut e = Estimate::new();
+    let mut task = |what: &str, n: u128| {
+        e.add(format!("{what} ({in_flight} task(s) at once)"), x(n).saturating_mul(fly));
+    };
+    task("inputs", rows.saturating_mul(traj.d as u128));
+    // The outer-only stacks: activations over every row, and their
+    // backward's three buffers over the rows that receive an adjoint.
+    let adj_rows = if k0 == traj.s { bo } else { rows - (k0 as u128) * bi };
+    let outer_only = |st: &Stack| rows.saturating_mul(widths(st)) + adj_rows.saturating_mul(3 * widest(st));
+    task("RLN activations", outer_only(&model.rln));
+    task("NM activations", outer_only(&model.nm));
+    let kept = span.saturating_add(1).saturating_mul(bi).saturating_add(bo);
+    task("PLN activations of the differentiated steps", kept.saturating_mul(kept_per_row));
+    // Snapshots, one segment of rebuilt θ's (and of raw inner gradients when
+    // the clamp or a learned β needs them), θ, θ̄, and the clamp's and
+    // learned β's own vectors.
+    let cap = seg.min(span);
+    let keep_g = cfg.clamp > 0.0 || cfg.learn_lr;
+    let copies = span.div_ceil(seg)
+        + cap.saturating_sub(1)
+        + if keep_g { cap + 1 } else { 0 }
+        + 2
+        + u128::from(cfg.learn_lr)
+        + u128::from(cfg.clamp > 0.0);
+    task("θ snapshots and rebuilt θ's", copies.saturating_mul(np));
+    let rrows = if span > 0 { bi } else { 0 };
+    task("R-pass buffers", rrows.saturating_mul(rbufs + widest(&model.pln)));
+    let hw = if has_rln { model.pln.dims[0].0 as u128 } else { 0 };
+    let gw = gate.map_or(0, |g| model.pln.dims[g].0 as u128);
+    task("adjoints of the RLN and NM outputs", rows.saturating_mul(hw + gw));
+    // The products' thread-local scratch (scaled or transposed operands).
+    let widest_any = widest(&model.rln).max(widest(&model.pln)).max(widest(&model.nm));
+    task("scratch of the products", rows.saturating_mul(2 * widest_any));
+    e.add("every task's gradient and their sum", x((traj.p as u128 + 1).saturating_mul(all)));
+    // Vectors of buffers, rayon's bookkeeping, small vectors not counted above.
+    let small = e.total() / 20;
+    e.add("bookkeeping (5%)", small);
+    e
 }

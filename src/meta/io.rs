@@ -16,6 +16,11 @@ const KEY_ORDER: &str = "neuroplastic.meta.order";
 const KEY_TRUNC: &str = "neuroplastic.meta.truncate";
 const KEY_CLAMP: &str = "neuroplastic.meta.clamp";
 const KEY_GATE: &str = "neuroplastic.meta.gate_at";
+/// Every metadata key a meta-learner file may hold: any other
+/// `neuroplastic.*` key is an error (a misspelt `truncate` or `clamp` would
+/// otherwise silently change the meta-gradient). Keys outside the
+/// `neuroplastic.` prefix (written by other tools) are ignored.
+pub const META_KEYS: [&str; 6] = [KEY_LOSS, KEY_LR, KEY_ORDER, KEY_TRUNC, KEY_CLAMP, KEY_GATE];
 
 fn fmt_err(f: &TensorFile, message: String) -> Error {
     Error::Format { path: f.path.clone(), message }
@@ -45,6 +50,18 @@ fn take_stack(f: &mut TensorFile, prefix: &str) -> Result<(Stack, Vec<f32>)> {
         p.extend(b);
     }
     Ok((st, p))
+}
+
+/// Errors on a `neuroplastic.*` metadata key that is not in `known`,
+/// naming it and listing the accepted ones.
+pub fn check_keys(f: &TensorFile, known: &[&str]) -> Result<()> {
+    match f.metadata.keys().find(|k| k.starts_with("neuroplastic.") && !known.contains(&k.as_str())) {
+        None => Ok(()),
+        Some(k) => Err(fmt_err(
+            f,
+            format!("unknown metadata key `{k}` (a misspelling?); a meta-learner file takes {}", known.join(", ")),
+        )),
+    }
 }
 
 fn parse_meta<T: std::str::FromStr>(f: &TensorFile, key: &str, default: T, expected: &str) -> Result<T> {
@@ -81,23 +98,67 @@ pub fn take_model(f: &mut TensorFile) -> Result<MetaModel<f32>> {
     let tensor_lr = f.take_f32_opt("inner_lr", None)?;
     let (learn_lr, lr) = match tensor_lr {
         Some((shape, v)) => {
-            if v.len() != 1 {
-                return Err(fmt_err(f, format!("tensor `inner_lr` has shape {}, expected (1,)", Shape(shape))));
+            if shape.len() > 1 || v.len() != 1 {
+                return Err(fmt_err(f, format!("tensor `inner_lr` has shape {}, expected (1,) or ()", Shape(shape))));
+            }
+            if let Some(s) = f.metadata.get(KEY_LR) {
+                return Err(fmt_err(
+                    f,
+                    format!(
+                        "β is given twice: the tensor `inner_lr` ({}, learned) and the metadata `{KEY_LR}` = `{s}` \
+                         (fixed); keep the tensor for a learned β or the key for a fixed one",
+                        v[0]
+                    ),
+                ));
             }
             (true, v[0] as f64)
         }
         None => {
-            if !f.metadata.contains_key(KEY_LR) {
+            let Some(text) = f.metadata.get(KEY_LR) else {
                 return Err(fmt_err(
                     f,
                     format!(
                         "β is missing: give either the tensor `inner_lr` (learned) or the metadata `{KEY_LR}` (fixed)"
                     ),
                 ));
+            };
+            let lr = parse_meta(f, KEY_LR, 0.0f64, "a number")?;
+            // Kept as f64 in the config, used as f32 by the kernels: both must hold it.
+            let as_f32 = lr as f32;
+            if !(lr.is_finite() && as_f32.is_finite() && (lr == 0.0 || as_f32 != 0.0)) {
+                return Err(fmt_err(
+                    f,
+                    format!(
+                        "metadata `{KEY_LR}` = `{text}`: expected a finite number that f32 can hold \
+                         (0 or 1.2e-38 ≤ |β| ≤ 3.4e38)"
+                    ),
+                ));
             }
-            (false, parse_meta(f, KEY_LR, 0.0f64, "a number")?)
+            (false, lr)
         }
     };
+    // With an NM, `validate` checks the gate against the PLN; without one
+    // the key is unused, but a layer the PLN does not have is still a mistake.
+    if nm.is_empty() && gate_at >= pln.len() {
+        return Err(fmt_err(
+            f,
+            format!(
+                "metadata `{KEY_GATE}` = {gate_at}, but the PLN has {} layers (expected 0 … {}); the model has no \
+                 neuromodulatory network (no `nm.0.weight`), so the key is not used: remove it",
+                pln.len(),
+                pln.len() - 1
+            ),
+        ));
+    }
+    if order == Order::First && truncate > 0 {
+        return Err(fmt_err(
+            f,
+            format!(
+                "metadata `{KEY_TRUNC}` = {truncate} with `{KEY_ORDER}` = first: truncation chooses which inner steps \
+                 are differentiated to second order, and first order differentiates none; use `second` or drop the key"
+            ),
+        ));
+    }
     let input = rln.dims.first().or(pln.dims.first()).map(|d| d.0).unwrap_or(0);
     let cfg = MetaConfig { loss, inner_lr: lr, learn_lr, order, truncate, clamp, gate_at };
     let m = MetaModel { cfg, input, rln, rln_p, pln, theta0, nm, nm_p, inner_lr: lr as f32 };
@@ -108,6 +169,7 @@ pub fn take_model(f: &mut TensorFile) -> Result<MetaModel<f32>> {
 /// Reads a meta-learner file (see [`take_model`]); unknown tensors are errors.
 pub fn load_model(path: impl AsRef<Path>) -> Result<MetaModel<f32>> {
     let mut f = TensorFile::read(path)?;
+    check_keys(&f, &META_KEYS)?;
     let m = take_model(&mut f)?;
     f.finish("meta-learner")?;
     Ok(m)
@@ -154,10 +216,11 @@ pub fn save_model(m: &MetaModel<f32>, path: impl AsRef<Path>) -> Result<()> {
 pub fn load_trajectory(path: impl AsRef<Path>, m: &MetaModel<f32>) -> Result<Trajectory<f32>> {
     let mut f = TensorFile::read(path)?;
     let (sx, inner_x) = f.take_f32("inner.x", None)?;
-    if sx.len() != 4 || sx.contains(&0) {
+    // S = 0 is allowed (the meta-loss is the outer loss at θ₀); the others are not.
+    if sx.len() != 4 || sx[0] == 0 || sx[2] == 0 || sx[3] == 0 {
         return Err(fmt_err(
             &f,
-            format!("tensor `inner.x` has shape {}, expected (P, S, Bi, D) with P, Bi, D ≥ 1", Shape(sx)),
+            format!("tensor `inner.x` has shape {}, expected (P, S, Bi, D) with P, Bi, D ≥ 1 (S ≥ 0)", Shape(sx)),
         ));
     }
     let (p, s, bi, d) = (sx[0], sx[1], sx[2], sx[3]);

@@ -53,7 +53,7 @@ use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
 
 use crate::error::{Error, Result, check_len};
 
-pub use engine::meta_grad;
+pub use engine::{check_grads, estimate, meta_grad};
 
 /// The scalar of a backend: `f64` (reference) or `f32` (CPU).
 pub trait Real:
@@ -325,6 +325,25 @@ impl Stack {
     pub fn widest(&self) -> usize {
         self.dims.iter().map(|&(i, o)| i.max(o)).max().unwrap_or(0)
     }
+    /// Errors on the first NaN or ±∞ in `p` (this stack's flat parameters),
+    /// naming the tensor (`{name}.{l}.weight` or `.bias`, as in files) and
+    /// the element's index in it.
+    pub fn check_finite<F: Real>(&self, name: &str, p: &[F]) -> Result<()> {
+        for l in 0..self.len() {
+            let (wr, br) = self.ranges(l);
+            for (part, r) in [("weight", wr), ("bias", br)] {
+                let t = &p[r.start.min(p.len())..r.end.min(p.len())];
+                if let Some(index) = t.iter().position(|v| !v.to_f64().is_finite()) {
+                    return Err(Error::NonFinite {
+                        arg: format!("{name}.{l}.{part}"),
+                        index,
+                        value: t[index].to_f64(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A meta-learner: configuration, layer sizes and parameters (flat, see
@@ -426,7 +445,7 @@ impl<F: Real> MetaModel<F> {
                 return bad(
                     "neuroplastic.meta.gate_at",
                     format!(
-                        "= {} but the PLN has {} layers (expected 0 … {})",
+                        "is {} but the PLN has {} layers (expected 0 … {})",
                         cfg.gate_at,
                         self.pln.len(),
                         self.pln.len() - 1
@@ -453,10 +472,24 @@ impl<F: Real> MetaModel<F> {
         }
         let b = self.inner_lr.to_f64();
         if !b.is_finite() {
-            return Err(Error::Range { arg: "inner_lr".into(), value: b, expected: "a finite number".into() });
+            return Err(Error::Range { arg: "β (inner_lr)".into(), value: b, expected: "a finite number".into() });
         }
         if self.cfg.loss == Loss::Xent && self.outputs() < 2 {
-            return bad("loss", format!("xent needs at least 2 classes, the PLN has {} outputs", self.outputs()));
+            return bad(
+                "neuroplastic.meta.loss",
+                format!(
+                    "is xent, which needs at least 2 classes, but the PLN's last layer (pln.{}.weight) has {} output",
+                    self.pln.len() - 1,
+                    self.outputs()
+                ),
+            );
+        }
+        // A NaN or ±∞ weight makes every gradient that touches it NaN while
+        // the loss may stay finite: refused here, naming the tensor.
+        for (name, st, p) in
+            [("rln", &self.rln, &self.rln_p), ("pln", &self.pln, &self.theta0), ("nm", &self.nm, &self.nm_p)]
+        {
+            st.check_finite(name, p)?;
         }
         Ok(())
     }
@@ -545,7 +578,7 @@ impl<F: Real> Trajectory<F> {
                     !(y >= 0.0 && y < o as f64 && y.fract() == 0.0)
                 }) {
                     return Err(Error::Range {
-                        arg: format!("{arg}[{index}]"),
+                        arg: format!("{arg} ({})", self.locate(arg, index, 1)),
                         value: ys[index].to_f64(),
                         expected: format!("a class index 0 … {}", o - 1),
                     });
@@ -559,10 +592,27 @@ impl<F: Real> Trajectory<F> {
             ("outer.y", &self.outer_y),
         ] {
             if let Some(index) = v.iter().position(|x| !x.to_f64().is_finite()) {
-                return Err(Error::NonFinite { arg: arg.into(), index, value: v[index].to_f64() });
+                let cols = if arg.ends_with(".x") { d } else { want };
+                let arg = format!("{arg} ({})", self.locate(arg, index, cols));
+                return Err(Error::NonFinite { arg, index, value: v[index].to_f64() });
             }
         }
         Ok(())
+    }
+
+    /// Where flat element `index` of tensor `arg` (`inner.*` or `outer.*`,
+    /// `cols` values per row) lies, in words: task, inner step, row, column.
+    fn locate(&self, arg: &str, index: usize, cols: usize) -> String {
+        let cols = cols.max(1);
+        let (row, col) = (index / cols, index % cols);
+        let col = if cols > 1 { format!(", column {col}") } else { String::new() };
+        if arg.starts_with("inner") {
+            let per_task = (self.s * self.bi).max(1);
+            let (p, r) = (row / per_task, row % per_task);
+            format!("task {p}, inner step {}, row {}{col}", r / self.bi.max(1), r % self.bi.max(1))
+        } else {
+            format!("task {}, outer row {}{col}", row / self.bo.max(1), row % self.bo.max(1))
+        }
     }
 }
 

@@ -1,0 +1,81 @@
+//! [`neuroplastic::meta::estimate`] against what [`cpu::meta_grad`] really
+//! allocates, counted by a global allocator: the estimate must not be below
+//! the peak (a refusal that lets a job through that then dies is worse than
+//! none) nor far above it (that would refuse jobs that fit). One test in this
+//! binary, so no other test's allocations are counted.
+
+mod meta_support;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use meta_support::{Case, random_wide};
+use neuroplastic::meta::{Loss, Order, cpu, estimate, pool};
+
+struct Counting;
+
+static NOW: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator; only counts bytes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(l) };
+        if !p.is_null() {
+            let now = NOW.fetch_add(l.size(), Ordering::SeqCst) + l.size();
+            PEAK.fetch_max(now, Ordering::SeqCst);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) };
+        NOW.fetch_sub(l.size(), Ordering::SeqCst);
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+#[test]
+fn the_memory_estimate_bounds_the_allocations_closely() {
+    let pool2 = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let base = Case {
+        loss: Loss::Mse,
+        order: Order::Second,
+        truncate: 0,
+        clamp: 0.0,
+        learn_lr: false,
+        rln: true,
+        nm: false,
+        gate_at: 0,
+        pln_layers: 2,
+        p: 4,
+        s: 25,
+        bi: 8,
+        bo: 16,
+    };
+    let cases = [
+        ("OML", base.clone()),
+        ("ANML, gate 1, clamp, learned β", Case { nm: true, gate_at: 1, clamp: 0.3, learn_lr: true, ..base.clone() }),
+        ("MAML, xent, 3 layers", Case { rln: false, loss: Loss::Xent, pln_layers: 3, ..base.clone() }),
+        ("truncated to 5", Case { truncate: 5, ..base.clone() }),
+        ("first order", Case { order: Order::First, ..base.clone() }),
+        ("ANML, gate 0", Case { nm: true, gate_at: 0, ..base.clone() }),
+    ];
+    for (what, c) in cases {
+        let (m, t) = random_wide(&c, 3, 96);
+        let (m, t) = (m.cast::<f32>(), t.cast::<f32>());
+        pool2.install(|| {
+            pool::release();
+            let est = estimate(&m, &t, rayon::current_num_threads().min(t.p)).total() as f64;
+            let before = NOW.load(Ordering::SeqCst);
+            PEAK.store(before, Ordering::SeqCst);
+            let g = cpu::meta_grad(&m, &t).unwrap();
+            let peak = (PEAK.load(Ordering::SeqCst) - before) as f64;
+            drop(g);
+            println!("{what}: allocated at most {peak:.0} bytes, estimated {est:.0} ({:.2}×)", est / peak);
+            assert!(peak <= est, "{what}: allocated {peak} bytes, more than the estimate {est}");
+            assert!(est <= 2.5 * peak, "{what}: the estimate {est} is far above the {peak} bytes allocated");
+        });
+    }
+}
