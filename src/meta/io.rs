@@ -55,13 +55,21 @@ fn take_stack(f: &mut TensorFile, prefix: &str) -> Result<(Stack, Vec<f32>)> {
 /// Errors on a `neuroplastic.*` metadata key that is not in `known`,
 /// naming it and listing the accepted ones.
 pub fn check_keys(f: &TensorFile, known: &[&str]) -> Result<()> {
-    match f.metadata.keys().find(|k| k.starts_with("neuroplastic.") && !known.contains(&k.as_str())) {
-        None => Ok(()),
-        Some(k) => Err(fmt_err(
-            f,
-            format!("unknown metadata key `{k}` (a misspelling?); a meta-learner file takes {}", known.join(", ")),
-        )),
-    }
+    let Some(k) = f.metadata.keys().find(|k| k.starts_with("neuroplastic.") && !known.contains(&k.as_str())) else {
+        return Ok(());
+    };
+    // Files of the crate's other kinds, named as such.
+    let what = if k == "neuroplastic.oml_sine" {
+        " — this is a `train oml-sine` checkpoint (the run's optimizer and random state); give the model file \
+         written beside it, or continue the run with --resume"
+            .to_string()
+    } else if !k.starts_with("neuroplastic.meta.") {
+        " — this looks like a plastic-layer model file (for grad/train), not a meta-learner".to_string()
+    } else {
+        String::new()
+    };
+    let accepted = known.join(", ");
+    Err(fmt_err(f, format!("unknown metadata key `{k}`{what}; a meta-learner file takes {accepted}")))
 }
 
 fn parse_meta<T: std::str::FromStr>(f: &TensorFile, key: &str, default: T, expected: &str) -> Result<T> {
@@ -115,10 +123,16 @@ pub fn take_model(f: &mut TensorFile) -> Result<MetaModel<f32>> {
         }
         None => {
             let Some(text) = f.metadata.get(KEY_LR) else {
+                let hint = if f.has("loss") {
+                    " (this file has a `loss` tensor: is it a gradient written by meta-grad, not the model?)"
+                } else {
+                    ""
+                };
                 return Err(fmt_err(
                     f,
                     format!(
-                        "β is missing: give either the tensor `inner_lr` (learned) or the metadata `{KEY_LR}` (fixed)"
+                        "β is missing: give either the tensor `inner_lr` (learned) or the metadata `{KEY_LR}` \
+                         (fixed){hint}"
                     ),
                 ));
             };
