@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use meta_support::{Case, random};
+use neuroplastic::meta::cpu;
 use neuroplastic::meta::io::{load_grads, save_model, save_trajectory};
-use neuroplastic::meta::{Loss, Order, cpu};
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_neuroplastic")
@@ -25,21 +25,7 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn case() -> Case {
-    Case {
-        loss: Loss::Mse,
-        order: Order::Second,
-        truncate: 0,
-        clamp: 0.0,
-        learn_lr: true,
-        rln: true,
-        nm: true,
-        gate_at: 1,
-        pln_layers: 2,
-        p: 3,
-        s: 4,
-        bi: 2,
-        bo: 3,
-    }
+    Case { learn_lr: true, nm: true, gate_at: 1, ..Case::oml(3, 4, 2, 3) }
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use meta_support::{Case, random};
 use neuroplastic::io::TensorFile;
 use neuroplastic::meta::io::{load_model, load_trajectory, save_model, save_trajectory};
-use neuroplastic::meta::{Loss, MetaModel, Order, Trajectory, cpu};
+use neuroplastic::meta::{Loss, MetaModel, Trajectory, cpu};
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_neuroplastic")
@@ -28,21 +28,7 @@ fn dir(test: &str) -> PathBuf {
 }
 
 fn case() -> Case {
-    Case {
-        loss: Loss::Mse,
-        order: Order::Second,
-        truncate: 0,
-        clamp: 0.0,
-        learn_lr: false,
-        rln: true,
-        nm: false,
-        gate_at: 0,
-        pln_layers: 2,
-        p: 2,
-        s: 3,
-        bi: 2,
-        bo: 3,
-    }
+    Case::oml(2, 3, 2, 3)
 }
 
 /// A small valid model and trajectory written to `d`.

@@ -39,21 +39,7 @@ static A: Counting = Counting;
 #[test]
 fn the_memory_estimate_bounds_the_allocations_closely() {
     let pool2 = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-    let base = Case {
-        loss: Loss::Mse,
-        order: Order::Second,
-        truncate: 0,
-        clamp: 0.0,
-        learn_lr: false,
-        rln: true,
-        nm: false,
-        gate_at: 0,
-        pln_layers: 2,
-        p: 4,
-        s: 25,
-        bi: 8,
-        bo: 16,
-    };
+    let base = Case::oml(4, 25, 8, 16);
     let cases = [
         ("OML", base.clone()),
         ("ANML, gate 1, clamp, learned β", Case { nm: true, gate_at: 1, clamp: 0.3, learn_lr: true, ..base.clone() }),

@@ -31,6 +31,28 @@ pub struct Case {
     pub bo: usize,
 }
 
+impl Case {
+    /// OML with two PLN layers, mse, second order, fixed β, no clamp, no NM:
+    /// the plain case that tests vary with struct update syntax.
+    pub fn oml(p: usize, s: usize, bi: usize, bo: usize) -> Self {
+        Case {
+            loss: Loss::Mse,
+            order: Order::Second,
+            truncate: 0,
+            clamp: 0.0,
+            learn_lr: false,
+            rln: true,
+            nm: false,
+            gate_at: 0,
+            pln_layers: 2,
+            p,
+            s,
+            bi,
+            bo,
+        }
+    }
+}
+
 fn init(st: &Stack, rng: &mut Rng) -> Vec<f64> {
     let mut v = Vec::with_capacity(st.params());
     for &(i, o) in &st.dims {
