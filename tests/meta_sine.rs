@@ -69,7 +69,7 @@ fn trajectories_hold_sine_points_function_after_function() {
 #[test]
 fn initial_network_keeps_the_signal_scale() {
     let c = SineConfig::default();
-    let m = sine::init_model(&c, Method::Oml, 7);
+    let m = sine::init_model(&c, Method::Oml, 7).unwrap();
     let pool = sine::pool(&c, 7);
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut t = sine::iid_batch(&c, &pool, &mut rng);
@@ -87,7 +87,7 @@ fn initial_network_keeps_the_signal_scale() {
 fn meta_training_lowers_the_meta_loss() {
     let c = small();
     for method in [Method::Oml, Method::Anml { gate_at: 1 }, Method::Pretrained] {
-        let mut m = sine::init_model(&c, method, 4);
+        let mut m = sine::init_model(&c, method, 4).unwrap();
         let mut losses = Vec::new();
         sine::train(&c, &mut m, method, 300, 4, |_, l, _, _| {
             losses.push(l);
@@ -106,9 +106,9 @@ fn meta_training_lowers_the_meta_loss() {
 #[test]
 fn truncation_reaches_the_meta_gradient() {
     let c = SineConfig { fns_per_traj: 2, steps_per_fn: 3, truncate: 2, ..small() };
-    let m = sine::init_model(&c, Method::Oml, 5);
+    let m = sine::init_model(&c, Method::Oml, 5).unwrap();
     assert_eq!(m.cfg.truncate, 2);
-    let full = sine::init_model(&SineConfig { truncate: 0, ..c.clone() }, Method::Oml, 5);
+    let full = sine::init_model(&SineConfig { truncate: 0, ..c.clone() }, Method::Oml, 5).unwrap();
     let pool = sine::pool(&c, 5);
     let t = sine::meta_trajectory(&c, &pool, &mut ChaCha8Rng::seed_from_u64(2));
     let (gt, gf) = (cpu::meta_grad(&m, &t).unwrap(), cpu::meta_grad(&full, &t).unwrap());
@@ -120,7 +120,7 @@ fn truncation_reaches_the_meta_gradient() {
 #[test]
 fn evaluation_without_learning_does_not_depend_on_the_order() {
     let c = small();
-    let mut m = sine::init_model(&c, Method::Oml, 5);
+    let mut m = sine::init_model(&c, Method::Oml, 5).unwrap();
     let set = sine::eval_set(&c, 2);
     assert_eq!(set.batches.len(), SLOTS * c.eval_batches);
     let order: Vec<usize> = (0..set.batches.len()).collect();
@@ -140,10 +140,13 @@ fn cli_trains_and_evaluates() {
     let d = std::env::temp_dir().join(format!("neuroplastic-oml-sine-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     let p = |n: &str| d.join(n).to_str().unwrap().to_string();
-    for (method, out) in [("oml", "oml.safetensors"), ("anml", "anml.safetensors")] {
+    for (method, gate, out) in
+        [("oml", &[][..], "oml.safetensors"), ("anml", &["--gate-at", "1"][..], "anml.safetensors")]
+    {
         let o = Command::new(bin)
             .args(["train", "oml-sine", "--method", method, "--steps", "3", "--width", "16", "--rln-layers", "1"])
-            .args(["--gate-at", "1", "--save-every", "2", "--out", &p(out)])
+            .args(gate)
+            .args(["--save-every", "2", "--out", &p(out)])
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

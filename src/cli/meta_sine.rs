@@ -3,17 +3,19 @@
 //! ANML), pre-trained and from scratch. Tasks of `train`
 //! (src/cli/train.rs) and `eval` (src/cli/eval.rs).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use neuroplastic::io::write_atomic;
 use neuroplastic::meta::io::{load_model, save_model};
 use neuroplastic::meta::sine::{self, Method, SineConfig};
+use neuroplastic::meta::{Loss, MetaModel};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::CliResult;
+use super::paths::{refuse_overwrite, same_file};
 
 /// How to train.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -32,9 +34,10 @@ pub struct TrainArgs {
     /// Method.
     #[arg(long, value_enum, default_value_t = MethodArg::Oml)]
     method: MethodArg,
-    /// ANML: the gated PLN layer (0 = the PLN's input, 1 = the last layer's input with 2 PLN layers).
-    #[arg(long, default_value_t = 0)]
-    gate_at: usize,
+    /// ANML: the gated PLN layer (0 = the PLN's input, 1 = the last layer's
+    /// input with 2 PLN layers; default 0). Only with `--method anml`.
+    #[arg(long, value_name = "G")]
+    gate_at: Option<usize>,
     /// Outer (Adam) steps.
     #[arg(long, default_value_t = 2000)]
     steps: usize,
@@ -85,18 +88,44 @@ pub struct TrainArgs {
 }
 
 /// Checks before a long run that `path` (given as `--flag`) can be written:
-/// its folder exists and takes a new file. Training that ran for an hour
-/// must not end on "no such directory".
-fn check_writable(path: &std::path::Path, flag: &str) -> Result<(), String> {
+/// it names a file (not a folder: no trailing `/`, not an existing folder,
+/// not a device or pipe), its folder exists and takes a new file. Training
+/// that ran for an hour must not end on "no such directory" or "not a
+/// directory".
+fn check_writable(path: &Path, flag: &str) -> Result<(), String> {
+    let text = path.as_os_str().to_string_lossy();
+    if text.is_empty() {
+        return Err(format!("--{flag}: the path is empty, expected a file name"));
+    }
+    // `Path` drops a trailing `/` and `.`: look at the text itself.
+    let last = text.rsplit(std::path::is_separator).next().unwrap_or("");
+    if last.is_empty() || last == "." || last == ".." || path.is_dir() {
+        let example = match flag {
+            "table" => "table.md",
+            "plot" => "plot.svg",
+            _ => "model.safetensors",
+        };
+        return Err(format!(
+            "--{flag} {}: names a folder, expected a file name (e.g. {})",
+            path.display(),
+            path.join(example).display()
+        ));
+    }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
+        _ => Path::new("."),
     };
-    if !dir.is_dir() {
+    if !dir.exists() {
         return Err(format!("--{flag} {}: the folder {} does not exist", path.display(), dir.display()));
     }
-    if path.is_dir() {
-        return Err(format!("--{flag} {}: is a folder, expected a file name", path.display()));
+    if !dir.is_dir() {
+        return Err(format!("--{flag} {}: {} is not a folder", path.display(), dir.display()));
+    }
+    if path.exists() && !path.is_file() {
+        return Err(format!(
+            "--{flag} {}: exists and is not a regular file (a device, pipe or socket); expected a file name",
+            path.display()
+        ));
     }
     let probe = dir.join(format!(".neuroplastic-probe{}", std::process::id()));
     std::fs::write(&probe, b"")
@@ -104,9 +133,26 @@ fn check_writable(path: &std::path::Path, flag: &str) -> Result<(), String> {
         .map_err(|e| format!("--{flag} {}: cannot write in {}: {e}", path.display(), dir.display()))
 }
 
+/// Whether two output paths name the same file: the same existing file
+/// (through any path or link), or the same name in the same folder (the
+/// folders exist: [`check_writable`]).
+fn same_output(a: &Path, b: &Path) -> bool {
+    if same_file(a, b) {
+        return true;
+    }
+    let place = |p: &Path| {
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        Some((std::fs::canonicalize(dir).ok()?, p.file_name()?.to_owned()))
+    };
+    matches!((place(a), place(b)), (Some(x), Some(y)) if x == y)
+}
+
 /// `dir/name.safetensors` → `dir/name.<tag>.safetensors` (snapshots
 /// `step<N>`, the checkpoint `ckpt`).
-fn sibling(out: &std::path::Path, tag: &str) -> PathBuf {
+fn sibling(out: &Path, tag: &str) -> PathBuf {
     let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let ext = out.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
     out.with_file_name(format!("{stem}.{tag}{ext}"))
@@ -146,7 +192,7 @@ const VALIDATION_SEED0: u64 = 1 << 32;
 
 /// Mean error over every function after learning the sequence in order, on `seeds`.
 fn sequential_error(
-    m: &neuroplastic::meta::MetaModel<f32>,
+    m: &MetaModel<f32>,
     c: &SineConfig,
     seeds: std::ops::Range<u64>,
 ) -> Result<f64, Box<dyn std::error::Error>> {
@@ -159,44 +205,18 @@ fn sequential_error(
     Ok(mean(&per_seed))
 }
 
+/// The model, settings and state a run starts from.
+type Start = (SineConfig, Method, u64, neuroplastic::meta::MetaModel<f32>, sine::TrainState);
+
 /// Runs `train oml-sine`.
 pub fn train(a: TrainArgs) -> CliResult {
-    check_writable(&a.out, "out")?;
     let (c, method, seed, mut m, mut st) = match &a.resume {
-        Some(path) => {
-            let k = sine::load_checkpoint(path)?;
-            if k.state.step >= a.steps {
-                return Err(format!(
-                    "--resume {}: the run has done {} steps already; --steps is the total to reach, give more",
-                    path.display(),
-                    k.state.step
-                )
-                .into());
-            }
-            println!(
-                "resuming {} at step {} (its settings, method and seed; the other training flags are not used)",
-                path.display(),
-                k.state.step
-            );
-            (k.config, k.method, k.seed, k.model, k.state)
-        }
+        Some(path) => resume(&a, path)?,
         None => {
-            let c = SineConfig {
-                width: a.width,
-                rln_layers: a.rln_layers,
-                fns_per_traj: a.fns_per_traj,
-                steps_per_fn: a.steps_per_fn,
-                truncate: a.truncate,
-                inner_lr: a.inner_lr,
-                meta_lr: a.meta_lr,
-                ..SineConfig::default()
-            };
-            let method = match a.method {
-                MethodArg::Oml => Method::Oml,
-                MethodArg::Anml => Method::Anml { gate_at: a.gate_at },
-                MethodArg::Pretrained => Method::Pretrained,
-            };
-            let m = sine::init_model(&c, method, a.seed);
+            let (c, method) = new_run(&a)?;
+            check_writable(&a.out, "out")?;
+            check_memory(&c, method, None)?;
+            let m = sine::init_model(&c, method, a.seed)?;
             let st = sine::TrainState::new(&c, a.seed)?;
             (c, method, a.seed, m, st)
         }
@@ -219,6 +239,13 @@ pub fn train(a: TrainArgs) -> CliResult {
             sine::save_checkpoint(&ckpt, &c, method, seed, m, st)?;
         }
         Ok(())
+    })
+    .map_err(|e| match e {
+        // A run of flags the user can change: say which.
+        neuroplastic::Error::Overflow { quantity, message } if a.resume.is_none() => {
+            format!("{quantity}: {message}; try a smaller --inner-lr or --meta-lr")
+        }
+        e => e.to_string(),
     })?;
     save_model(&m, &a.out)?;
     println!("wrote {}", a.out.display());
@@ -229,13 +256,164 @@ pub fn train(a: TrainArgs) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Student-t 97.5% quantile for `df` degrees of freedom (the 95% CI's half-width factor).
+/// The settings and method of a new run from the flags, every one checked
+/// ([`SineConfig::check`]): errors name the flag, the value and the range.
+fn new_run(a: &TrainArgs) -> Result<(SineConfig, Method), String> {
+    if a.steps == 0 {
+        return Err("--steps 0: nothing to train: a new run needs at least one outer step (e.g. --steps 2000)".into());
+    }
+    let method = match (a.method, a.gate_at) {
+        (MethodArg::Anml, g) => Method::Anml { gate_at: g.unwrap_or(0) },
+        (MethodArg::Oml, None) => Method::Oml,
+        (MethodArg::Pretrained, None) => Method::Pretrained,
+        (other, Some(g)) => {
+            let name = if other == MethodArg::Oml { "oml" } else { "pretrained" };
+            return Err(format!(
+                "--gate-at {g}: applies only to --method anml (the PLN layer its neuromodulatory network gates); \
+                 --method {name} has no gate: drop --gate-at, or use --method anml"
+            ));
+        }
+    };
+    let c = SineConfig {
+        width: a.width,
+        rln_layers: a.rln_layers,
+        fns_per_traj: a.fns_per_traj,
+        steps_per_fn: a.steps_per_fn,
+        truncate: a.truncate,
+        inner_lr: a.inner_lr,
+        meta_lr: a.meta_lr,
+        ..SineConfig::default()
+    };
+    c.check(method).map_err(|b| format!("--{} {}: expected {}", b.key.replace('_', "-"), b.value, b.expected))?;
+    Ok((c, method))
+}
+
+/// Loads the checkpoint of `--resume` after checking that nothing this run
+/// writes would replace it, except by the same run's later checkpoint.
+///
+/// The run writes `--out`, and with `--save-every` the snapshots
+/// `<out>.step<N>` (N a multiple of it between the checkpoint's step and
+/// `--steps`) and the checkpoint `<out>.ckpt`. `--out` or a snapshot on the
+/// checkpoint would replace it with a plain model: the run could not be
+/// continued again. `<out>.ckpt` on it is the usual way to continue (`--resume
+/// run.ckpt.safetensors --out run.safetensors`): each save replaces it with a
+/// checkpoint of the same run further on, which continues it just as well.
+fn resume(a: &TrainArgs, path: &Path) -> Result<Start, Box<dyn std::error::Error>> {
+    refuse_overwrite("--out", &a.out, &[("--resume", path)])?;
+    check_writable(&a.out, "out")?;
+    let k = sine::load_checkpoint(path)?;
+    if a.save_every > 0
+        && let Some(snap) = snapshot_on(&a.out, a.save_every, k.state.step, a.steps, path)
+    {
+        return Err(format!(
+            "--resume {}: is the file of the snapshot {} that this run would write at step {} (--save-every {}), \
+             replacing the checkpoint with a plain model; choose another --out, or copy the checkpoint elsewhere",
+            path.display(),
+            snap.0.display(),
+            snap.1,
+            a.save_every
+        )
+        .into());
+    }
+    if k.state.step >= a.steps {
+        return Err(format!(
+            "nothing to train: --resume {}: the run has done {} steps already, and --steps {} (the total to reach) \
+             is not more; pass a larger --steps (e.g. --steps {}) to continue it",
+            path.display(),
+            k.state.step,
+            a.steps,
+            k.state.step + k.state.step.max(100)
+        )
+        .into());
+    }
+    check_memory(&k.config, k.method, Some(path))?;
+    println!(
+        "resuming {} at step {} (its settings, method and seed; the other training flags are not used)",
+        path.display(),
+        k.state.step
+    );
+    Ok((k.config, k.method, k.seed, k.model, k.state))
+}
+
+/// The snapshot `<out>.step<N>` (and its N) that a run from step `from` to
+/// `to` saving every `every` steps writes and that is the file `input`
+/// (through any path or link), if any. Only names already in `--out`'s
+/// folder can be `input`, so the folder is listed rather than every N tried.
+fn snapshot_on(out: &Path, every: usize, from: usize, to: usize, input: &Path) -> Option<(PathBuf, usize)> {
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let stem = out.file_stem()?.to_string_lossy().into_owned();
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let Some(n) = name
+            .strip_prefix(&format!("{stem}.step"))
+            .and_then(|r| r.split('.').next())
+            .and_then(|d| d.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        let snap = sibling(out, &format!("step{n}"));
+        let written = n > from && n < to && n % every == 0;
+        if written && snap.file_name() == Some(entry.file_name().as_os_str()) && same_file(&snap, input) {
+            return Some((snap, n));
+        }
+    }
+    None
+}
+
+/// Refuses, before anything is allocated, a run this machine cannot hold
+/// ([`sine::training_memory`]; the limit is `MemAvailable` or
+/// `NEUROPLASTIC_MEMORY_LIMIT`), naming the flags (or the checkpoint) that
+/// set its sizes and what to lower.
+fn check_memory(c: &SineConfig, method: Method, resumed: Option<&Path>) -> neuroplastic::Result<()> {
+    let est = sine::training_memory(c, method);
+    let params = sine::parameter_counts(c, method).iter().fold(0u128, |a, &p| a.saturating_add(p));
+    let meta = method != Method::Pretrained;
+    let s = c.fns_per_traj.saturating_mul(c.steps_per_fn);
+    let purpose = if meta {
+        format!(
+            "training (width {}, {} RLN layers: {params} parameters; S = {s} inner steps of {} rows per trajectory, {} \
+             of them differentiated)",
+            c.width,
+            c.rln_layers,
+            c.batch,
+            if c.truncate == 0 { s } else { c.truncate.min(s) }
+        )
+    } else {
+        format!("pre-training (width {}, {} RLN layers: {params} parameters)", c.width, c.rln_layers)
+    };
+    let (arg, fix) = match resumed {
+        Some(p) => (
+            format!("--resume {}", p.display()),
+            "the run's sizes are saved in the checkpoint: continue it on a machine with more memory".to_string(),
+        ),
+        None => {
+            let mut arg = format!("--width {} --rln-layers {}", c.width, c.rln_layers);
+            if meta {
+                arg.push_str(&format!(" --fns-per-traj {} --steps-per-fn {}", c.fns_per_traj, c.steps_per_fn));
+            }
+            let fix = if params.saturating_mul(32) >= est.total() / 2 || !meta {
+                "lower --width (the parameters grow with its square) or --rln-layers"
+            } else {
+                "lower --fns-per-traj or --steps-per-fn, or differentiate fewer inner steps with --truncate K \
+                 (each keeps its activations for the reverse sweep), or lower --width"
+            };
+            (arg, fix.to_string())
+        }
+    };
+    est.check(&arg, &purpose, &fix)
+}
+
+/// Student-t 97.5% quantile for `df ≥ 1` degrees of freedom (the 95% CI's half-width factor).
 fn t975(df: u64) -> f64 {
     const T: [f64; 30] = [
         12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
     ];
-    if df == 0 { f64::NAN } else { T.get(df as usize - 1).copied().unwrap_or(1.96) }
+    T.get((df.max(1) - 1) as usize).copied().unwrap_or(1.96)
 }
 
 /// The arithmetic mean.
@@ -243,40 +421,89 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
 
-fn mean_ci(v: &[f64]) -> (f64, f64) {
+/// `mean ± half-width of the 95% CI` over seeds; one seed has no interval.
+fn mean_ci(v: &[f64]) -> String {
     let n = v.len() as f64;
     let m = mean(v);
-    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-    (m, t975(v.len() as u64 - 1) * (var / n).sqrt())
+    if v.len() < 2 {
+        return format!("{m:.3} (1 seed, no CI)");
+    }
+    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0);
+    format!("{m:.3} ± {:.3}", t975(v.len() as u64 - 1) * (var / n).sqrt())
+}
+
+/// A model to evaluate: its row name, how the user gave it (for errors) and the model.
+struct Entry {
+    name: String,
+    what: String,
+    model: MetaModel<f32>,
+}
+
+/// The SGD rate a model is evaluated at, as the user would write it (the
+/// f32 β, not its f64 widening `0.009999999776482582`).
+fn rate(m: &MetaModel<f32>) -> f32 {
+    m.cfg.inner_lr as f32
+}
+
+/// Splits `--model NAME=PATH`. The name may hold '=' too ("OML (K=80)=m.safetensors"):
+/// split at the first '=' after which an existing file is named, else the first.
+fn split_spec(spec: &str) -> Result<(String, PathBuf), String> {
+    let splits: Vec<usize> = spec.match_indices('=').map(|(i, _)| i).collect();
+    let at = splits
+        .iter()
+        .copied()
+        .find(|&i| Path::new(&spec[i + 1..]).is_file())
+        .or(splits.first().copied())
+        .ok_or_else(|| format!("--model {spec}: expected NAME=PATH"))?;
+    let (name, path) = (&spec[..at], &spec[at + 1..]);
+    if name.trim().is_empty() {
+        return Err(format!(
+            "--model {spec}: the NAME before '=' is empty (it labels the model's rows); expected NAME=PATH"
+        ));
+    }
+    if path.is_empty() {
+        return Err(format!("--model {spec}: the PATH after '=' is empty; expected NAME=PATH"));
+    }
+    Ok((name.to_string(), PathBuf::from(path)))
+}
+
+/// Refuses a model `eval oml-sine` cannot evaluate, naming it: non-finite
+/// weights, not D → 1 regression, or (evaluated at its own rate) a β that
+/// is not positive.
+fn check_model(m: &MetaModel<f32>, what: &str, own_rate: bool) -> Result<(), String> {
+    if let Some((tensor, k, v)) = sine::first_non_finite(m) {
+        return Err(format!("{what}: tensor `{tensor}` element {k} is {v}: the model's weights must be finite"));
+    }
+    if m.input != sine::D || m.outputs() != 1 {
+        return Err(format!(
+            "{what}: the model takes {} inputs and gives {} outputs; oml-sine needs {} inputs (x and a one-hot task \
+             id of {} slots) and 1 output",
+            m.input,
+            m.outputs(),
+            sine::D,
+            sine::SLOTS
+        ));
+    }
+    if m.cfg.loss != Loss::Mse {
+        return Err(format!("{what}: the model's loss is xent (classification); oml-sine is a regression (mse)"));
+    }
+    if own_rate && !(m.cfg.inner_lr > 0.0) {
+        return Err(format!(
+            "{what}: its SGD rate β = {} is not positive; evaluate it at rates of your choice with --lrs",
+            rate(m)
+        ));
+    }
+    Ok(())
 }
 
 /// Runs `eval oml-sine`.
 pub fn eval(a: EvalArgs) -> CliResult {
     let c = SineConfig::default();
-    for (p, flag) in [(&a.table, "table"), (&a.plot, "plot")] {
-        if let Some(p) = p {
-            check_writable(p, flag)?;
-        }
-    }
-    let mut entries: Vec<(String, neuroplastic::meta::MetaModel<f32>)> = Vec::new();
-    for spec in &a.models {
-        // The name may hold '=' too ("OML (K=80)=m.safetensors"): split at
-        // the first '=' after which an existing file is named, else the first.
-        let splits: Vec<usize> = spec.match_indices('=').map(|(i, _)| i).collect();
-        let at = splits
-            .iter()
-            .copied()
-            .find(|&i| std::path::Path::new(&spec[i + 1..]).is_file())
-            .or(splits.first().copied())
-            .ok_or_else(|| format!("--model {spec}: expected NAME=PATH"))?;
-        let (name, path) = (&spec[..at], &spec[at + 1..]);
-        entries.push((name.to_string(), load_model(path)?));
-    }
-    if a.scratch {
-        let first = &entries[0].1;
-        let width = first.pln.dims[0].1;
-        let sc = SineConfig { width, rln_layers: first.rln.len(), inner_lr: first.cfg.inner_lr, ..c.clone() };
-        entries.push(("scratch".into(), sine::init_model(&sc, Method::Oml, 0xdead)));
+    // Every flag is checked before any model is loaded or evaluated.
+    if a.seeds == 0 {
+        return Err("--seeds 0: expected at least 1 evaluation seed (2 or more for a confidence interval, e.g. \
+                    --seeds 10)"
+            .into());
     }
     for lr in &a.lrs {
         if !(lr.is_finite() && *lr > 0.0) {
@@ -286,22 +513,89 @@ pub fn eval(a: EvalArgs) -> CliResult {
     if !a.lrs.is_empty() && a.validation_seeds == 0 {
         return Err("--validation-seeds must be at least 1 to choose among --lrs".into());
     }
-    // Each model at its own β, or at the rate of --lrs best on the validation seeds.
-    for (name, m) in entries.iter_mut() {
-        if a.lrs.is_empty() {
-            continue;
+    for (p, flag) in [(&a.table, "table"), (&a.plot, "plot")] {
+        if let Some(p) = p {
+            check_writable(p, flag)?;
         }
-        let mut best = (f64::INFINITY, m.cfg.inner_lr);
-        for &lr in &a.lrs {
-            let mut trial = m.clone();
-            trial.cfg.inner_lr = lr;
-            let e = sequential_error(&trial, &c, VALIDATION_SEED0..VALIDATION_SEED0 + a.validation_seeds)?;
-            eprintln!("{name}: validation error {e:.3} at lr {lr}");
-            if e < best.0 {
-                best = (e, lr);
+    }
+    if let (Some(t), Some(p)) = (&a.table, &a.plot)
+        && same_output(t, p)
+    {
+        return Err(format!(
+            "--plot {} is --table {} (the same file): the plot would replace the table; give two files",
+            p.display(),
+            t.display()
+        )
+        .into());
+    }
+    let mut specs: Vec<(String, PathBuf)> = Vec::new();
+    for spec in &a.models {
+        let (name, path) = split_spec(spec)?;
+        if specs.iter().any(|(n, _)| *n == name) || (a.scratch && name == "scratch") {
+            let by = if name == "scratch" && a.scratch { "--scratch's network" } else { "another --model" };
+            return Err(
+                format!("--model {spec}: the name `{name}` is taken by {by}; each model needs its own NAME").into()
+            );
+        }
+        // The table and the plot must not replace a model file.
+        for (flag, out) in [("--table", &a.table), ("--plot", &a.plot)] {
+            if let Some(out) = out {
+                refuse_overwrite(flag, out, &[("--model", &path)])?;
             }
         }
-        m.cfg.inner_lr = best.1;
+        specs.push((name, path));
+    }
+    let mut entries: Vec<Entry> = Vec::new();
+    for (name, path) in specs {
+        let what = format!("--model {name}={}", path.display());
+        let model = load_model(&path)?;
+        check_model(&model, &what, a.lrs.is_empty())?;
+        entries.push(Entry { name, what, model });
+    }
+    if a.scratch {
+        let first = &entries[0].model;
+        let width = first.pln.dims[0].1;
+        let beta = if first.cfg.inner_lr > 0.0 { first.cfg.inner_lr } else { c.inner_lr };
+        let sc = SineConfig { width, rln_layers: first.rln.len(), inner_lr: beta, ..c.clone() };
+        let params = sine::parameter_counts(&sc, Method::Oml).iter().fold(0u128, |a, &p| a.saturating_add(p));
+        let mut est = neuroplastic::limits::Estimate::new();
+        est.add(
+            format!("{params} parameters × 3 (the model, its copy being trained, the gradient)"),
+            params.saturating_mul(12),
+        );
+        est.check("--scratch", &format!("a network from scratch of {}'s sizes", entries[0].what), "drop --scratch")?;
+        let model = sine::init_model(&sc, Method::Oml, 0xdead)?;
+        entries.push(Entry { name: "scratch".into(), what: "--scratch".into(), model });
+    }
+    // Each model at its own β, or at the rate of --lrs best on the validation seeds.
+    if !a.lrs.is_empty() {
+        for e in entries.iter_mut() {
+            let mut best: Option<(f64, f64)> = None;
+            for &lr in &a.lrs {
+                let mut trial = e.model.clone();
+                trial.cfg.inner_lr = lr;
+                let err = sequential_error(&trial, &c, VALIDATION_SEED0..VALIDATION_SEED0 + a.validation_seeds)?;
+                if !err.is_finite() {
+                    eprintln!("{}: validation error {err} at lr {lr} (diverged: not a candidate)", e.name);
+                    continue;
+                }
+                eprintln!("{}: validation error {err:.3} at lr {lr}", e.name);
+                if best.is_none_or(|b| err < b.0) {
+                    best = Some((err, lr));
+                }
+            }
+            let Some((_, lr)) = best else {
+                let list: Vec<String> = a.lrs.iter().map(|l| l.to_string()).collect();
+                return Err(format!(
+                    "{}: the evaluation diverged (a non-finite error on the validation seeds) at every rate of --lrs \
+                     ({}); give smaller rates",
+                    e.what,
+                    list.join(", ")
+                )
+                .into());
+            };
+            e.model.cfg.inner_lr = lr;
+        }
     }
     // results[method] = (sequential per seed per function, oracle per seed)
     let mut seq: Vec<Vec<Vec<f64>>> = vec![Vec::new(); entries.len()];
@@ -314,12 +608,27 @@ pub fn eval(a: EvalArgs) -> CliResult {
         for k in (1..shuffled.len()).rev() {
             shuffled.swap(k, rand::RngExt::random_range(&mut rng, 0..=k));
         }
-        for (k, (_, m)) in entries.iter().enumerate() {
-            if m.input != sine::D || m.outputs() != 1 {
-                return Err(format!("model {}: expected {} inputs and 1 output", entries[k].0, sine::D).into());
+        for (k, e) in entries.iter().enumerate() {
+            let per = sine::evaluate(&e.model, &set, &order)?;
+            let o = sine::evaluate(&e.model, &set, &shuffled)?;
+            for (which, v) in [("after learning the sequence", &per), ("i.i.d. oracle", &o)] {
+                if let Some(j) = v.iter().position(|x| !x.is_finite()) {
+                    let hint = if a.lrs.is_empty() {
+                        "evaluate it at smaller rates with --lrs (e.g. --lrs 0.0003,0.001,0.003)"
+                    } else {
+                        "the rate chosen on the validation seeds diverges here: give smaller rates in --lrs"
+                    };
+                    return Err(format!(
+                        "{}: the evaluation diverged at SGD rate {}: the MSE of function f{} on evaluation seed {seed} \
+                         ({which}) is {}; {hint}",
+                        e.what,
+                        rate(&e.model),
+                        j + 1,
+                        v[j]
+                    )
+                    .into());
+                }
             }
-            let per = sine::evaluate(m, &set, &order)?;
-            let o = sine::evaluate(m, &set, &shuffled)?;
             orc[k].push(mean(&o));
             seq[k].push(per);
         }
@@ -327,22 +636,23 @@ pub fn eval(a: EvalArgs) -> CliResult {
     let mut md = String::from(
         "| method | SGD rate | MSE after the sequence (all 10 functions) | i.i.d. oracle (same data shuffled) |\n|---|---|---|---|\n",
     );
-    for (k, (name, _)) in entries.iter().enumerate() {
+    for (k, e) in entries.iter().enumerate() {
         let means: Vec<f64> = seq[k].iter().map(|v| mean(v)).collect();
-        let (m, ci) = mean_ci(&means);
-        let (om, oci) = mean_ci(&orc[k]);
-        let lr = entries[k].1.cfg.inner_lr;
-        md.push_str(&format!("| {name} | {lr} | {m:.3} ± {ci:.3} | {om:.3} ± {oci:.3} |\n"));
+        md.push_str(&format!("| {} | {} | {} | {} |\n", e.name, rate(&e.model), mean_ci(&means), mean_ci(&orc[k])));
     }
-    md.push_str(&format!("\nmean ± 95% CI (Student t) over {} evaluation seeds\n", a.seeds));
+    if a.seeds == 1 {
+        md.push_str("\nmean over 1 evaluation seed (a confidence interval needs at least 2)\n");
+    } else {
+        md.push_str(&format!("\nmean ± 95% CI (Student t) over {} evaluation seeds\n", a.seeds));
+    }
     // Per-function error after the whole sequence (function 1 was learned first): forgetting.
     md.push_str("\n| method |");
     md.push_str(&(1..=sine::SLOTS).map(|j| format!(" f{j} |")).collect::<String>());
     md.push_str("\n|---|");
     md.push_str(&"---|".repeat(sine::SLOTS));
     md.push('\n');
-    for (k, (name, _)) in entries.iter().enumerate() {
-        md.push_str(&format!("| {name} |"));
+    for (k, e) in entries.iter().enumerate() {
+        md.push_str(&format!("| {} |", e.name));
         for j in 0..sine::SLOTS {
             let v: Vec<f64> = seq[k].iter().map(|s| s[j]).collect();
             md.push_str(&format!(" {:.2} |", mean(&v)));
@@ -357,10 +667,10 @@ pub fn eval(a: EvalArgs) -> CliResult {
         let curves: Vec<(String, Vec<f64>)> = entries
             .iter()
             .enumerate()
-            .map(|(k, (n, _))| {
+            .map(|(k, e)| {
                 let f: Vec<f64> =
                     (0..sine::SLOTS).map(|j| seq[k].iter().map(|v| v[j]).sum::<f64>() / seq[k].len() as f64).collect();
-                (n.clone(), f)
+                (e.name.clone(), f)
             })
             .collect();
         plot(p, &curves)?;
@@ -368,7 +678,7 @@ pub fn eval(a: EvalArgs) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-fn plot(path: &std::path::Path, curves: &[(String, Vec<f64>)]) -> neuroplastic::Result<()> {
+fn plot(path: &Path, curves: &[(String, Vec<f64>)]) -> neuroplastic::Result<()> {
     use plotters::prelude::*;
     let err = |e: &dyn std::fmt::Display| neuroplastic::Error::Format {
         path: path.display().to_string(),

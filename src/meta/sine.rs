@@ -14,8 +14,9 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
-use super::{MetaConfig, MetaModel, Order, Trajectory, cpu};
-use crate::error::Result;
+use super::{MetaConfig, MetaGrads, MetaModel, Order, Stack, Trajectory, cpu};
+use crate::error::{Error, Result};
+use crate::limits::Estimate;
 use crate::train::{OptimConfig, Optimizer};
 
 /// Task-id slots of the input (its one-hot part).
@@ -99,6 +100,237 @@ impl Default for SineConfig {
     }
 }
 
+/// A setting of a run that is out of range: the [`SineConfig`] field (or
+/// `gate_at`, the method's), the value given and what is allowed, in words.
+/// The CLI names the flag (`fns_per_traj` → `--fns-per-traj`), a checkpoint
+/// the file and its metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadSetting {
+    /// The field: `width`, `fns_per_traj`, `gate_at`, ….
+    pub key: &'static str,
+    /// The value given, as text.
+    pub value: String,
+    /// What is allowed.
+    pub expected: String,
+}
+
+impl SineConfig {
+    /// Checks every setting that [`init_model`], [`meta_trajectory`],
+    /// [`iid_batch`] and [`train_from`] rely on for `method`, so that none of
+    /// them can panic or silently do something else than asked: counts that
+    /// must be at least 1, at most [`SLOTS`] functions per trajectory (each
+    /// takes its own task-id slot), a truncation within the trajectory,
+    /// positive finite rates and an ANML gate on an existing PLN layer.
+    /// Sizes too large for the machine are [`training_memory`]'s concern.
+    pub fn check(&self, method: Method) -> std::result::Result<(), BadSetting> {
+        let bad = |key: &'static str, value: &dyn std::fmt::Display, expected: String| {
+            Err(BadSetting { key, value: value.to_string(), expected })
+        };
+        for (key, v, what) in [
+            ("width", self.width, "the width of every hidden layer"),
+            ("pln_layers", self.pln_layers, "the PLN's layers"),
+            ("pool", self.pool, "functions in the meta-training pool"),
+            ("batch", self.batch, "rows of an inner batch"),
+            ("remember", self.remember, "half the rows of the meta-loss batch"),
+        ] {
+            if v == 0 {
+                return bad(key, &v, format!("at least 1 ({what})"));
+            }
+        }
+        for (key, v, what) in
+            [("inner_lr", self.inner_lr, "the inner SGD rate β"), ("meta_lr", self.meta_lr, "Adam's rate")]
+        {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(key, &v, format!("a finite number > 0 ({what})"));
+            }
+        }
+        if method == Method::Pretrained {
+            // Pre-training draws i.i.d. batches: no trajectory, no inner step.
+            return Ok(());
+        }
+        if !(1..=SLOTS).contains(&self.fns_per_traj) {
+            return bad(
+                "fns_per_traj",
+                &self.fns_per_traj,
+                format!("1 … {SLOTS} (the functions of a meta-training trajectory, each in its own task-id slot)"),
+            );
+        }
+        if self.steps_per_fn == 0 {
+            return bad(
+                "steps_per_fn",
+                &self.steps_per_fn,
+                "at least 1 (inner batches per function; with none there is nothing to meta-learn through — \
+                 the pre-trained method trains without an inner loop)"
+                    .into(),
+            );
+        }
+        let s = self.fns_per_traj * self.steps_per_fn;
+        if self.truncate > s {
+            return bad(
+                "truncate",
+                &self.truncate,
+                format!(
+                    "0 … {s}, the inner steps of a trajectory (functions × steps per function); 0 differentiates all"
+                ),
+            );
+        }
+        if let Method::Anml { gate_at } = method
+            && gate_at >= self.pln_layers
+        {
+            return bad(
+                "gate_at",
+                &gate_at,
+                format!("0 … {} (the PLN has {} layers)", self.pln_layers - 1, self.pln_layers),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Parameters of a stack with widths `[a, w × hidden, b]` (`hidden = 0`:
+/// one layer `a → b`), without overflow.
+fn stack_params(a: u128, w: u128, hidden: u128, b: u128) -> u128 {
+    let mul = u128::saturating_mul;
+    if hidden == 0 {
+        return mul(a, b).saturating_add(b);
+    }
+    mul(a, w)
+        .saturating_add(w)
+        .saturating_add(mul(hidden - 1, mul(w, w).saturating_add(w)))
+        .saturating_add(mul(w, b))
+        .saturating_add(b)
+}
+
+/// The parameters `[RLN, PLN, NM]` of [`init_model`]'s networks, from the
+/// sizes alone (in `u128`, saturating: any width or depth can be asked
+/// about without overflow or allocation).
+pub fn parameter_counts(c: &SineConfig, method: Method) -> [u128; 3] {
+    let (w, l, d) = (c.width as u128, c.rln_layers as u128, D as u128);
+    let rln = if l == 0 { 0 } else { stack_params(d, w, l - 1, w) };
+    let pin = if l == 0 { d } else { w };
+    let pln = stack_params(pin, w, (c.pln_layers as u128).saturating_sub(1), 1);
+    let nm = match method {
+        Method::Anml { gate_at } => {
+            let gw = if gate_at == 0 { pin } else { w };
+            stack_params(d, w, l.saturating_sub(1), gw)
+        }
+        _ => 0,
+    };
+    [rln, pln, nm]
+}
+
+/// What `train oml-sine` holds at once, from the sizes alone (an upper
+/// bound of the large buffers, checked with [`Estimate::check`] before
+/// anything is allocated). With `P_all` the parameters of the three
+/// networks ([`parameter_counts`]), `P_pln` the PLN's, `w` the width, `L`
+/// the RLN layers, `S = fns_per_traj · steps_per_fn` inner steps (0 when
+/// pre-training), `S′` of them differentiated (`truncate`, or all), `Bi`
+/// rows per inner batch, `Bo = 2·remember` meta-loss rows, `R = S·Bi + Bo`,
+/// in f32 words:
+///
+/// - `8 · P_all`: the model, Adam's two moments, the task's and the total
+///   gradient, and three copies while a checkpoint is written;
+/// - `R · (D + 1) + R · D`: the trajectory and the task's copy of its inputs;
+/// - `R · (L + 5) · w`, and as much again for ANML's NM: the outer-only
+///   networks' activations over every row (kept for their backward), their
+///   backward's three scratch rows and the adjoints of their output;
+/// - `((S′ + 2) · Bi + Bo) · (4 · Σ inputs + 2 · Σ outputs)` over the PLN's
+///   layers: each differentiated inner step keeps its activations, inputs
+///   and adjoints for the reverse sweep (plus the shared set of the steps
+///   before the window, the meta-loss batch's and the R-pass's);
+/// - `(⌈S′/seg⌉ + 2·seg + 6) · P_pln`, `seg = ⌈√S′⌉`: the θ snapshots every
+///   `seg` steps, one segment's rebuilt θ's and inner gradients, and θ, θ̄,
+///   the inner gradient, …
+///
+/// Training runs one trajectory (P = 1 task) at a time, so nothing is
+/// multiplied by a thread count.
+pub fn training_memory(c: &SineConfig, method: Method) -> Estimate {
+    let mul = u128::saturating_mul;
+    let [rln, pln, nm] = parameter_counts(c, method);
+    let all = rln.saturating_add(pln).saturating_add(nm);
+    let (w, l, d) = (c.width as u128, c.rln_layers as u128, D as u128);
+    let meta = method != Method::Pretrained;
+    let s = if meta { mul(c.fns_per_traj as u128, c.steps_per_fn as u128) } else { 0 };
+    let sd = if c.truncate == 0 { s } else { s.min(c.truncate as u128) };
+    let (bi, bo) = (c.batch as u128, mul(2, c.remember as u128));
+    let rows = mul(s, bi).saturating_add(bo);
+    let pin = if l == 0 { d } else { w };
+    let hidden = (c.pln_layers as u128).saturating_sub(1);
+    let pln_in = pin.saturating_add(mul(hidden, w));
+    let pln_out = mul(hidden, w).saturating_add(1);
+    let per_row = mul(4, pln_in).saturating_add(mul(2, pln_out));
+    let seg = (sd as f64).sqrt().ceil().max(1.0) as u128;
+    let f = |words: u128| mul(words, 4);
+    let mut e = Estimate::new();
+    e.add(
+        format!("{all} parameters × 8 (the model, Adam's 2 moments, 2 gradients, 3 copies while saving)"),
+        f(mul(all, 8)),
+    );
+    e.add(format!("the trajectory and its inputs' copy, {rows} rows"), f(mul(rows, mul(2, d).saturating_add(1))));
+    let outer_nets = if matches!(method, Method::Anml { .. }) { 2 } else { 1 };
+    e.add(
+        format!(
+            "the RLN's{} activations over {rows} rows × {} layers of {w}",
+            if outer_nets == 2 { " and NM's" } else { "" },
+            c.rln_layers
+        ),
+        f(mul(mul(rows, mul(l.saturating_add(5), w)), outer_nets)),
+    );
+    let kept = mul(sd.saturating_add(2), bi).saturating_add(bo);
+    e.add(format!("the PLN's activations of {sd} differentiated inner steps, {kept} rows"), f(mul(kept, per_row)));
+    e.add(
+        format!("θ snapshots and copies ({} × {pln} PLN parameters)", sd.div_ceil(seg) + 2 * seg + 6),
+        f(mul(sd.div_ceil(seg) + 2 * seg + 6, pln)),
+    );
+    e
+}
+
+/// The first non-finite parameter of `m`: its tensor's name as in a model
+/// file (`pln.0.weight`, `inner_lr`, …), the element's flat index in that
+/// tensor and the value.
+pub fn first_non_finite(m: &MetaModel<f32>) -> Option<(String, usize, f32)> {
+    for (prefix, st, p) in [("rln", &m.rln, &m.rln_p), ("pln", &m.pln, &m.theta0), ("nm", &m.nm, &m.nm_p)] {
+        for l in 0..st.len() {
+            let (wr, br) = st.ranges(l);
+            for (kind, r) in [("weight", wr), ("bias", br)] {
+                if let Some(k) = p.get(r.clone()).and_then(|v| v.iter().position(|x| !x.is_finite())) {
+                    return Some((format!("{prefix}.{l}.{kind}"), k, p[r.start + k]));
+                }
+            }
+        }
+    }
+    (!m.inner_lr.is_finite()).then(|| ("inner_lr".to_string(), 0, m.inner_lr))
+}
+
+/// Where a meta-gradient stopped being finite, in words (`None`: finite).
+fn non_finite_grads(g: &MetaGrads<f32>, m: &MetaModel<f32>) -> Option<String> {
+    if !g.loss.is_finite() {
+        return Some(format!("the meta-loss is {}", g.loss));
+    }
+    for (prefix, st, v) in [("rln", &m.rln, &g.rln), ("pln", &m.pln, &g.pln), ("nm", &m.nm, &g.nm)] {
+        if let Some(k) = v.iter().position(|x| !x.is_finite()) {
+            let name = tensor_of(st, prefix, k);
+            return Some(format!("the meta-loss is {:.4e} but its gradient for {name} is {}", g.loss, v[k]));
+        }
+    }
+    (!g.inner_lr.is_finite())
+        .then(|| format!("the meta-loss is {:.4e} but its gradient for β is {}", g.loss, g.inner_lr))
+}
+
+/// `pln.1.weight element 3` for flat index `k` of a stack's parameters.
+fn tensor_of(st: &Stack, prefix: &str, k: usize) -> String {
+    for l in 0..st.len() {
+        let (wr, br) = st.ranges(l);
+        if wr.contains(&k) {
+            return format!("`{prefix}.{l}.weight` element {}", k - wr.start);
+        }
+        if br.contains(&k) {
+            return format!("`{prefix}.{l}.bias` element {}", k - br.start);
+        }
+    }
+    format!("`{prefix}` element {k}")
+}
+
 /// How a model is built and trained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
@@ -113,8 +345,11 @@ pub enum Method {
     Pretrained,
 }
 
-/// A fresh model for `method` with `torch.nn.Linear`'s initialisation.
-pub fn init_model(c: &SineConfig, method: Method, seed: u64) -> MetaModel<f32> {
+/// A fresh model for `method` with He-normal weights and zero biases.
+/// Errors when `c` does not pass [`SineConfig::check`] (naming the setting);
+/// sizes are not checked against the memory ([`training_memory`]).
+pub fn init_model(c: &SineConfig, method: Method, seed: u64) -> Result<MetaModel<f32>> {
+    c.check(method).map_err(setting_error)?;
     let w = c.width;
     let rln: Vec<usize> = std::iter::once(D).chain(std::iter::repeat_n(w, c.rln_layers)).collect();
     let pin = *rln.last().unwrap_or(&D);
@@ -151,7 +386,15 @@ pub fn init_model(c: &SineConfig, method: Method, seed: u64) -> MetaModel<f32> {
             p.extend(std::iter::repeat_n(0.0, o));
         }
     }
-    m
+    Ok(m)
+}
+
+/// A [`BadSetting`] as an [`Error`] in the terms of [`SineConfig`]'s fields.
+fn setting_error(b: BadSetting) -> Error {
+    Error::Config {
+        arg: format!("oml-sine setting `{}`", b.key),
+        message: format!("= {}: expected {}", b.value, b.expected),
+    }
 }
 
 /// The pool of meta-training functions of a seed.
@@ -172,6 +415,11 @@ pub fn pool(c: &SineConfig, seed: u64) -> Vec<SineFn> {
 /// `remember` such points in the batch, as OML's "random" batch; they only
 /// added noise and a constant to the meta-loss (which then plateaued near
 /// 3.0, half of it from them).
+///
+/// # Panics
+///
+/// When `c` does not pass [`SineConfig::check`] or `pool` is empty
+/// ([`train_from`] checks both).
 pub fn meta_trajectory(c: &SineConfig, pool: &[SineFn], rng: &mut ChaCha8Rng) -> Trajectory<f32> {
     let mut slots: Vec<usize> = (0..SLOTS).collect();
     for k in (1..SLOTS).rev() {
@@ -205,6 +453,10 @@ pub fn meta_trajectory(c: &SineConfig, pool: &[SineFn], rng: &mut ChaCha8Rng) ->
 
 /// A batch of i.i.d. points of random pool functions in random slots, as a
 /// trajectory with no inner step (its meta-loss is plain regression).
+///
+/// # Panics
+///
+/// When `pool` is empty.
 pub fn iid_batch(c: &SineConfig, pool: &[SineFn], rng: &mut ChaCha8Rng) -> Trajectory<f32> {
     let (mut x, mut y) = (Vec::new(), Vec::new());
     for _ in 0..2 * c.remember {
@@ -268,6 +520,10 @@ pub fn train(
 /// Continues a run from `st` until `st.step == steps` (see [`train`]): a
 /// run interrupted after any step and continued from its saved model and
 /// state ends with the same model, bit for bit, as one that was not.
+///
+/// Errors: `c` does not pass [`SineConfig::check`] for `method`, or the
+/// meta-loss or its gradient stops being finite ([`Error::Overflow`], naming
+/// the outer step: the run diverged, usually from too large a β or Adam rate).
 pub fn train_from(
     c: &SineConfig,
     m: &mut MetaModel<f32>,
@@ -277,6 +533,7 @@ pub fn train_from(
     steps: usize,
     mut report: impl FnMut(usize, f64, &MetaModel<f32>, &TrainState) -> Result<()>,
 ) -> Result<()> {
+    c.check(method).map_err(setting_error)?;
     let pool = pool(c, seed);
     while st.step < steps {
         let t = match method {
@@ -284,6 +541,16 @@ pub fn train_from(
             _ => meta_trajectory(c, &pool, &mut st.rng),
         };
         let g = cpu::meta_grad(m, &t)?;
+        if let Some(what) = non_finite_grads(&g, m) {
+            return Err(Error::Overflow {
+                quantity: format!("outer step {}", st.step + 1),
+                message: format!(
+                    "{what}: training diverged (the inner rate β = {} or the Adam rate {} is too large for this \
+                     network)",
+                    m.inner_lr, c.meta_lr
+                ),
+            });
+        }
         st.opt.step(
             &mut [("rln", &mut m.rln_p[..]), ("pln", &mut m.theta0[..]), ("nm", &mut m.nm_p[..])],
             &[("rln", &g.rln[..]), ("pln", &g.pln[..]), ("nm", &g.nm[..])],
@@ -340,7 +607,9 @@ fn one_batch(x: &[f32], y: &[f32]) -> Trajectory<f32> {
 
 /// Learns the evaluation batches in `order` (indices into `set.batches`),
 /// one SGD step on the PLN per batch at rate β, then returns the mean
-/// squared error on every function's held-out points.
+/// squared error on every function's held-out points. When learning
+/// diverges (a batch's loss or the PLN's weights stop being finite), every
+/// error is NaN: the caller decides what a divergent rate means.
 pub fn evaluate(m: &MetaModel<f32>, set: &EvalSet, order: &[usize]) -> Result<Vec<f64>> {
     let mut m = m.clone();
     let beta = m.cfg.inner_lr as f32;
@@ -348,6 +617,9 @@ pub fn evaluate(m: &MetaModel<f32>, set: &EvalSet, order: &[usize]) -> Result<Ve
         let (x, y) = &set.batches[k];
         let g = cpu::meta_grad(&m, &one_batch(x, y))?;
         m.theta0.iter_mut().zip(&g.pln).for_each(|(t, g)| *t -= beta * g);
+        if !g.loss.is_finite() || m.theta0.iter().any(|t| !t.is_finite()) {
+            return Ok(vec![f64::NAN; set.held.len()]);
+        }
     }
     set.held.iter().map(|(x, y)| Ok(cpu::meta_grad(&m, &one_batch(x, y))?.loss)).collect()
 }
@@ -437,7 +709,7 @@ pub fn load_checkpoint(path: impl AsRef<std::path::Path>) -> Result<SineCheckpoi
             .map(|x| x as usize)
             .ok_or_else(|| bad(&f, format!("metadata `{KEY_RUN}`: `{k}` must be a whole number ≥ 0")))
     };
-    let config = SineConfig {
+    let mut config = SineConfig {
         width: u("width")?,
         rln_layers: u("rln_layers")?,
         pln_layers: u("pln_layers")?,
@@ -461,6 +733,16 @@ pub fn load_checkpoint(path: impl AsRef<std::path::Path>) -> Result<SineCheckpoi
             return Err(bad(&f, format!("metadata `{KEY_RUN}`: method {other:?}, expected oml, anml or pretrained")));
         }
     };
+    // Runs before `truncate` was checked saved values beyond the trajectory,
+    // which meant (and mean) every step.
+    if config.truncate > config.fns_per_traj.saturating_mul(config.steps_per_fn) {
+        config.truncate = 0;
+    }
+    // A hand-edited setting must not reach a panic (an empty range to draw
+    // from, a gate on a missing layer) when the run continues.
+    config
+        .check(method)
+        .map_err(|b| bad(&f, format!("metadata `{KEY_RUN}`: `{}` = {}: expected {}", b.key, b.value, b.expected)))?;
     let opt_step = take_u64s(&mut f, "opt.step", Some(1))?[0];
     let step = take_u64s(&mut f, "train.step", Some(1))?[0] as usize;
     let rng = take_rng(&mut f)?;
@@ -474,6 +756,19 @@ pub fn load_checkpoint(path: impl AsRef<std::path::Path>) -> Result<SineCheckpoi
     }
     let model = super::io::take_model(&mut f)?;
     f.finish("oml-sine checkpoint")?;
+    if let Some((name, k, v)) = first_non_finite(&model) {
+        return Err(bad(&f, format!("tensor `{name}` element {k} is {v}: a checkpoint's weights must be finite")));
+    }
+    for (slot, map) in [("m", &os.m), ("v", &os.v)] {
+        for (g, v) in map {
+            if let Some(k) = v.iter().position(|x| !x.is_finite()) {
+                return Err(bad(
+                    &f,
+                    format!("tensor `opt.{slot}.{g}` element {k} is {}: Adam's moments must be finite", v[k]),
+                ));
+            }
+        }
+    }
     for (g, len) in [("rln", model.rln_p.len()), ("pln", model.theta0.len()), ("nm", model.nm_p.len())] {
         for map in [&os.m, &os.v] {
             if let Some(v) = map.get(g)
