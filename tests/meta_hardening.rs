@@ -85,8 +85,8 @@ fn an_out_that_cannot_be_written_is_refused_before_computing() {
     let (_, _, mp, tp) = files(&d);
     for (out, want) in [
         (d.join("no/such/folder/g.safetensors"), "does not exist"),
-        (d.clone(), "is a folder"),
-        (PathBuf::from(format!("{}/", d.join("sub").display())), "is a folder"),
+        (d.clone(), "names a folder"),
+        (PathBuf::from(format!("{}/", d.join("sub").display())), "names a folder"),
     ] {
         let e = failed(&meta_grad(&mp, &tp, &out, &[]));
         assert!(e.contains("--out") && e.contains(want), "{}: {e}", out.display());

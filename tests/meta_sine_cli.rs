@@ -269,7 +269,7 @@ fn f6_f13_eval_never_reports_nan_and_prints_plain_numbers() {
     save_model(&bad, &nan).unwrap();
     refused(
         &eval(&["--model", &spec("n", &nan), "--seeds", "1"]),
-        &["--model n=", "`pln.0.weight` element 3", "finite"],
+        &["--model n=", "pln.0.weight: element 3", "finite"],
     );
     // A rate at which learning diverges.
     let huge = d.join("huge.safetensors");

@@ -87,50 +87,9 @@ pub struct TrainArgs {
     resume: Option<PathBuf>,
 }
 
-/// Checks before a long run that `path` (given as `--flag`) can be written:
-/// it names a file (not a folder: no trailing `/`, not an existing folder,
-/// not a device or pipe), its folder exists and takes a new file. Training
-/// that ran for an hour must not end on "no such directory" or "not a
-/// directory".
+/// [`super::paths::check_writable`] for `--flag`.
 fn check_writable(path: &Path, flag: &str) -> Result<(), String> {
-    let text = path.as_os_str().to_string_lossy();
-    if text.is_empty() {
-        return Err(format!("--{flag}: the path is empty, expected a file name"));
-    }
-    // `Path` drops a trailing `/` and `.`: look at the text itself.
-    let last = text.rsplit(std::path::is_separator).next().unwrap_or("");
-    if last.is_empty() || last == "." || last == ".." || path.is_dir() {
-        let example = match flag {
-            "table" => "table.md",
-            "plot" => "plot.svg",
-            _ => "model.safetensors",
-        };
-        return Err(format!(
-            "--{flag} {}: names a folder, expected a file name (e.g. {})",
-            path.display(),
-            path.join(example).display()
-        ));
-    }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if !dir.exists() {
-        return Err(format!("--{flag} {}: the folder {} does not exist", path.display(), dir.display()));
-    }
-    if !dir.is_dir() {
-        return Err(format!("--{flag} {}: {} is not a folder", path.display(), dir.display()));
-    }
-    if path.exists() && !path.is_file() {
-        return Err(format!(
-            "--{flag} {}: exists and is not a regular file (a device, pipe or socket); expected a file name",
-            path.display()
-        ));
-    }
-    let probe = dir.join(format!(".neuroplastic-probe{}", std::process::id()));
-    std::fs::write(&probe, b"")
-        .and_then(|()| std::fs::remove_file(&probe))
-        .map_err(|e| format!("--{flag} {}: cannot write in {}: {e}", path.display(), dir.display()))
+    super::paths::check_writable(&format!("--{flag}"), path)
 }
 
 /// Whether two output paths name the same file: the same existing file
@@ -548,7 +507,12 @@ pub fn eval(a: EvalArgs) -> CliResult {
     let mut entries: Vec<Entry> = Vec::new();
     for (name, path) in specs {
         let what = format!("--model {name}={}", path.display());
-        let model = load_model(&path)?;
+        let model = load_model(&path).map_err(|e| {
+            // The loader's errors start with the path, which `what` holds.
+            let e = e.to_string();
+            let e = e.strip_prefix(&format!("{}: ", path.display())).unwrap_or(&e).to_string();
+            format!("{what}: {e}")
+        })?;
         check_model(&model, &what, a.lrs.is_empty())?;
         entries.push(Entry { name, what, model });
     }

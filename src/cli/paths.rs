@@ -43,25 +43,42 @@ pub fn refuse_overwrite(out_flag: &str, out: &Path, inputs: &[(&str, &Path)]) ->
 }
 
 /// Checks before a command computes anything that `path` (given as
-/// `flag`) can be written: it names a file (not a folder, no trailing
-/// slash), its folder exists and takes a new file, and an existing file
-/// there is not read-only. A run that computed for an hour must not end
-/// on "no such directory".
+/// `flag`, e.g. `--out`) can be written: it names a file (no trailing `/` or
+/// `.`, not an existing folder, not a device, pipe or socket), its folder
+/// exists and takes a new file, and an existing file there is not
+/// read-only. A run that computed for an hour must not end on "no such
+/// directory" or "not a directory".
 pub fn check_writable(flag: &str, path: &Path) -> Result<(), String> {
     let shown = path.display();
     let text = path.as_os_str().to_string_lossy();
-    if text.is_empty() || text.ends_with('/') || path.is_dir() {
-        return Err(format!("{flag} {shown}: is a folder, expected a file name"));
+    if text.is_empty() {
+        return Err(format!("{flag}: the path is empty, expected a file name"));
+    }
+    // `Path` drops a trailing `/` and `.`: look at the text itself.
+    let last = text.rsplit(std::path::is_separator).next().unwrap_or("");
+    if last.is_empty() || last == "." || last == ".." || path.is_dir() {
+        return Err(format!("{flag} {shown}: names a folder, expected a file name in it"));
     }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    if !dir.is_dir() {
+    if !dir.exists() {
         return Err(format!("{flag} {shown}: the folder {} does not exist", dir.display()));
     }
-    if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().readonly()) {
-        return Err(format!("{flag} {shown}: the file is read-only; make it writable or choose another name"));
+    if !dir.is_dir() {
+        return Err(format!("{flag} {shown}: {} is not a folder", dir.display()));
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => {
+            return Err(format!(
+                "{flag} {shown}: exists and is not a regular file (a device, pipe or socket); expected a file name"
+            ));
+        }
+        Ok(m) if m.permissions().readonly() => {
+            return Err(format!("{flag} {shown}: the file is read-only; make it writable or choose another name"));
+        }
+        _ => {}
     }
     let probe = dir.join(format!(".neuroplastic-probe{}", std::process::id()));
     std::fs::write(&probe, b"")

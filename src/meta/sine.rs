@@ -540,7 +540,18 @@ pub fn train_from(
             Method::Pretrained => iid_batch(c, &pool, &mut st.rng),
             _ => meta_trajectory(c, &pool, &mut st.rng),
         };
-        let g = cpu::meta_grad(m, &t)?;
+        let diverged = |what: String| Error::Overflow {
+            quantity: format!("outer step {}", st.step + 1),
+            message: format!(
+                "{what}: training diverged (the inner rate β = {} or the Adam rate {} is too large for this network)",
+                m.inner_lr, c.meta_lr
+            ),
+        };
+        // The engine refuses a non-finite result itself: name the step.
+        let g = cpu::meta_grad(m, &t).map_err(|e| match e {
+            Error::Overflow { quantity, message } => diverged(format!("{quantity} {message}")),
+            e => e,
+        })?;
         if let Some(what) = non_finite_grads(&g, m) {
             return Err(Error::Overflow {
                 quantity: format!("outer step {}", st.step + 1),
@@ -613,15 +624,27 @@ fn one_batch(x: &[f32], y: &[f32]) -> Trajectory<f32> {
 pub fn evaluate(m: &MetaModel<f32>, set: &EvalSet, order: &[usize]) -> Result<Vec<f64>> {
     let mut m = m.clone();
     let beta = m.cfg.inner_lr as f32;
+    let diverged = Ok(vec![f64::NAN; set.held.len()]);
+    // The engine refuses a loss or gradient outside f32 (Overflow): here
+    // that is the divergence this function reports as NaN.
+    let grad = |m: &MetaModel<f32>, x: &[f32], y: &[f32]| match cpu::meta_grad(m, &one_batch(x, y)) {
+        Err(Error::Overflow { .. }) => Ok(None),
+        r => r.map(Some),
+    };
     for &k in order {
         let (x, y) = &set.batches[k];
-        let g = cpu::meta_grad(&m, &one_batch(x, y))?;
+        let Some(g) = grad(&m, x, y)? else { return diverged };
         m.theta0.iter_mut().zip(&g.pln).for_each(|(t, g)| *t -= beta * g);
         if !g.loss.is_finite() || m.theta0.iter().any(|t| !t.is_finite()) {
-            return Ok(vec![f64::NAN; set.held.len()]);
+            return diverged;
         }
     }
-    set.held.iter().map(|(x, y)| Ok(cpu::meta_grad(&m, &one_batch(x, y))?.loss)).collect()
+    let mut held = Vec::with_capacity(set.held.len());
+    for (x, y) in &set.held {
+        let Some(g) = grad(&m, x, y)? else { return diverged };
+        held.push(g.loss);
+    }
+    Ok(held)
 }
 
 /// A saved training run of `train oml-sine`: what [`train_from`] needs to
