@@ -446,7 +446,7 @@ fn check_model(m: &MetaModel<f32>, what: &str, own_rate: bool) -> Result<(), Str
     if m.cfg.loss != Loss::Mse {
         return Err(format!("{what}: the model's loss is xent (classification); oml-sine is a regression (mse)"));
     }
-    if own_rate && !(m.cfg.inner_lr > 0.0) {
+    if own_rate && (m.cfg.inner_lr.is_nan() || m.cfg.inner_lr <= 0.0) {
         return Err(format!(
             "{what}: its SGD rate β = {} is not positive; evaluate it at rates of your choice with --lrs",
             rate(m)
