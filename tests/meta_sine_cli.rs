@@ -26,10 +26,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn run(args: &[&str]) -> Output {
-    Command::new(bin()).args(args).output().unwrap()
-}
-
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

@@ -370,12 +370,13 @@ fn snapshot_on(out: &Path, every: usize, from: usize, to: usize, input: &Path) -
 /// set its sizes and what to lower.
 fn check_memory(c: &SineConfig, method: Method, resumed: Option<&Path>) -> neuroplastic::Result<()> {
     let est = sine::training_memory(c, method);
+    let limit = neuroplastic::limits::available()?;
     let params = sine::parameter_counts(c, method).iter().fold(0u128, |a, &p| a.saturating_add(p));
     let meta = method != Method::Pretrained;
     let s = c.fns_per_traj.saturating_mul(c.steps_per_fn);
     let purpose = if meta {
         format!(
-            "training (width {}, {} RLN layers: {params} parameters; S = {s} inner steps of {} rows per trajectory, {} \
+            "training (width {}, RLN layers {}: {params} parameters; S = {s} inner steps of {} rows per trajectory, {} \
              of them differentiated)",
             c.width,
             c.rln_layers,
@@ -383,7 +384,7 @@ fn check_memory(c: &SineConfig, method: Method, resumed: Option<&Path>) -> neuro
             if c.truncate == 0 { s } else { c.truncate.min(s) }
         )
     } else {
-        format!("pre-training (width {}, {} RLN layers: {params} parameters)", c.width, c.rln_layers)
+        format!("pre-training (width {}, RLN layers {}: {params} parameters)", c.width, c.rln_layers)
     };
     let (arg, fix) = match resumed {
         Some(p) => (
@@ -395,7 +396,11 @@ fn check_memory(c: &SineConfig, method: Method, resumed: Option<&Path>) -> neuro
             if meta {
                 arg.push_str(&format!(" --fns-per-traj {} --steps-per-fn {}", c.fns_per_traj, c.steps_per_fn));
             }
-            let fix = if params.saturating_mul(32) >= est.total() / 2 || !meta {
+            // Which flags to change: if the shortest trajectory does not fit
+            // either, the network itself is too large; else the trajectory is.
+            let shortest = SineConfig { fns_per_traj: 1, steps_per_fn: 1, truncate: 0, ..c.clone() };
+            let fits = |e: &neuroplastic::limits::Estimate| e.check_against(limit.as_ref(), "", "", "").is_ok();
+            let fix = if !meta || !fits(&sine::training_memory(&shortest, method)) {
                 "lower --width (the parameters grow with its square) or --rln-layers"
             } else {
                 "lower --fns-per-traj or --steps-per-fn, or differentiate fewer inner steps with --truncate K \
@@ -404,7 +409,7 @@ fn check_memory(c: &SineConfig, method: Method, resumed: Option<&Path>) -> neuro
             (arg, fix.to_string())
         }
     };
-    est.check(&arg, &purpose, &fix)
+    est.check_against(limit.as_ref(), &arg, &purpose, &fix)
 }
 
 /// Student-t 97.5% quantile for `df ≥ 1` degrees of freedom (the 95% CI's half-width factor).
@@ -487,7 +492,7 @@ fn check_model(m: &MetaModel<f32>, what: &str, own_rate: bool) -> Result<(), Str
     if m.cfg.loss != Loss::Mse {
         return Err(format!("{what}: the model's loss is xent (classification); oml-sine is a regression (mse)"));
     }
-    if own_rate && !(m.cfg.inner_lr > 0.0) {
+    if own_rate && (m.cfg.inner_lr.is_nan() || m.cfg.inner_lr <= 0.0) {
         return Err(format!(
             "{what}: its SGD rate β = {} is not positive; evaluate it at rates of your choice with --lrs",
             rate(m)
