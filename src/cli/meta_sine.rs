@@ -518,6 +518,14 @@ pub fn eval(a: EvalArgs) -> CliResult {
     if !a.lrs.is_empty() && a.validation_seeds == 0 {
         return Err("--validation-seeds must be at least 1 to choose among --lrs".into());
     }
+    let Some(validation_end) = VALIDATION_SEED0.checked_add(a.validation_seeds) else {
+        return Err(format!(
+            "--validation-seeds {}: expected at most {} (the validation seeds start at {VALIDATION_SEED0})",
+            a.validation_seeds,
+            u64::MAX - VALIDATION_SEED0
+        )
+        .into());
+    };
     for (p, flag) in [(&a.table, "table"), (&a.plot, "plot")] {
         if let Some(p) = p {
             check_writable(p, flag)?;
@@ -579,7 +587,7 @@ pub fn eval(a: EvalArgs) -> CliResult {
             for &lr in &a.lrs {
                 let mut trial = e.model.clone();
                 trial.cfg.inner_lr = lr;
-                let err = sequential_error(&trial, &c, VALIDATION_SEED0..VALIDATION_SEED0 + a.validation_seeds)?;
+                let err = sequential_error(&trial, &c, VALIDATION_SEED0..validation_end)?;
                 if !err.is_finite() {
                     eprintln!("{}: validation error {err} at lr {lr} (diverged: not a candidate)", e.name);
                     continue;

@@ -164,7 +164,7 @@ impl SineConfig {
                     .into(),
             );
         }
-        let s = self.fns_per_traj * self.steps_per_fn;
+        let s = self.fns_per_traj.saturating_mul(self.steps_per_fn);
         if self.truncate > s {
             return bad(
                 "truncate",
