@@ -264,3 +264,62 @@ fn resumed_run_equals_an_uninterrupted_one() {
     let err = fails("whole.safetensors", "9");
     assert!(err.contains("whole.safetensors") && err.contains("neuroplastic.oml_sine"), "{err}");
 }
+
+/// The memory estimate counts the parameters [`sine::init_model`] creates,
+/// for every method and depth, and is a sane upper bound: the default run
+/// (width 300, 6 RLN layers, S = 400) far below a gigabyte, a width of
+/// 100,000 far above 40 GB, and no overflow for absurd widths.
+#[test]
+fn memory_estimate_counts_the_model_and_bounds_the_run() {
+    for (rln_layers, pln_layers) in [(0, 1), (0, 2), (1, 2), (3, 3)] {
+        for method in
+            [Method::Oml, Method::Anml { gate_at: 0 }, Method::Anml { gate_at: pln_layers - 1 }, Method::Pretrained]
+        {
+            let c = SineConfig { width: 7, rln_layers, pln_layers, ..small() };
+            let m = sine::init_model(&c, method, 1).unwrap();
+            let [r, p, n] = sine::parameter_counts(&c, method);
+            assert_eq!(
+                (r, p, n),
+                (m.rln_p.len() as u128, m.theta0.len() as u128, m.nm_p.len() as u128),
+                "{c:?} {method:?}"
+            );
+        }
+    }
+    let default = sine::training_memory(&SineConfig::default(), Method::Anml { gate_at: 0 }).total();
+    assert!(default > 10 << 20 && default < 1 << 30, "{default}");
+    let wide =
+        sine::training_memory(&SineConfig { width: 100_000, rln_layers: 1, ..SineConfig::default() }, Method::Oml);
+    assert!(wide.total() > 40_000_000_000, "{}", wide.total());
+    let absurd = SineConfig {
+        width: usize::MAX,
+        rln_layers: usize::MAX,
+        fns_per_traj: 10,
+        steps_per_fn: usize::MAX,
+        ..SineConfig::default()
+    };
+    assert!(sine::training_memory(&absurd, Method::Anml { gate_at: 1 }).total() > u64::MAX as u128);
+}
+
+/// Settings that would panic or be silently ignored are refused by
+/// `SineConfig::check` (and so by `init_model` and `train`), naming the field.
+#[test]
+fn bad_settings_are_errors_naming_the_setting() {
+    let c = small();
+    for (bad, method, key) in [
+        (SineConfig { fns_per_traj: 0, ..c.clone() }, Method::Oml, "fns_per_traj"),
+        (SineConfig { fns_per_traj: SLOTS + 1, ..c.clone() }, Method::Oml, "fns_per_traj"),
+        (SineConfig { steps_per_fn: 0, ..c.clone() }, Method::Anml { gate_at: 0 }, "steps_per_fn"),
+        (c.clone(), Method::Anml { gate_at: 2 }, "gate_at"),
+        (SineConfig { inner_lr: -1.0, ..c.clone() }, Method::Pretrained, "inner_lr"),
+        (SineConfig { meta_lr: f64::NAN, ..c.clone() }, Method::Oml, "meta_lr"),
+        (SineConfig { pool: 0, ..c.clone() }, Method::Pretrained, "pool"),
+        (SineConfig { pln_layers: 0, ..c.clone() }, Method::Oml, "pln_layers"),
+        (SineConfig { truncate: 16, ..c.clone() }, Method::Oml, "truncate"),
+    ] {
+        assert_eq!(bad.check(method).unwrap_err().key, key);
+        let e = sine::init_model(&bad, method, 0).unwrap_err().to_string();
+        assert!(e.contains(key), "{e}");
+    }
+    // Pre-training uses no trajectory: its counts are not checked.
+    assert!(SineConfig { fns_per_traj: 0, ..c }.check(Method::Pretrained).is_ok());
+}

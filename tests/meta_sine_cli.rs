@@ -294,6 +294,8 @@ fn f6_f13_eval_never_reports_nan_and_prints_plain_numbers() {
     ok(&eval(&["--model", &spec("g", &neg), "--seeds", "1", "--lrs", "0.003", "--validation-seeds", "1"]));
     // Seeds.
     refused(&eval(&["--model", &spec("m", &m), "--seeds", "0"]), &["--seeds 0", "at least 1"]);
+    let r = eval(&["--model", &spec("m", &m), "--lrs", "0.01", "--validation-seeds", &u64::MAX.to_string()]);
+    refused(&r, &["--validation-seeds 18446744073709551615", "at most"]);
     let r = eval(&["--model", &spec("m", &m), "--seeds", "1"]);
     ok(&r);
     let out = stdout(&r);

@@ -329,12 +329,13 @@ fn snapshot_on(out: &Path, every: usize, from: usize, to: usize, input: &Path) -
 /// set its sizes and what to lower.
 fn check_memory(c: &SineConfig, method: Method, resumed: Option<&Path>) -> neuroplastic::Result<()> {
     let est = sine::training_memory(c, method);
+    let limit = neuroplastic::limits::available()?;
     let params = sine::parameter_counts(c, method).iter().fold(0u128, |a, &p| a.saturating_add(p));
     let meta = method != Method::Pretrained;
     let s = c.fns_per_traj.saturating_mul(c.steps_per_fn);
     let purpose = if meta {
         format!(
-            "training (width {}, {} RLN layers: {params} parameters; S = {s} inner steps of {} rows per trajectory, {} \
+            "training (width {}, RLN layers {}: {params} parameters; S = {s} inner steps of {} rows per trajectory, {} \
              of them differentiated)",
             c.width,
             c.rln_layers,
@@ -342,7 +343,7 @@ fn check_memory(c: &SineConfig, method: Method, resumed: Option<&Path>) -> neuro
             if c.truncate == 0 { s } else { c.truncate.min(s) }
         )
     } else {
-        format!("pre-training (width {}, {} RLN layers: {params} parameters)", c.width, c.rln_layers)
+        format!("pre-training (width {}, RLN layers {}: {params} parameters)", c.width, c.rln_layers)
     };
     let (arg, fix) = match resumed {
         Some(p) => (
@@ -354,7 +355,11 @@ fn check_memory(c: &SineConfig, method: Method, resumed: Option<&Path>) -> neuro
             if meta {
                 arg.push_str(&format!(" --fns-per-traj {} --steps-per-fn {}", c.fns_per_traj, c.steps_per_fn));
             }
-            let fix = if params.saturating_mul(32) >= est.total() / 2 || !meta {
+            // Which flags to change: if the shortest trajectory does not fit
+            // either, the network itself is too large; else the trajectory is.
+            let shortest = SineConfig { fns_per_traj: 1, steps_per_fn: 1, truncate: 0, ..c.clone() };
+            let fits = |e: &neuroplastic::limits::Estimate| e.check_against(limit.as_ref(), "", "", "").is_ok();
+            let fix = if !meta || !fits(&sine::training_memory(&shortest, method)) {
                 "lower --width (the parameters grow with its square) or --rln-layers"
             } else {
                 "lower --fns-per-traj or --steps-per-fn, or differentiate fewer inner steps with --truncate K \
@@ -363,7 +368,7 @@ fn check_memory(c: &SineConfig, method: Method, resumed: Option<&Path>) -> neuro
             (arg, fix.to_string())
         }
     };
-    est.check(&arg, &purpose, &fix)
+    est.check_against(limit.as_ref(), &arg, &purpose, &fix)
 }
 
 /// Student-t 97.5% quantile for `df ≥ 1` degrees of freedom (the 95% CI's half-width factor).
@@ -472,6 +477,14 @@ pub fn eval(a: EvalArgs) -> CliResult {
     if !a.lrs.is_empty() && a.validation_seeds == 0 {
         return Err("--validation-seeds must be at least 1 to choose among --lrs".into());
     }
+    let Some(validation_end) = VALIDATION_SEED0.checked_add(a.validation_seeds) else {
+        return Err(format!(
+            "--validation-seeds {}: expected at most {} (the validation seeds start at {VALIDATION_SEED0})",
+            a.validation_seeds,
+            u64::MAX - VALIDATION_SEED0
+        )
+        .into());
+    };
     for (p, flag) in [(&a.table, "table"), (&a.plot, "plot")] {
         if let Some(p) = p {
             check_writable(p, flag)?;
@@ -538,7 +551,7 @@ pub fn eval(a: EvalArgs) -> CliResult {
             for &lr in &a.lrs {
                 let mut trial = e.model.clone();
                 trial.cfg.inner_lr = lr;
-                let err = sequential_error(&trial, &c, VALIDATION_SEED0..VALIDATION_SEED0 + a.validation_seeds)?;
+                let err = sequential_error(&trial, &c, VALIDATION_SEED0..validation_end)?;
                 if !err.is_finite() {
                     eprintln!("{}: validation error {err} at lr {lr} (diverged: not a candidate)", e.name);
                     continue;

@@ -164,7 +164,7 @@ impl SineConfig {
                     .into(),
             );
         }
-        let s = self.fns_per_traj * self.steps_per_fn;
+        let s = self.fns_per_traj.saturating_mul(self.steps_per_fn);
         if self.truncate > s {
             return bad(
                 "truncate",
@@ -228,8 +228,11 @@ pub fn parameter_counts(c: &SineConfig, method: Method) -> [u128; 3] {
 /// rows per inner batch, `Bo = 2·remember` meta-loss rows, `R = S·Bi + Bo`,
 /// in f32 words:
 ///
-/// - `8 · P_all`: the model, Adam's two moments, the task's and the total
-///   gradient, and three copies while a checkpoint is written;
+/// - `16 · P_all`: the model, Adam's two moments, the task's and the total
+///   gradient, the six copies made while a checkpoint is written (the model
+///   and the moments put in the file, then serialised), and what the
+///   allocator keeps between them (a width-2000 run with `--save-every`
+///   peaked at 16.5 copies of its parameters, 4 of them its PLN's θ's);
 /// - `R · (D + 1) + R · D`: the trajectory and the task's copy of its inputs;
 /// - `R · (L + 5) · w`, and as much again for ANML's NM: the outer-only
 ///   networks' activations over every row (kept for their backward), their
@@ -238,9 +241,9 @@ pub fn parameter_counts(c: &SineConfig, method: Method) -> [u128; 3] {
 ///   layers: each differentiated inner step keeps its activations, inputs
 ///   and adjoints for the reverse sweep (plus the shared set of the steps
 ///   before the window, the meta-loss batch's and the R-pass's);
-/// - `(⌈S′/seg⌉ + 2·seg + 6) · P_pln`, `seg = ⌈√S′⌉`: the θ snapshots every
-///   `seg` steps, one segment's rebuilt θ's and inner gradients, and θ, θ̄,
-///   the inner gradient, …
+/// - `(⌈S′/seg⌉ + seg + 2) · P_pln`, `seg = ⌈√S′⌉`: the θ snapshots every
+///   `seg` steps, one segment's rebuilt θ's, θ and θ̄ (the models made here
+///   have no clamp and a fixed β, so no inner gradient is kept apart).
 ///
 /// Training runs one trajectory (P = 1 task) at a time, so nothing is
 /// multiplied by a thread count.
@@ -263,8 +266,8 @@ pub fn training_memory(c: &SineConfig, method: Method) -> Estimate {
     let f = |words: u128| mul(words, 4);
     let mut e = Estimate::new();
     e.add(
-        format!("{all} parameters × 8 (the model, Adam's 2 moments, 2 gradients, 3 copies while saving)"),
-        f(mul(all, 8)),
+        format!("{all} parameters × 16 (the model, Adam's 2 moments, 2 gradients, copies while saving)"),
+        f(mul(all, 16)),
     );
     e.add(format!("the trajectory and its inputs' copy, {rows} rows"), f(mul(rows, mul(2, d).saturating_add(1))));
     let outer_nets = if matches!(method, Method::Anml { .. }) { 2 } else { 1 };
@@ -278,10 +281,8 @@ pub fn training_memory(c: &SineConfig, method: Method) -> Estimate {
     );
     let kept = mul(sd.saturating_add(2), bi).saturating_add(bo);
     e.add(format!("the PLN's activations of {sd} differentiated inner steps, {kept} rows"), f(mul(kept, per_row)));
-    e.add(
-        format!("θ snapshots and copies ({} × {pln} PLN parameters)", sd.div_ceil(seg) + 2 * seg + 6),
-        f(mul(sd.div_ceil(seg) + 2 * seg + 6, pln)),
-    );
+    let copies = sd.div_ceil(seg).saturating_add(seg).saturating_add(2);
+    e.add(format!("θ snapshots and copies ({copies} × {pln} PLN parameters)"), f(mul(copies, pln)));
     e
 }
 
