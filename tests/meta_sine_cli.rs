@@ -111,6 +111,10 @@ fn f3_resume_checkpoint_is_never_replaced_by_a_model() {
     let ckpt = d.join("run.ckpt.safetensors");
     ok(&train(&["--steps", "2", "--save-every", "1", "--out", s(&out)]));
     let saved = std::fs::read(&ckpt).unwrap();
+    // A new run with checkpoints onto the same --out: refused, not overwritten.
+    let o = train(&["--steps", "2", "--save-every", "1", "--out", s(&out)]);
+    refused(&o, &["run.ckpt.safetensors", "exists", "--resume"]);
+    assert_eq!(std::fs::read(&ckpt).unwrap(), saved, "another run's checkpoint was replaced");
     let o = train(&["--steps", "5", "--resume", s(&ckpt), "--out", s(&ckpt)]);
     refused(&o, &["--out", "--resume", "would replace"]);
     let o = train(&["--steps", "5", "--resume", s(&ckpt), "--out", &format!("{}/./run.ckpt.safetensors", s(&d))]);

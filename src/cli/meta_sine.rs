@@ -174,6 +174,17 @@ pub fn train(a: TrainArgs) -> CliResult {
         None => {
             let (c, method) = new_run(&a)?;
             check_writable(&a.out, "out")?;
+            // A new run saving checkpoints must not replace another run's
+            // (as `train pattern` refuses the same).
+            let ckpt = sibling(&a.out, "ckpt");
+            if a.save_every > 0 && ckpt.exists() {
+                return Err(format!(
+                    "{} exists: continue that run with --resume {0}, or choose another --out \
+                     (a new run with --save-every would overwrite it)",
+                    ckpt.display()
+                )
+                .into());
+            }
             check_memory(&c, method, None)?;
             let m = sine::init_model(&c, method, a.seed)?;
             let st = sine::TrainState::new(&c, a.seed)?;
