@@ -14,7 +14,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
-use super::{MetaConfig, MetaGrads, MetaModel, Order, Stack, Trajectory, cpu};
+use super::{MetaConfig, MetaModel, Order, Trajectory, cpu};
 use crate::error::{Error, Result};
 use crate::limits::Estimate;
 use crate::train::{OptimConfig, Optimizer};
@@ -303,35 +303,6 @@ pub fn first_non_finite(m: &MetaModel<f32>) -> Option<(String, usize, f32)> {
     (!m.inner_lr.is_finite()).then(|| ("inner_lr".to_string(), 0, m.inner_lr))
 }
 
-/// Where a meta-gradient stopped being finite, in words (`None`: finite).
-fn non_finite_grads(g: &MetaGrads<f32>, m: &MetaModel<f32>) -> Option<String> {
-    if !g.loss.is_finite() {
-        return Some(format!("the meta-loss is {}", g.loss));
-    }
-    for (prefix, st, v) in [("rln", &m.rln, &g.rln), ("pln", &m.pln, &g.pln), ("nm", &m.nm, &g.nm)] {
-        if let Some(k) = v.iter().position(|x| !x.is_finite()) {
-            let name = tensor_of(st, prefix, k);
-            return Some(format!("the meta-loss is {:.4e} but its gradient for {name} is {}", g.loss, v[k]));
-        }
-    }
-    (!g.inner_lr.is_finite())
-        .then(|| format!("the meta-loss is {:.4e} but its gradient for β is {}", g.loss, g.inner_lr))
-}
-
-/// `pln.1.weight element 3` for flat index `k` of a stack's parameters.
-fn tensor_of(st: &Stack, prefix: &str, k: usize) -> String {
-    for l in 0..st.len() {
-        let (wr, br) = st.ranges(l);
-        if wr.contains(&k) {
-            return format!("`{prefix}.{l}.weight` element {}", k - wr.start);
-        }
-        if br.contains(&k) {
-            return format!("`{prefix}.{l}.bias` element {}", k - br.start);
-        }
-    }
-    format!("`{prefix}` element {k}")
-}
-
 /// How a model is built and trained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
@@ -548,21 +519,13 @@ pub fn train_from(
                 m.inner_lr, c.meta_lr
             ),
         };
-        // The engine refuses a non-finite result itself: name the step.
+        // The engine refuses a non-finite result, and (on the next step) a
+        // parameter the Adam step made non-finite: name the step.
         let g = cpu::meta_grad(m, &t).map_err(|e| match e {
             Error::Overflow { quantity, message } => diverged(format!("{quantity} {message}")),
+            Error::NonFinite { arg, index, value } => diverged(format!("`{arg}` element {index} became {value}")),
             e => e,
         })?;
-        if let Some(what) = non_finite_grads(&g, m) {
-            return Err(Error::Overflow {
-                quantity: format!("outer step {}", st.step + 1),
-                message: format!(
-                    "{what}: training diverged (the inner rate β = {} or the Adam rate {} is too large for this \
-                     network)",
-                    m.inner_lr, c.meta_lr
-                ),
-            });
-        }
         st.opt.step(
             &mut [("rln", &mut m.rln_p[..]), ("pln", &mut m.theta0[..]), ("nm", &mut m.nm_p[..])],
             &[("rln", &g.rln[..]), ("pln", &g.pln[..]), ("nm", &g.nm[..])],
