@@ -442,13 +442,10 @@ fn split_spec(spec: &str) -> Result<(String, PathBuf), String> {
     Ok((name.to_string(), PathBuf::from(path)))
 }
 
-/// Refuses a model `eval oml-sine` cannot evaluate, naming it: non-finite
-/// weights, not D → 1 regression, or (evaluated at its own rate) a β that
-/// is not positive.
+/// Refuses a model `eval oml-sine` cannot evaluate, naming it: not D → 1
+/// regression, or (evaluated at its own rate) a β that is not positive.
+/// (Non-finite weights never get here: `load_model` refuses them.)
 fn check_model(m: &MetaModel<f32>, what: &str, own_rate: bool) -> Result<(), String> {
-    if let Some((tensor, k, v)) = sine::first_non_finite(m) {
-        return Err(format!("{what}: tensor `{tensor}` element {k} is {v}: the model's weights must be finite"));
-    }
     if m.input != sine::D || m.outputs() != 1 {
         return Err(format!(
             "{what}: the model takes {} inputs and gives {} outputs; oml-sine needs {} inputs (x and a one-hot task \
