@@ -43,3 +43,13 @@ def measure(step, a):
 def peak_rss_mib():
     """Peak resident memory of this process (`ru_maxrss`, KiB on Linux), MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def rss_mib():
+    """Resident memory of this process now (`VmRSS`), MiB: taken before the
+    first step, it separates the computation's memory from the imports'."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")

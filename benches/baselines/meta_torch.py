@@ -12,7 +12,7 @@ import json
 import torch
 
 # Run as a script: its own folder is on sys.path.
-from meta_common import WORKLOADS, measure, parse_args, peak_rss_mib
+from meta_common import WORKLOADS, measure, parse_args, peak_rss_mib, rss_mib
 
 
 def linear_stack(widths):
@@ -59,10 +59,11 @@ def main():
         total.backward()
         return float(total.detach())
 
+    start = rss_mib()
     med, reps, loss = measure(meta_step, a)
     peak = peak_rss_mib()
     print(json.dumps({"impl": "pytorch", "workload": a.workload, "median_s": med, "reps": reps,
-                      "peak_rss_mib": peak, "loss": loss, "threads": torch.get_num_threads(),
+                      "peak_rss_mib": peak, "start_rss_mib": start, "loss": loss, "threads": torch.get_num_threads(),
                       "version": torch.__version__}))
 
 

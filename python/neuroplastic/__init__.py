@@ -10,12 +10,16 @@ The numpy API mirrors the Rust crate:
   and ``Engine.backward(handle, dy, dlast=None)`` every gradient;
 * ``Engine.stepper(params, batch, steps, state=None)`` runs episodes one step
   at a time (``step(x)`` → ``y`` of that step; ``finish()`` → what ``forward``
-  returns for the recorded inputs), for closed loops.
+  returns for the recorded inputs), for closed loops;
+* ``meta_grad(params, trajectory, inner_lr=…, …)`` returns the meta-loss of
+  OML, ANML or MAML-style meta-learning (S inner SGD steps per task, then the
+  loss on an outer batch) and its exact gradient for every tensor.
 
 ``neuroplastic.torch`` holds the PyTorch layers (``PlasticRNN`` and its
-modulated and retroactive variants); it imports torch, this module does not.
+modulated and retroactive variants) and ``meta_loss``, the meta-loss as an
+autograd function; it imports torch, this module does not.
 """
 
-from ._native import Engine, ForwardHandle, LayerConfig, Stepper, __version__, simd_features
+from ._native import Engine, ForwardHandle, LayerConfig, Stepper, __version__, meta_grad, simd_features
 
-__all__ = ["Engine", "ForwardHandle", "LayerConfig", "Stepper", "__version__", "simd_features"]
+__all__ = ["Engine", "ForwardHandle", "LayerConfig", "Stepper", "__version__", "meta_grad", "simd_features"]

@@ -18,7 +18,7 @@ silent copy.
 from __future__ import annotations
 
 import math
-from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -31,6 +31,7 @@ __all__ = [
     "ModulatedPlasticRNN",
     "RetroactivePlasticRNN",
     "plastic_episode",
+    "meta_loss",
 ]
 
 # The crate's tensor names (those of the file format) and the attribute each
@@ -333,3 +334,101 @@ class RetroactivePlasticRNN(PlasticRNN):
     the state carries ``elig``."""
 
     default_rule = "retroactive"
+
+
+class _MetaLoss(torch.autograd.Function):
+    """The meta-loss through an inner SGD loop, its gradient computed in Rust
+    together with the loss (no tape through the inner steps)."""
+
+    @staticmethod
+    def forward(ctx, names, trajectory, options, *params):
+        arrays = {name: _array(p) for name, p in zip(names, params)}
+        loss, grads = _native.meta_grad(arrays, trajectory, **options)
+        ctx.grads = [torch.from_numpy(grads[name]) for name in names]
+        return params[0].new_tensor(loss)
+
+    @staticmethod
+    def backward(ctx, gloss):
+        need = ctx.needs_input_grad
+        gparams = [gloss * g if need[3 + k] else None for k, g in enumerate(ctx.grads)]
+        return (None, None, None, *gparams)
+
+
+def meta_loss(
+    params: Mapping[str, torch.Tensor],
+    trajectory: Mapping[str, torch.Tensor],
+    *,
+    inner_lr: Optional[float] = None,
+    loss: str = "mse",
+    order: str = "second",
+    truncate: int = 0,
+    clamp: float = 0.0,
+    gate_at: int = 0,
+    backend: str = "cpu",
+    threads: Optional[int] = None,
+) -> torch.Tensor:
+    """The meta-loss of OML, ANML or MAML-style meta-learning, differentiably.
+
+    For each of the P tasks: θ ← θ₀ (the ``pln.*`` tensors), S inner SGD
+    steps ``θ ← θ − β·clamp(∇_θ ℓ(θ; inner batch k))``, then the loss on the
+    task's outer batch at the final θ; the result is the mean over tasks, a
+    0-dim tensor. ``.backward()`` puts dL/d(tensor) in every parameter that
+    requires a gradient, exactly (second order through every inner step; or
+    ``order="first"``, or only the last ``truncate`` steps).
+
+    ``params``: ``{name: tensor}`` under the crate's names: ``rln.{l}.weight``
+    ``(out, in)`` and ``rln.{l}.bias`` (the representation network, ReLU after
+    every layer; optional), ``pln.{l}.*`` (the prediction network, the fast
+    weights; required), ``nm.{l}.*`` (ANML's neuromodulatory network on the
+    raw input; its sigmoid gates the input of PLN layer ``gate_at``;
+    optional) and ``inner_lr`` (a learned β, shape ``(1,)``; else pass
+    ``inner_lr=`` a fixed one). ``trajectory``: ``inner.x`` ``(P, S, Bi, D)``,
+    ``inner.y`` ``(P, S, Bi, O)`` (``loss="mse"``) or ``(P, S, Bi)`` class
+    indices (``loss="xent"``), ``outer.x`` ``(P, Bo, D)``, ``outer.y``
+    ``(P, Bo, O)`` or ``(P, Bo)``; data, not differentiated.
+
+    float32 CPU tensors run on the SIMD backend; ``backend="reference"``
+    runs the f64 reference (float32 or float64 tensors).
+    """
+    if backend not in ("cpu", "reference"):
+        raise ValueError(f'backend: unknown value "{backend}"; expected "cpu" or "reference"')
+    for arg, d in (("params", params), ("trajectory", trajectory)):
+        if not isinstance(d, Mapping) or not all(isinstance(t, torch.Tensor) for t in d.values()):
+            raise TypeError(f"{arg}: expected a dict {{name: torch.Tensor}}, got {type(d).__name__}")
+    if not params:
+        raise ValueError('params: empty; the prediction network needs at least "pln.0.weight" and "pln.0.bias"')
+    given = [name for name, t in trajectory.items() if t.requires_grad]
+    if given:
+        raise ValueError(
+            f"trajectory: {', '.join(given)} require gradients, which meta_loss does not compute "
+            "(the trajectory is data); pass them detached"
+        )
+    tensors = [*params.values(), *trajectory.values()]
+    float_dtypes = {t.dtype for t in params.values()} | {trajectory[k].dtype for k in ("inner.x", "outer.x") if k in trajectory}
+    if len(float_dtypes) > 1:
+        raise TypeError(f"neuroplastic: parameters and inputs must share one dtype, got {sorted(map(str, float_dtypes))}")
+    (dtype,) = float_dtypes
+    if dtype == torch.float64 and backend != "reference":
+        raise TypeError(
+            'neuroplastic: float64 runs on the reference backend only (backend="reference"); '
+            "the CPU backend computes in float32"
+        )
+    device = _engine_device(tensors, backend)
+    if device.startswith("cuda"):
+        raise RuntimeError(
+            f"neuroplastic: the meta-gradient has no CUDA backend yet (tensors on {device}); use CPU tensors"
+        )
+    # Targets (class indices for xent) are handed over in the inputs' dtype.
+    data = {k: _array(t.to(dtype)) for k, t in trajectory.items()}
+    options = dict(
+        inner_lr=inner_lr,
+        loss=loss,
+        order=order,
+        truncate=truncate,
+        clamp=clamp,
+        gate_at=gate_at,
+        device=device,
+        threads=threads,
+    )
+    names = tuple(params)
+    return _MetaLoss.apply(names, data, options, *params.values())

@@ -25,6 +25,8 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
+mod meta;
+
 /// A crate error as the Python exception a user expects, message unchanged.
 fn py_err(e: neuroplastic::Error) -> PyErr {
     let msg = e.to_string();
@@ -384,7 +386,7 @@ fn read_any<T: Float>(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<(Vec<T>, Ve
     let Ok(arr) = obj.cast::<PyArrayDyn<T>>() else {
         return Err(match dtype_of(obj) {
             Some(d) => PyTypeError::new_err(format!(
-                "{arg}: expected a {} array, got {d} (every array of one call has the dtype of `inputs`)",
+                "{arg}: expected a {} array, got {d} (every array of one call has the dtype of the inputs: `inputs`, or `trajectory[\"inner.x\"]` for `meta_grad`)",
                 T::NAME
             )),
             None => PyTypeError::new_err(format!(
@@ -1026,6 +1028,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Handle>()?;
     m.add_class::<PyStepper>()?;
     m.add_function(wrap_pyfunction!(simd_features, m)?)?;
+    m.add_function(wrap_pyfunction!(meta::meta_grad, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

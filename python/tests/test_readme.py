@@ -20,10 +20,11 @@ def snippets():
     return re.findall(r"```python\n(.*?)```", section, re.S)
 
 
-def test_the_section_has_numpy_and_torch_snippets():
+def test_the_section_has_numpy_torch_and_meta_snippets():
     found = snippets()
-    assert len(found) == 2
+    assert len(found) == 3
     assert "import neuroplastic as npl" in found[0] and "neuroplastic.torch" in found[1]
+    assert "meta_loss" in found[2]
 
 
 @pytest.mark.parametrize("index", range(len(snippets())))

@@ -1,0 +1,271 @@
+"""`neuroplastic.meta_grad` (numpy) and `neuroplastic.torch.meta_loss`: the
+meta-gradient through an inner SGD loop against central finite differences
+of its own loss in float64, float32 CPU against the f64 reference, PyTorch's
+`create_graph=True` unrolled loop (when torch is installed), and the errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import neuroplastic as npl
+
+
+def random_case(seed, *, rln=True, nm=True, gate_at=0, loss="mse", learned=True, dtype=np.float64, s=4):
+    """A small meta-learner (D = 4 → RLN 7, 6 → PLN 5, O) and a trajectory of
+    P = 3 tasks of S inner steps of Bi = 5 rows, Bo = 6 outer rows."""
+    rng = np.random.default_rng(seed)
+    d, o = 4, (3 if loss == "xent" else 2)
+    p = {}
+
+    def stack(prefix, widths):
+        for l in range(len(widths) - 1):
+            i, j = widths[l], widths[l + 1]
+            a = 1.6 / np.sqrt(i)
+            p[f"{prefix}.{l}.weight"] = rng.uniform(-a, a, (j, i)).astype(dtype)
+            p[f"{prefix}.{l}.bias"] = rng.uniform(-0.3, 0.3, (j,)).astype(dtype)
+
+    pin = 6 if rln else d
+    if rln:
+        stack("rln", [d, 7, 6])
+    pln = [pin, 5, o]
+    stack("pln", pln)
+    if nm:
+        stack("nm", [d, 5, pln[gate_at]])
+    if learned:
+        p["inner_lr"] = np.array([0.3], dtype)
+    P, bi, bo = 3, 5, 6
+    tr = {
+        "inner.x": rng.uniform(-1.5, 1.5, (P, s, bi, d)).astype(dtype),
+        "outer.x": rng.uniform(-1.5, 1.5, (P, bo, d)).astype(dtype),
+    }
+    if loss == "mse":
+        tr["inner.y"] = rng.uniform(-1.5, 1.5, (P, s, bi, o)).astype(dtype)
+        tr["outer.y"] = rng.uniform(-1.5, 1.5, (P, bo, o)).astype(dtype)
+    else:
+        tr["inner.y"] = rng.integers(0, o, (P, s, bi)).astype(dtype)
+        tr["outer.y"] = rng.integers(0, o, (P, bo)).astype(dtype)
+    return p, tr
+
+
+CASES = [
+    # (name, case kwargs, options)
+    ("oml-second", dict(nm=False, learned=False), dict(inner_lr=0.3)),
+    ("anml-gate0-learned-lr", dict(), dict()),
+    ("anml-gate1-xent-clamp", dict(gate_at=1, loss="xent"), dict(loss="xent", gate_at=1, clamp=0.4)),
+    ("maml-truncated", dict(rln=False, nm=False), dict(truncate=2)),
+]
+
+
+@pytest.mark.parametrize("name,kw,opts", CASES, ids=[c[0] for c in CASES])
+def test_meta_grad_matches_finite_differences(name, kw, opts):
+    p, tr = random_case(1, **kw)
+    # Finite differences see the whole loop; truncation is checked after.
+    full = {**opts, "truncate": 0}
+    loss, g = npl.meta_grad(p, tr, device="reference", **full)
+    assert set(g) == set(p) and all(g[k].shape == p[k].shape for k in p)
+    rng = np.random.default_rng(2)
+    h = 1e-6
+    for name in sorted(p):
+        for _ in range(3):
+            idx = tuple(int(rng.integers(0, n)) for n in p[name].shape)
+            q = {k: v.copy() for k, v in p.items()}
+            q[name][idx] += h
+            up, _ = npl.meta_grad(q, tr, device="reference", **full)
+            q[name][idx] -= 2 * h
+            down, _ = npl.meta_grad(q, tr, device="reference", **full)
+            fd = (up - down) / (2 * h)
+            assert abs(fd - g[name][idx]) <= 1e-6 * max(1.0, abs(fd)), (name, idx, fd, g[name][idx])
+    # Truncation keeps the loss and drops the earlier steps' second-order terms.
+    if opts.get("truncate"):
+        lt, gt = npl.meta_grad(p, tr, device="reference", **opts)
+        assert lt == loss
+        assert np.abs(gt["pln.0.weight"] - g["pln.0.weight"]).max() > 1e-4
+
+
+def test_first_order_drops_the_second_order_terms():
+    p, tr = random_case(3, nm=False, learned=False)
+    _, second = npl.meta_grad(p, tr, device="reference", inner_lr=0.3)
+    _, first = npl.meta_grad(p, tr, device="reference", inner_lr=0.3, order="first")
+    # The RLN only feeds the inner gradients' dependence on φ through the
+    # second-order terms and the outer batch directly: both orders give a
+    # gradient, and they differ.
+    assert np.abs(first["rln.0.weight"] - second["rln.0.weight"]).max() > 1e-3
+    # With a vanishing step the inner loop does nothing and the orders agree.
+    _, s0 = npl.meta_grad(p, tr, device="reference", inner_lr=1e-9)
+    _, f0 = npl.meta_grad(p, tr, device="reference", inner_lr=1e-9, order="first")
+    for k in s0:
+        np.testing.assert_allclose(f0[k], s0[k], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("name,kw,opts", CASES, ids=[c[0] for c in CASES])
+def test_float32_cpu_agrees_with_the_reference(name, kw, opts):
+    p, tr = random_case(4, **kw)
+    loss, want = npl.meta_grad(p, tr, device="reference", **opts)
+    p32 = {k: v.astype(np.float32) for k, v in p.items()}
+    tr32 = {k: v.astype(np.float32) for k, v in tr.items()}
+    for device in ("cpu", "reference"):
+        l32, got = npl.meta_grad(p32, tr32, device=device, **opts)
+        assert abs(l32 - loss) <= 1e-4 * (1 + abs(loss))
+        for k in want:
+            assert got[k].dtype == np.float32
+            np.testing.assert_allclose(got[k], want[k], rtol=2e-3, atol=2e-4, err_msg=f"{device} {k}")
+    # Deterministic whatever the number of threads: the tasks' gradients are summed in task order.
+    _, one = npl.meta_grad(p32, tr32, threads=1, **opts)
+    _, two = npl.meta_grad(p32, tr32, threads=2, **opts)
+    for k in one:
+        assert np.array_equal(one[k], two[k]), k
+
+
+def test_errors_name_the_argument():
+    p, tr = random_case(5, nm=False, learned=False)
+
+    def fails(exc, match, params=p, traj=tr, **opts):
+        with pytest.raises(exc, match=match):
+            npl.meta_grad(params, traj, device="reference", **{"inner_lr": 0.1, **opts})
+
+    fails(ValueError, r'unknown tensor "pln\.0\.wieght"', params={**p, "pln.0.wieght": p["pln.0.weight"]})
+    fails(ValueError, r'missing "pln\.1\.bias"', params={k: v for k, v in p.items() if k != "pln.1.bias"})
+    fails(ValueError, r'"rln\.3\.weight" does not follow', params={**p, "rln.3.weight": p["rln.0.weight"]})
+    fails(ValueError, r'missing "pln\.0\.weight"', params={k: v for k, v in p.items() if not k.startswith("pln")})
+    fails(ValueError, r"pln\.0\.weight.*has 5 inputs", params={**p, "pln.0.weight": p["pln.0.weight"][:, :5]})
+    fails(ValueError, r'params\["pln\.1\.weight"\]: has shape \(2, 5, 1\)', params={**p, "pln.1.weight": p["pln.1.weight"][..., None]})
+    fails(ValueError, "β is given twice", params={**p, "inner_lr": np.array([0.2])})
+    with pytest.raises(ValueError, match="β is missing"):
+        npl.meta_grad(p, tr, device="reference")
+    fails(ValueError, r'trajectory\["outer\.y"\]', traj={**tr, "outer.y": tr["outer.y"][:, :, :1]})
+    fails(ValueError, r'missing "inner\.y"', traj={k: v for k, v in tr.items() if k != "inner.y"})
+    fails(ValueError, r'unknown tensor "inner\.z"', traj={**tr, "inner.z": tr["inner.x"]})
+    fails(ValueError, r"outer\.x", traj={**tr, "outer.x": tr["outer.x"][:2]})
+    fails(ValueError, "loss: unknown value", loss="l1")
+    fails(ValueError, "order: unknown value", order="third")
+    fails(ValueError, "truncate = 2 with order", order="first", truncate=2)
+    fails(ValueError, "gate_at = 2 but the PLN has 2 layers", gate_at=2)
+    fails(ValueError, "clamp = -1", clamp=-1.0)
+    fails(ValueError, "threads", threads=0)
+    bad = {**tr, "inner.x": tr["inner.x"].copy()}
+    bad["inner.x"][1, 2, 3, 0] = np.nan
+    fails(ValueError, "task 1, inner step 2, row 3", traj=bad)
+    with pytest.raises(TypeError, match="float64 arrays run on device=\"reference\""):
+        npl.meta_grad(p, tr, inner_lr=0.1)
+    with pytest.raises(TypeError, match=r'params\["pln\.0\.bias"\]: expected a float64 array, got float32'):
+        npl.meta_grad({**p, "pln.0.bias": p["pln.0.bias"].astype(np.float32)}, tr, inner_lr=0.1, device="reference")
+    with pytest.raises(RuntimeError, match="cuda"):
+        npl.meta_grad(p, tr, inner_lr=0.1, device="cuda")
+    with pytest.raises(TypeError, match="params: expected a dict"):
+        npl.meta_grad([1, 2], tr, inner_lr=0.1)
+
+
+def test_huge_inner_lr_is_an_overflow_error_not_a_nan_gradient():
+    p, tr = random_case(6, nm=False, learned=False, s=8)
+    p32 = {k: v.astype(np.float32) for k, v in p.items()}
+    tr32 = {k: v.astype(np.float32) for k, v in tr.items()}
+    with pytest.raises(ValueError, match="inner_lr|β"):
+        npl.meta_grad(p32, tr32, inner_lr=1e6)
+
+
+# ---------------------------------------------------------------- PyTorch
+
+
+def torch_unrolled(params, tr, *, inner_lr=None, loss="mse", order="second", truncate=0, clamp=0.0, gate_at=0):
+    """The meta-loss as OML/ANML scripts write it: the inner loop unrolled
+    with `torch.autograd.grad(..., create_graph=True)`."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+
+    def stack(prefix):
+        out, l = [], 0
+        while f"{prefix}.{l}.weight" in params:
+            out.append((params[f"{prefix}.{l}.weight"], params[f"{prefix}.{l}.bias"]))
+            l += 1
+        return out
+
+    def mlp(layers, x, relu_last):
+        for l, (w, b) in enumerate(layers):
+            x = x @ w.T + b
+            if l + 1 < len(layers) or relu_last:
+                x = torch.relu(x)
+        return x
+
+    rln, pln0, nm = stack("rln"), stack("pln"), stack("nm")
+    beta = params["inner_lr"][0] if "inner_lr" in params else inner_lr
+
+    def ell(theta, x, y):
+        z = mlp(rln, x, True) if rln else x
+        g = mlp(nm, x, False) if nm else None
+        for l, (w, b) in enumerate(theta):
+            if g is not None and l == gate_at:
+                z = z * torch.sigmoid(g)
+            z = z @ w.T + b
+            if l + 1 < len(theta):
+                z = torch.relu(z)
+        return ((z - y) ** 2).sum(dim=1).mean() if loss == "mse" else F.cross_entropy(z, y.long())
+
+    P, S = tr["inner.x"].shape[:2]
+    k0 = S if order == "first" else (max(S - truncate, 0) if truncate > 0 else 0)
+    total = 0.0
+    for p in range(P):
+        theta = list(pln0)
+        for k in range(S):
+            flat = [a for wb in theta for a in wb]
+            grads = torch.autograd.grad(ell(theta, tr["inner.x"][p, k], tr["inner.y"][p, k]), flat, create_graph=k >= k0)
+            if clamp > 0:
+                grads = [g.clamp(-clamp, clamp) for g in grads]
+            if k < k0:
+                grads = [g.detach() for g in grads]
+            new = [a - beta * g for a, g in zip(flat, grads)]
+            theta = [(new[2 * l], new[2 * l + 1]) for l in range(len(theta))]
+        total = total + ell(theta, tr["outer.x"][p], tr["outer.y"][p])
+    return total / P
+
+
+@pytest.mark.parametrize("name,kw,opts", CASES, ids=[c[0] for c in CASES])
+def test_torch_meta_loss_matches_the_unrolled_loop(name, kw, opts):
+    torch = pytest.importorskip("torch")
+    from neuroplastic.torch import meta_loss
+
+    p, tr = random_case(7, **kw)
+    for dtype, backend, tol in ((torch.float64, "reference", 1e-9), (torch.float32, "cpu", 2e-3)):
+        params = {k: torch.tensor(v, dtype=dtype, requires_grad=True) for k, v in p.items()}
+        traj = {k: torch.tensor(v, dtype=dtype) for k, v in tr.items()}
+        ours = meta_loss(params, traj, backend=backend, **opts)
+        (2.5 * ours).backward()  # the incoming gradient scales ours
+        ref = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in p.items()}
+        want = torch_unrolled(ref, {k: torch.tensor(v) for k, v in tr.items()}, **opts)
+        (2.5 * want).backward()
+        assert ours.dtype == dtype and ours.dim() == 0
+        assert abs(float(ours.detach()) - float(want.detach())) <= tol * (1 + abs(float(want.detach())))
+        for k in p:
+            np.testing.assert_allclose(
+                params[k].grad.double().numpy(), ref[k].grad.numpy(), rtol=tol, atol=tol, err_msg=f"{backend} {k}"
+            )
+
+
+def test_torch_meta_loss_trains_and_refuses_bad_input():
+    torch = pytest.importorskip("torch")
+    from neuroplastic.torch import meta_loss
+
+    p, tr = random_case(8, nm=False, learned=False, dtype=np.float32)
+    params = {k: torch.nn.Parameter(torch.tensor(v)) for k, v in p.items()}
+    traj = {k: torch.tensor(v) for k, v in tr.items()}
+    opt = torch.optim.Adam(params.values(), lr=1e-2)
+    first = None
+    for _ in range(30):
+        opt.zero_grad()
+        loss = meta_loss(params, traj, inner_lr=0.3)
+        loss.backward()
+        opt.step()
+        first = float(loss.detach()) if first is None else first
+    assert float(meta_loss(params, traj, inner_lr=0.3).detach()) < 0.8 * first
+    # Only the tensors that require a gradient get one.
+    frozen = {k: (v.detach() if k.startswith("rln") else v) for k, v in params.items()}
+    for v in params.values():
+        v.grad = None
+    meta_loss(frozen, traj, inner_lr=0.3).backward()
+    assert params["rln.0.weight"].grad is None and params["pln.0.weight"].grad is not None
+    with pytest.raises(ValueError, match="require gradients"):
+        meta_loss(params, {**traj, "inner.x": traj["inner.x"].clone().requires_grad_()}, inner_lr=0.3)
+    with pytest.raises(TypeError, match='backend="reference"'):
+        meta_loss({k: v.double() for k, v in params.items()}, {k: v.double() for k, v in traj.items()}, inner_lr=0.3)
+    with pytest.raises(ValueError, match="backend: unknown value"):
+        meta_loss(params, traj, inner_lr=0.3, backend="gpu")
