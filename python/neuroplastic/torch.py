@@ -32,6 +32,7 @@ __all__ = [
     "RetroactivePlasticRNN",
     "plastic_episode",
     "meta_loss",
+    "meta_params",
 ]
 
 # The crate's tensor names (those of the file format) and the attribute each
@@ -432,3 +433,57 @@ def meta_loss(
     )
     names = tuple(params)
     return _MetaLoss.apply(names, data, options, *params.values())
+
+
+def _linear_layers(net, name: str, relu_last: bool):
+    """The ``nn.Linear`` layers of ``net`` in order, after checking that it
+    computes what the crate's stack ``name`` computes: ``nn.Sequential`` of
+    Linear layers with a ReLU after every one (``relu_last``) or between
+    them; a list of Linear layers is taken as that."""
+    if isinstance(net, nn.Linear):
+        net = [net]
+    if isinstance(net, (list, tuple)):
+        if not all(isinstance(m, nn.Linear) for m in net):
+            raise TypeError(f"{name}: expected nn.Linear layers, got {[type(m).__name__ for m in net]}")
+        return list(net)
+    if not isinstance(net, nn.Sequential):
+        raise TypeError(
+            f"{name}: expected an nn.Sequential of Linear and ReLU layers or a list of nn.Linear, got {type(net).__name__}"
+        )
+    kinds = [type(m).__name__ for m in net]
+    layers = [m for m in net if isinstance(m, nn.Linear)]
+    want = ["Linear", "ReLU"] * len(layers)
+    if not relu_last:
+        want = want[:-1]
+    if kinds != want or not layers:
+        shape = "Linear, ReLU, …, Linear, ReLU" if relu_last else "Linear, ReLU, …, ReLU, Linear"
+        raise ValueError(
+            f"{name}: the crate's {name.upper()} is {shape} (dense layers with a ReLU "
+            f"{'after every one' if relu_last else 'between them'}); this nn.Sequential is {', '.join(kinds) or 'empty'}"
+        )
+    return layers
+
+
+def meta_params(pln, rln=None, nm=None, inner_lr: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    """``{name: parameter}`` for :func:`meta_loss` from a script's modules.
+
+    ``pln`` (the prediction network, the fast weights), ``rln`` (the
+    representation network, optional) and ``nm`` (ANML's neuromodulatory
+    network, optional): each an ``nn.Sequential`` of ``nn.Linear`` and
+    ``nn.ReLU`` — a ReLU after every RLN layer, between PLN and NM layers —
+    or a list of ``nn.Linear``. Another structure (another activation, a
+    missing ReLU) is refused rather than computed differently. The values
+    are the modules' own parameters, so gradients land in their ``.grad``.
+    ``inner_lr``: a learned β (a tensor of shape ``(1,)``), if any.
+    """
+    out: Dict[str, torch.Tensor] = {}
+    for prefix, net, relu_last in (("rln", rln, True), ("pln", pln, False), ("nm", nm, False)):
+        if net is None:
+            continue
+        for l, layer in enumerate(_linear_layers(net, prefix, relu_last)):
+            if layer.bias is None:
+                raise ValueError(f"{prefix}: layer {l} has no bias; the crate's dense layers have one (bias=True)")
+            out[f"{prefix}.{l}.weight"], out[f"{prefix}.{l}.bias"] = layer.weight, layer.bias
+    if inner_lr is not None:
+        out["inner_lr"] = inner_lr
+    return out

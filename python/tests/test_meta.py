@@ -269,3 +269,45 @@ def test_torch_meta_loss_trains_and_refuses_bad_input():
         meta_loss({k: v.double() for k, v in params.items()}, {k: v.double() for k, v in traj.items()}, inner_lr=0.3)
     with pytest.raises(ValueError, match="backend: unknown value"):
         meta_loss(params, traj, inner_lr=0.3, backend="gpu")
+
+
+def test_meta_params_maps_modules_and_refuses_other_structures():
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from neuroplastic.torch import meta_loss, meta_params
+
+    torch.manual_seed(0)
+    rln = nn.Sequential(nn.Linear(4, 7), nn.ReLU(), nn.Linear(7, 6), nn.ReLU())
+    pln = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
+    nm = [nn.Linear(4, 6)]
+    beta = nn.Parameter(torch.tensor([0.3]))
+    params = meta_params(pln, rln=rln, nm=nm, inner_lr=beta)
+    assert list(params) == [
+        "rln.0.weight", "rln.0.bias", "rln.1.weight", "rln.1.bias",
+        "pln.0.weight", "pln.0.bias", "pln.1.weight", "pln.1.bias",
+        "nm.0.weight", "nm.0.bias", "inner_lr",
+    ]
+    assert params["rln.1.weight"] is rln[2].weight and params["nm.0.bias"] is nm[0].bias
+    _, tr = random_case(9, dtype=np.float32)
+    traj = {k: torch.tensor(v) for k, v in tr.items()}
+    meta_loss(params, traj).backward()
+    assert rln[0].weight.grad is not None and nm[0].weight.grad is not None and beta.grad is not None
+    # With no inner step the meta-loss is the outer loss of the modules as a
+    # script runs them (NM gating the PLN's input): the mapping keeps their meaning.
+    _, tr0 = random_case(10, dtype=np.float32, s=0)
+    traj0 = {k: torch.tensor(v) for k, v in tr0.items()}
+    with torch.no_grad():
+        x, y = traj0["outer.x"], traj0["outer.y"]
+        z = pln(rln(x) * torch.sigmoid(nm[0](x)))
+        want = ((z - y) ** 2).sum(-1).mean()
+        got = meta_loss(params, traj0)
+    assert abs(float(got) - float(want)) <= 1e-5 * (1 + abs(float(want)))
+    with pytest.raises(ValueError, match="ReLU after every one"):
+        meta_params(pln, rln=nn.Sequential(nn.Linear(4, 7), nn.ReLU(), nn.Linear(7, 6)))
+    with pytest.raises(ValueError, match="Tanh"):
+        meta_params(nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 2)))
+    with pytest.raises(ValueError, match="no bias"):
+        meta_params([nn.Linear(6, 2, bias=False)])
+    with pytest.raises(TypeError, match="nn.Sequential"):
+        meta_params(nn.LSTM(6, 2))
