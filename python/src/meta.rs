@@ -25,12 +25,18 @@ const STACKS: [&str; 3] = ["rln", "pln", "nm"];
 const TRAJECTORY: [&str; 4] = ["inner.x", "inner.y", "outer.x", "outer.y"];
 
 fn as_dict<'a, 'py>(obj: &'a Bound<'py, PyAny>, arg: &str, what: &str) -> PyResult<&'a Bound<'py, PyDict>> {
-    obj.cast::<PyDict>()
-        .map_err(|_| PyTypeError::new_err(format!("{arg}: expected a dict {{name: array}} {what}, got {}", type_name(obj))))
+    obj.cast::<PyDict>().map_err(|_| {
+        PyTypeError::new_err(format!("{arg}: expected a dict {{name: array}} {what}, got {}", type_name(obj)))
+    })
 }
 
 /// The keys of `dict` as strings, each checked against `known`.
-fn keys(dict: &Bound<'_, PyDict>, arg: &str, known: impl Fn(&str) -> bool, expected: &str) -> PyResult<HashSet<String>> {
+fn keys(
+    dict: &Bound<'_, PyDict>,
+    arg: &str,
+    known: impl Fn(&str) -> bool,
+    expected: &str,
+) -> PyResult<HashSet<String>> {
     let mut out = HashSet::new();
     for key in dict.keys() {
         let key: String = key.extract().map_err(|_| PyTypeError::new_err(format!("{arg}: keys must be strings")))?;
@@ -55,7 +61,11 @@ fn is_layer_tensor(name: &str) -> bool {
 /// Reads stack `prefix` from `params`: `{prefix}.0.weight (out, in)` and
 /// `{prefix}.0.bias (out)`, then layer 1, … while the weight is there; adds
 /// the names read to `read`.
-fn read_stack<T: Float>(params: &Bound<'_, PyDict>, prefix: &str, read: &mut HashSet<String>) -> PyResult<(Stack, Vec<T>)> {
+fn read_stack<T: Float>(
+    params: &Bound<'_, PyDict>,
+    prefix: &str,
+    read: &mut HashSet<String>,
+) -> PyResult<(Stack, Vec<T>)> {
     let mut st = Stack::default();
     let mut p = Vec::new();
     for l in 0.. {
@@ -126,7 +136,9 @@ fn read_model<T: Float + Real>(params: &Bound<'_, PyDict>, o: &Options) -> PyRes
     let order = match o.order {
         "second" => Order::Second,
         "first" => Order::First,
-        s => return Err(PyValueError::new_err(format!("order: unknown value {s:?}; expected \"second\" or \"first\""))),
+        s => {
+            return Err(PyValueError::new_err(format!("order: unknown value {s:?}; expected \"second\" or \"first\"")));
+        }
     };
     if order == Order::First && o.truncate > 0 {
         return Err(PyValueError::new_err(format!(
@@ -136,7 +148,8 @@ fn read_model<T: Float + Real>(params: &Bound<'_, PyDict>, o: &Options) -> PyRes
         )));
     }
     if o.gate_at >= pln.len() {
-        let unused = if nm.is_empty() { "; without an NM (no \"nm.0.weight\") it is unused: leave it at 0" } else { "" };
+        let unused =
+            if nm.is_empty() { "; without an NM (no \"nm.0.weight\") it is unused: leave it at 0" } else { "" };
         return Err(PyValueError::new_err(format!(
             "gate_at = {} but the PLN has {} layers (expected 0 … {}){unused}",
             o.gate_at,
@@ -184,7 +197,8 @@ fn read_model<T: Float + Real>(params: &Bound<'_, PyDict>, o: &Options) -> PyRes
         return Err(PyValueError::new_err(format!("{arg} = {lr}: expected a finite number that {} can hold", T::NAME)));
     }
     let input = rln.dims.first().or(pln.dims.first()).map_or(0, |d| d.0);
-    let cfg = MetaConfig { loss, inner_lr: lr, learn_lr, order, truncate: o.truncate, clamp: o.clamp, gate_at: o.gate_at };
+    let cfg =
+        MetaConfig { loss, inner_lr: lr, learn_lr, order, truncate: o.truncate, clamp: o.clamp, gate_at: o.gate_at };
     let m = MetaModel { cfg, input, rln, rln_p, pln, theta0, nm, nm_p, inner_lr: T::from_f64(lr) };
     m.validate().map_err(py_err)?;
     Ok(m)
