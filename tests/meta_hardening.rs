@@ -253,3 +253,18 @@ fn bench_flags_that_would_panic_or_never_stop_are_refused() {
         assert!(e.contains(args[0]), "{args:?}: {e}");
     }
 }
+
+/// A missing or unreadable input is named with the flag that gave it.
+#[test]
+fn input_errors_name_their_flag() {
+    let d = dir("input_flags");
+    let (_, _, mp, tp) = files(&d);
+    let absent = d.join("absent.safetensors");
+    let e = failed(&meta_grad(&absent, &tp, &d.join("g.safetensors"), &[]));
+    assert!(e.contains(&format!("--model {}:", absent.display())), "{e}");
+    let e = failed(&meta_grad(&mp, &absent, &d.join("g.safetensors"), &[]));
+    assert!(e.contains(&format!("--trajectory {}:", absent.display())), "{e}");
+    // A model given as the trajectory: named as the trajectory, with what is wrong.
+    let e = failed(&meta_grad(&mp, &mp, &d.join("g.safetensors"), &[]));
+    assert!(e.contains("--trajectory") && e.contains("inner.x"), "{e}");
+}

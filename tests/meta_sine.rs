@@ -262,9 +262,17 @@ fn resumed_run_equals_an_uninterrupted_one() {
     };
     let err = fails("part.ckpt.safetensors", "2");
     assert!(err.contains("--resume") && err.contains("done 2 steps"), "{err}");
-    // A model file is not a checkpoint: the error names the file and what is missing.
+    // A model file is not a checkpoint: the error names the flag, the file,
+    // what is missing and where checkpoints come from.
     let err = fails("whole.safetensors", "9");
-    assert!(err.contains("whole.safetensors") && err.contains("neuroplastic.oml_sine"), "{err}");
+    assert!(
+        err.contains("--resume") && err.contains("whole.safetensors") && err.contains("neuroplastic.oml_sine"),
+        "{err}"
+    );
+    assert!(err.contains("not a `train oml-sine` checkpoint") && err.contains("--save-every"), "{err}");
+    // A missing file is named with its flag.
+    let err = fails("absent.ckpt.safetensors", "9");
+    assert!(err.contains("--resume ") && err.contains("absent.ckpt.safetensors"), "{err}");
 }
 
 /// The memory estimate counts the parameters [`sine::init_model`] creates,

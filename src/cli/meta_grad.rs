@@ -43,8 +43,10 @@ pub struct Args {
 pub fn run(a: Args) -> CliResult {
     super::paths::refuse_overwrite("--out", &a.out, &[("--model", &a.model), ("--trajectory", &a.trajectory)])?;
     super::paths::check_writable("--out", &a.out)?;
-    let m = load_model(&a.model)?;
-    let t = load_trajectory(&a.trajectory, &m)?;
+    let m = load_model(&a.model)
+        .map_err(|e| super::paths::flagged(&format!("--model {}", a.model.display()), &a.model, e))?;
+    let t = load_trajectory(&a.trajectory, &m)
+        .map_err(|e| super::paths::flagged(&format!("--trajectory {}", a.trajectory.display()), &a.trajectory, e))?;
     let start = Instant::now();
     let g = match a.backend {
         Backend::Cpu => cpu::meta_grad(&m, &t)?,

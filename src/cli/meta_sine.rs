@@ -271,7 +271,8 @@ fn new_run(a: &TrainArgs) -> Result<(SineConfig, Method), String> {
 fn resume(a: &TrainArgs, path: &Path) -> Result<Start, Box<dyn std::error::Error>> {
     refuse_overwrite("--out", &a.out, &[("--resume", path)])?;
     check_writable(&a.out, "out")?;
-    let k = sine::load_checkpoint(path)?;
+    let k = sine::load_checkpoint(path)
+        .map_err(|e| super::paths::flagged(&format!("--resume {}", path.display()), path, e))?;
     if a.save_every > 0
         && let Some(snap) = snapshot_on(&a.out, a.save_every, k.state.step, a.steps, path)
     {
@@ -297,10 +298,18 @@ fn resume(a: &TrainArgs, path: &Path) -> Result<Start, Box<dyn std::error::Error
         .into());
     }
     check_memory(&k.config, k.method, Some(path))?;
+    let saving = if a.save_every > 0 {
+        format!("snapshots and the checkpoint every {} steps", a.save_every)
+    } else {
+        "no snapshots or new checkpoint (no --save-every)".into()
+    };
     println!(
-        "resuming {} at step {} (its settings, method and seed; the other training flags are not used)",
+        "resuming {} at step {} with its settings, method and seed; from this command: --steps {}, --out {}, {saving},          --log-every {} (the other training flags are not used)",
         path.display(),
-        k.state.step
+        k.state.step,
+        a.steps,
+        a.out.display(),
+        a.log_every
     );
     Ok((k.config, k.method, k.seed, k.model, k.state))
 }
@@ -528,12 +537,7 @@ pub fn eval(a: EvalArgs) -> CliResult {
     let mut entries: Vec<Entry> = Vec::new();
     for (name, path) in specs {
         let what = format!("--model {name}={}", path.display());
-        let model = load_model(&path).map_err(|e| {
-            // The loader's errors start with the path, which `what` holds.
-            let e = e.to_string();
-            let e = e.strip_prefix(&format!("{}: ", path.display())).unwrap_or(&e).to_string();
-            format!("{what}: {e}")
-        })?;
+        let model = load_model(&path).map_err(|e| super::paths::flagged(&what, &path, e))?;
         check_model(&model, &what, a.lrs.is_empty())?;
         entries.push(Entry { name, what, model });
     }

@@ -116,3 +116,13 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 }
+
+/// An error about the file `path`, given on the command line as `label`
+/// (`--model m.safetensors`, `--model OML=m.safetensors`), worded
+/// `{label}: {what}`: the loaders' own messages start with the path, which
+/// `label` holds and is not repeated.
+pub fn flagged(label: &str, path: &Path, e: impl std::fmt::Display) -> String {
+    let e = e.to_string();
+    let e = e.strip_prefix(&format!("{}: ", path.display())).unwrap_or(&e);
+    format!("{label}: {e}")
+}

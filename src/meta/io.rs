@@ -144,7 +144,7 @@ pub fn take_model(f: &mut TensorFile) -> Result<MetaModel<f32>> {
                     f,
                     format!(
                         "metadata `{KEY_LR}` = `{text}`: expected a finite number that f32 can hold \
-                         (0 or 1.2e-38 ≤ |β| ≤ 3.4e38)"
+                         (0 or 1.4e-45 ≤ |β| ≤ 3.4e38)"
                     ),
                 ));
             }

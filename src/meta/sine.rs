@@ -5,8 +5,8 @@
 //! among [`SLOTS`] slots (D = 11). Meta-training draws from a pool of
 //! functions; a meta-training trajectory learns a few functions one after
 //! another (batches of the same function in a row) in the inner loop, and
-//! its meta-loss is on points of the trajectory's functions plus a random
-//! "remember" batch from the pool. Evaluation learns 10 new functions one
+//! its meta-loss is on fresh points of the trajectory's functions.
+//! Evaluation learns 10 new functions one
 //! after another (SGD on the PLN only, one pass) and measures the error on
 //! held-out points of all of them.
 
@@ -296,7 +296,7 @@ pub enum Method {
         /// The gated PLN layer.
         gate_at: usize,
     },
-    /// The same architecture as OML trained on i.i.d. multi-task regression over the pool.
+    /// The same architecture as OML trained by plain regression on i.i.d. points of the pool's functions (each in a random slot).
     Pretrained,
 }
 
@@ -505,7 +505,11 @@ pub fn train_from(
         // The engine refuses a non-finite result, and (on the next step) a
         // parameter the Adam step made non-finite: name the step.
         let g = cpu::meta_grad(m, &t).map_err(|e| match e {
-            Error::Overflow { quantity, message } => diverged(format!("{quantity} {message}")),
+            // The engine's advice (scale the inputs) does not apply to
+            // generated data: keep what overflowed, say what to change here.
+            Error::Overflow { quantity, message } => {
+                diverged(format!("{quantity} {}", message.split(": ").next().unwrap_or(&message)))
+            }
             Error::NonFinite { arg, index, value } => diverged(format!("`{arg}` element {index} became {value}")),
             e => e,
         })?;
@@ -667,6 +671,15 @@ pub fn load_checkpoint(path: impl AsRef<std::path::Path>) -> Result<SineCheckpoi
     use crate::train::checkpoint::{take_rng, take_u64s};
     let mut f = TensorFile::read(path)?;
     let bad = |f: &TensorFile, message: String| Error::Format { path: f.path.clone(), message };
+    if !f.metadata.contains_key(KEY_RUN) && f.has("pln.0.weight") {
+        return Err(bad(
+            &f,
+            format!(
+                "is a meta-learner model, not a `train oml-sine` checkpoint (no metadata `{KEY_RUN}`): a run writes \
+                 its checkpoint as <out>.ckpt.safetensors when trained with --save-every N"
+            ),
+        ));
+    }
     let run: serde_json::Value = serde_json::from_str(f.meta(KEY_RUN)?)
         .map_err(|e| bad(&f, format!("metadata `{KEY_RUN}` is not JSON: {e}")))?;
     let get = |k: &str| -> Result<f64> {

@@ -41,8 +41,10 @@ const TR: usize = 4;
 pub(crate) const MAX_ROWS: usize = 96;
 #[cfg(not(target_feature = "avx512f"))]
 pub(crate) const MAX_ROWS: usize = 24;
-/// Reduced lengths below this go to the packed SGEMM (its gather is cheap);
-/// at least one vector, which the tail of [`tile`] relies on.
+/// Reduced lengths below this are not taken by [`gemm_nt`]: on AVX-512
+/// builds they go to [`gemm_xwt_short`] (up to [`MAX_ROWS`] rows), else to
+/// the packed SGEMM (its gather is cheap for them). At least one vector,
+/// which the tail of [`tile`] relies on.
 pub(crate) const MIN_INNER: usize = 64;
 const _: () = assert!(MIN_INNER >= L);
 /// Columns from which [`gemm_bcast`] takes a product (it needs one vector).
