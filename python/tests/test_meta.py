@@ -5,10 +5,15 @@ of its own loss in float64, float32 CPU against the f64 reference, PyTorch's
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import pytest
 
 import neuroplastic as npl
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples", "python")
 
 
 def random_case(seed, *, rln=True, nm=True, gate_at=0, loss="mse", learned=True, dtype=np.float64, s=4):
@@ -168,55 +173,24 @@ def test_huge_inner_lr_is_an_overflow_error_not_a_nan_gradient():
 
 
 def torch_unrolled(params, tr, *, inner_lr=None, loss="mse", order="second", truncate=0, clamp=0.0, gate_at=0):
-    """The meta-loss as OML/ANML scripts write it: the inner loop unrolled
-    with `torch.autograd.grad(..., create_graph=True)`."""
-    torch = pytest.importorskip("torch")
-    F = torch.nn.functional
+    """The meta-loss and gradient as OML/ANML scripts compute them (the inner
+    loop unrolled with `torch.autograd.grad(..., create_graph=True)`, float64):
+    `examples/python/meta_check.py`'s reference, given the options as the
+    meta-learner file's metadata."""
+    pytest.importorskip("torch")
+    sys.path.insert(0, EXAMPLES)
+    from meta_check import torch_meta_grad
 
-    def stack(prefix):
-        out, l = [], 0
-        while f"{prefix}.{l}.weight" in params:
-            out.append((params[f"{prefix}.{l}.weight"], params[f"{prefix}.{l}.bias"]))
-            l += 1
-        return out
-
-    def mlp(layers, x, relu_last):
-        for l, (w, b) in enumerate(layers):
-            x = x @ w.T + b
-            if l + 1 < len(layers) or relu_last:
-                x = torch.relu(x)
-        return x
-
-    rln, pln0, nm = stack("rln"), stack("pln"), stack("nm")
-    beta = params["inner_lr"][0] if "inner_lr" in params else inner_lr
-
-    def ell(theta, x, y):
-        z = mlp(rln, x, True) if rln else x
-        g = mlp(nm, x, False) if nm else None
-        for l, (w, b) in enumerate(theta):
-            if g is not None and l == gate_at:
-                z = z * torch.sigmoid(g)
-            z = z @ w.T + b
-            if l + 1 < len(theta):
-                z = torch.relu(z)
-        return ((z - y) ** 2).sum(dim=1).mean() if loss == "mse" else F.cross_entropy(z, y.long())
-
-    P, S = tr["inner.x"].shape[:2]
-    k0 = S if order == "first" else (max(S - truncate, 0) if truncate > 0 else 0)
-    total = 0.0
-    for p in range(P):
-        theta = list(pln0)
-        for k in range(S):
-            flat = [a for wb in theta for a in wb]
-            grads = torch.autograd.grad(ell(theta, tr["inner.x"][p, k], tr["inner.y"][p, k]), flat, create_graph=k >= k0)
-            if clamp > 0:
-                grads = [g.clamp(-clamp, clamp) for g in grads]
-            if k < k0:
-                grads = [g.detach() for g in grads]
-            new = [a - beta * g for a, g in zip(flat, grads)]
-            theta = [(new[2 * l], new[2 * l + 1]) for l in range(len(theta))]
-        total = total + ell(theta, tr["outer.x"][p], tr["outer.y"][p])
-    return total / P
+    meta = {
+        "neuroplastic.meta.loss": loss,
+        "neuroplastic.meta.order": order,
+        "neuroplastic.meta.truncate": str(truncate),
+        "neuroplastic.meta.clamp": str(clamp),
+        "neuroplastic.meta.gate_at": str(gate_at),
+    }
+    if inner_lr is not None:
+        meta["neuroplastic.meta.inner_lr"] = str(inner_lr)
+    return torch_meta_grad(params, meta, tr)
 
 
 @pytest.mark.parametrize("name,kw,opts", CASES, ids=[c[0] for c in CASES])
@@ -225,19 +199,17 @@ def test_torch_meta_loss_matches_the_unrolled_loop(name, kw, opts):
     from neuroplastic.torch import meta_loss
 
     p, tr = random_case(7, **kw)
+    want_loss, want = torch_unrolled(p, tr, **opts)
     for dtype, backend, tol in ((torch.float64, "reference", 1e-9), (torch.float32, "cpu", 2e-3)):
         params = {k: torch.tensor(v, dtype=dtype, requires_grad=True) for k, v in p.items()}
         traj = {k: torch.tensor(v, dtype=dtype) for k, v in tr.items()}
         ours = meta_loss(params, traj, backend=backend, **opts)
         (2.5 * ours).backward()  # the incoming gradient scales ours
-        ref = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in p.items()}
-        want = torch_unrolled(ref, {k: torch.tensor(v) for k, v in tr.items()}, **opts)
-        (2.5 * want).backward()
         assert ours.dtype == dtype and ours.dim() == 0
-        assert abs(float(ours.detach()) - float(want.detach())) <= tol * (1 + abs(float(want.detach())))
+        assert abs(float(ours.detach()) - want_loss) <= tol * (1 + abs(want_loss))
         for k in p:
             np.testing.assert_allclose(
-                params[k].grad.double().numpy(), ref[k].grad.numpy(), rtol=tol, atol=tol, err_msg=f"{backend} {k}"
+                params[k].grad.double().numpy(), 2.5 * want[k], rtol=tol, atol=tol, err_msg=f"{backend} {k}"
             )
 
 
