@@ -350,6 +350,15 @@ class _MetaLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gloss):
+        # The gradient comes from the engine, not from a graph: to autograd it
+        # would be a constant, and a second derivative through it silently
+        # zero. `create_graph=True` runs backward in grad mode: refuse it.
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "neuroplastic.torch.meta_loss: its gradient cannot be differentiated again (backward or "
+                "autograd.grad with create_graph=True): the engine returns the exact meta-gradient, not a graph; "
+                "call backward without create_graph"
+            )
         need = ctx.needs_input_grad
         gparams = [gloss * g if need[3 + k] else None for k, g in enumerate(ctx.grads)]
         return (None, None, None, *gparams)

@@ -283,3 +283,22 @@ def test_meta_params_maps_modules_and_refuses_other_structures():
         meta_params([nn.Linear(6, 2, bias=False)])
     with pytest.raises(TypeError, match="nn.Sequential"):
         meta_params(nn.LSTM(6, 2))
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+def test_torch_meta_loss_refuses_a_second_derivative():
+    torch = pytest.importorskip("torch")
+    from neuroplastic.torch import meta_loss
+
+    p, tr = random_case(11, nm=False, learned=False, dtype=np.float32)
+    params = {k: torch.tensor(v, requires_grad=True) for k, v in p.items()}
+    traj = {k: torch.tensor(v) for k, v in tr.items()}
+    # The gradient is exact but a constant to autograd: a Hessian-vector
+    # product through it would be silently zero, so create_graph is refused.
+    with pytest.raises(RuntimeError, match="cannot be differentiated again"):
+        torch.autograd.grad(meta_loss(params, traj, inner_lr=0.3), [params["pln.0.weight"]], create_graph=True)
+    with pytest.raises(RuntimeError, match="create_graph"):
+        meta_loss(params, traj, inner_lr=0.3).backward(create_graph=True)
+    # Without it, the gradient is there.
+    (g,) = torch.autograd.grad(meta_loss(params, traj, inner_lr=0.3), [params["pln.0.weight"]])
+    assert g.shape == params["pln.0.weight"].shape and g.abs().sum() > 0
