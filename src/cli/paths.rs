@@ -86,6 +86,16 @@ pub fn check_writable(flag: &str, path: &Path) -> Result<(), String> {
         .map_err(|e| format!("{flag} {shown}: cannot write in {}: {e}", dir.display()))
 }
 
+/// An error about the file `path`, given on the command line as `label`
+/// (`--model m.safetensors`, `--model OML=m.safetensors`), worded
+/// `{label}: {what}`: the loaders' own messages start with the path, which
+/// `label` holds and is not repeated.
+pub fn flagged(label: &str, path: &Path, e: impl std::fmt::Display) -> String {
+    let e = e.to_string();
+    let e = e.strip_prefix(&format!("{}: ", path.display())).unwrap_or(&e);
+    format!("{label}: {e}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,14 +125,4 @@ mod tests {
         assert!(refuse_overwrite("--out", &d.join("g"), &[("--model", &m)]).is_ok());
         let _ = std::fs::remove_dir_all(&d);
     }
-}
-
-/// An error about the file `path`, given on the command line as `label`
-/// (`--model m.safetensors`, `--model OML=m.safetensors`), worded
-/// `{label}: {what}`: the loaders' own messages start with the path, which
-/// `label` holds and is not repeated.
-pub fn flagged(label: &str, path: &Path, e: impl std::fmt::Display) -> String {
-    let e = e.to_string();
-    let e = e.strip_prefix(&format!("{}: ", path.display())).unwrap_or(&e);
-    format!("{label}: {e}")
 }
