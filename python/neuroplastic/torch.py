@@ -13,6 +13,11 @@ backend (or, with ``backend="reference"``, on the f64 reference), ``float64``
 tensors on the reference backend (for ``torch.autograd.gradcheck``). A
 tensor on a device the extension has no backend for is an error, never a
 silent copy.
+
+:func:`meta_loss` is the meta-loss of OML, ANML or MAML-style meta-learning
+(an inner SGD loop per task, then an outer loss) as one autograd function
+whose backward is the crate's exact meta-gradient; :func:`meta_params`
+names a script's ``nn.Sequential`` networks for it.
 """
 
 from __future__ import annotations
