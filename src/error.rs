@@ -68,7 +68,7 @@ pub enum Error {
         arg: String,
     },
     /// A scalar value is outside its allowed range.
-    #[error("{arg} = {value} is out of range: expected {expected}")]
+    #[error("{arg} = {} is out of range: expected {expected}", number(*value))]
     Range {
         /// The argument.
         arg: String,
@@ -188,4 +188,10 @@ pub(crate) fn check_unit(arg: &str, value: f64) -> Result<()> {
         return Err(Error::Range { arg: arg.to_string(), value, expected: "a number in [0, 1]".into() });
     }
     Ok(())
+}
+
+/// A number for messages: plain when moderate (`1.5`, `0.003`), in exponent
+/// form when very large or small (`1e30`, `1e-9`), never 300 digits.
+pub(crate) fn number(v: f64) -> String {
+    if v != 0.0 && v.is_finite() && (v.abs() >= 1e5 || v.abs() < 1e-4) { format!("{v:e}") } else { format!("{v}") }
 }

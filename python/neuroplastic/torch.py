@@ -350,7 +350,9 @@ class _MetaLoss(torch.autograd.Function):
     def forward(ctx, names, trajectory, options, *params):
         arrays = {name: _array(p) for name, p in zip(names, params)}
         loss, grads = _native.meta_grad(arrays, trajectory, **options)
-        ctx.grads = [torch.from_numpy(grads[name]) for name in names]
+        # Saved as autograd saves tensors: freed after backward (unless the
+        # graph is retained), and a second backward is refused as usual.
+        ctx.save_for_backward(*(torch.from_numpy(grads[name]) for name in names))
         return params[0].new_tensor(loss)
 
     @staticmethod
@@ -365,7 +367,7 @@ class _MetaLoss(torch.autograd.Function):
                 "call backward without create_graph"
             )
         need = ctx.needs_input_grad
-        gparams = [gloss * g if need[3 + k] else None for k, g in enumerate(ctx.grads)]
+        gparams = [gloss * g if need[3 + k] else None for k, g in enumerate(ctx.saved_tensors)]
         return (None, None, None, *gparams)
 
 
@@ -407,9 +409,19 @@ def meta_loss(
     """
     if backend not in ("cpu", "reference"):
         raise ValueError(f'backend: unknown value "{backend}"; expected "cpu" or "reference"')
+    if isinstance(inner_lr, torch.Tensor):
+        raise TypeError(
+            "inner_lr: a fixed β is a Python number; for a learned β put the tensor in params['inner_lr'] "
+            "(shape (1,)), where it gets a gradient"
+        )
     for arg, d in (("params", params), ("trajectory", trajectory)):
-        if not isinstance(d, Mapping) or not all(isinstance(t, torch.Tensor) for t in d.values()):
+        if not isinstance(d, Mapping):
             raise TypeError(f"{arg}: expected a dict {{name: torch.Tensor}}, got {type(d).__name__}")
+        for name, t in d.items():
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{arg}[{name!r}]: expected a torch.Tensor, got {type(t).__name__}")
+            if t.layout != torch.strided:
+                raise TypeError(f"{arg}[{name!r}]: expected a dense tensor, got layout {t.layout}")
     if not params:
         raise ValueError('params: empty; the prediction network needs at least "pln.0.weight" and "pln.0.bias"')
     given = [name for name, t in trajectory.items() if t.requires_grad]
@@ -420,6 +432,12 @@ def meta_loss(
         )
     tensors = [*params.values(), *trajectory.values()]
     float_dtypes = {t.dtype for t in params.values()} | {trajectory[k].dtype for k in ("inner.x", "outer.x") if k in trajectory}
+    odd = float_dtypes - {torch.float32, torch.float64}
+    if odd:
+        raise TypeError(
+            f"neuroplastic: expected float32 or float64 parameters and inputs, got {sorted(map(str, odd))}; "
+            "convert them with .float()"
+        )
     if len(float_dtypes) > 1:
         raise TypeError(f"neuroplastic: parameters and inputs must share one dtype, got {sorted(map(str, float_dtypes))}")
     (dtype,) = float_dtypes
@@ -428,6 +446,10 @@ def meta_loss(
             'neuroplastic: float64 runs on the reference backend only (backend="reference"); '
             "the CPU backend computes in float32"
         )
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        names = ", ".join(sorted(str(d) for d in devices))
+        raise ValueError(f"neuroplastic: the parameters and the trajectory must be on one device, got {names}")
     device = _engine_device(tensors, backend)
     if device.startswith("cuda"):
         raise RuntimeError(
@@ -457,15 +479,16 @@ def _linear_layers(net, name: str, relu_last: bool):
     if isinstance(net, nn.Linear):
         net = [net]
     if isinstance(net, (list, tuple)):
-        if not all(isinstance(m, nn.Linear) for m in net):
-            raise TypeError(f"{name}: expected nn.Linear layers, got {[type(m).__name__ for m in net]}")
+        # Exactly nn.Linear: a subclass may compute something else.
+        if not net or not all(type(m) is nn.Linear for m in net):
+            raise TypeError(f"{name}: expected nn.Linear layers, got {[type(m).__name__ for m in net] or 'none'}")
         return list(net)
     if not isinstance(net, nn.Sequential):
         raise TypeError(
             f"{name}: expected an nn.Sequential of Linear and ReLU layers or a list of nn.Linear, got {type(net).__name__}"
         )
-    kinds = [type(m).__name__ for m in net]
-    layers = [m for m in net if isinstance(m, nn.Linear)]
+    kinds = [type(m).__name__ if type(m) in (nn.Linear, nn.ReLU) else f"{type(m).__name__} (not nn.Linear or nn.ReLU)" for m in net]
+    layers = [m for m in net if type(m) is nn.Linear]
     want = ["Linear", "ReLU"] * len(layers)
     if not relu_last:
         want = want[:-1]
@@ -490,6 +513,8 @@ def meta_params(pln, rln=None, nm=None, inner_lr: Optional[torch.Tensor] = None)
     are the modules' own parameters, so gradients land in their ``.grad``.
     ``inner_lr``: a learned β (a tensor of shape ``(1,)``), if any.
     """
+    if pln is None:
+        raise TypeError("pln: required (the prediction network, whose weights the inner loop updates)")
     out: Dict[str, torch.Tensor] = {}
     for prefix, net, relu_last in (("rln", rln, True), ("pln", pln, False), ("nm", nm, False)):
         if net is None:

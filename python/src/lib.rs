@@ -21,7 +21,7 @@ use neuroplastic::{
     Truncation, param_shapes, reference, state_shapes,
 };
 use numpy::{Element, PyArray1, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
@@ -381,29 +381,57 @@ fn dtype_of(obj: &Bound<'_, PyAny>) -> Option<String> {
 
 /// Copies a numpy array of element type `T` (any strides) into a row-major
 /// vector, with its shape. A non-array or another dtype is a `TypeError`
-/// naming `arg`: nothing is converted silently.
+/// naming `arg`: nothing is converted silently. A copy too large for the
+/// memory is a `MemoryError` naming `arg`, not an abort.
 fn read_any<T: Float>(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<(Vec<T>, Vec<usize>)> {
     let Ok(arr) = obj.cast::<PyArrayDyn<T>>() else {
         return Err(match dtype_of(obj) {
-            Some(d) => PyTypeError::new_err(format!(
-                "{arg}: expected a {} array, got {d} (every array of one call has the dtype of the inputs: `inputs`, or `trajectory[\"inner.x\"]` for `meta_grad`)",
+            // numpy spells a native dtype by name, another byte order by code (`>f4`).
+            Some(d) if d.starts_with(['>', '<', '=']) => PyTypeError::new_err(format!(
+                "{arg}: expected a {} array in this machine's byte order, got {d}; convert it with .astype(np.{})",
+                T::NAME,
                 T::NAME
             )),
-            None => PyTypeError::new_err(format!(
-                "{arg}: expected a numpy array of {}, got {}",
-                T::NAME,
-                obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "an object".into())
+            Some(d) => PyTypeError::new_err(format!(
+                "{arg}: expected a {} array, got {d} (every array of one call has the dtype of the inputs: `inputs`, \
+                 or `trajectory[\"inner.x\"]` for `meta_grad`)",
+                T::NAME
             )),
+            None if obj.hasattr("dtype").unwrap_or(false) => PyTypeError::new_err(format!(
+                "{arg}: expected a numpy array of {}, got a numpy scalar ({}); wrap it with np.asarray",
+                T::NAME,
+                type_name(obj)
+            )),
+            None => {
+                PyTypeError::new_err(format!("{arg}: expected a numpy array of {}, got {}", T::NAME, type_name(obj)))
+            }
         });
     };
+    // numpy allows byte strides that are not a multiple of the element size
+    // (a field of a packed record array), which an element-strided view
+    // cannot express: numpy copies such an array into C order first.
+    let item = std::mem::size_of::<T>() as isize;
+    if arr.strides().iter().any(|s| s % item != 0) {
+        let copy = obj.py().import("numpy")?.getattr("ascontiguousarray")?.call1((obj,))?;
+        return read_any::<T>(&copy, arg);
+    }
     let ro = arr.readonly();
     let shape = ro.shape().to_vec();
+    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX);
+    let mut data = Vec::new();
+    data.try_reserve_exact(n).map_err(|_| {
+        PyMemoryError::new_err(format!(
+            "{arg}: a copy of this array (shape {}, {}) does not fit in memory",
+            Shape(shape.clone()),
+            neuroplastic::limits::human((n as u128).saturating_mul(item as u128))
+        ))
+    })?;
     // `as_slice` also accepts Fortran order (memory order, not row-major),
     // so only a C-contiguous array is copied as a block.
-    let data = match ro.as_slice() {
-        Ok(s) if arr.is_c_contiguous() => s.to_vec(),
-        _ => ro.as_array().iter().copied().collect(),
-    };
+    match ro.as_slice() {
+        Ok(s) if arr.is_c_contiguous() => data.extend_from_slice(s),
+        _ => data.extend(ro.as_array().iter().copied()),
+    }
     Ok((data, shape))
 }
 

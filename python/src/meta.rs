@@ -8,14 +8,17 @@
 //! `float32` arrays run on the CPU backend (or, on `"reference"`, through
 //! the f64 reference and back); `float64` arrays on the reference.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use neuroplastic::Shape;
-use neuroplastic::meta::{Loss, MetaConfig, MetaGrads, MetaModel, Order, Real, Stack, Trajectory, cpu, reference};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use neuroplastic::meta::{
+    Loss, MetaConfig, MetaGrads, MetaModel, Order, Real, Stack, Trajectory, check_grads, cpu, reference,
+};
+use numpy::PyUntypedArrayMethods;
+use pyo3::exceptions::{PyMemoryError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyInt, PyTuple};
 
 use crate::{Float, dtype_of, parse_device, py_err, read_any, type_name, write};
 
@@ -39,7 +42,9 @@ fn keys(
 ) -> PyResult<HashSet<String>> {
     let mut out = HashSet::new();
     for key in dict.keys() {
-        let key: String = key.extract().map_err(|_| PyTypeError::new_err(format!("{arg}: keys must be strings")))?;
+        let key: String = key.extract().map_err(|_| {
+            PyTypeError::new_err(format!("{arg}: keys must be strings, got {key:?} ({})", type_name(&key)))
+        })?;
         if !known(&key) {
             return Err(PyValueError::new_err(format!("{arg}: unknown tensor {key:?}; expected {expected}")));
         }
@@ -55,6 +60,7 @@ fn is_layer_tensor(name: &str) -> bool {
         (parts.next(), parts.next(), parts.next(), parts.next()),
         (Some(s), Some(l), Some("weight" | "bias"), None)
             if STACKS.contains(&s) && !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit())
+                && (l == "0" || !l.starts_with('0'))
     )
 }
 
@@ -101,17 +107,49 @@ fn read_stack<T: Float>(
 }
 
 /// The options of one call, as the `neuroplastic.meta.*` keys spell them.
-struct Options<'a> {
-    loss: &'a str,
+struct Options {
+    loss: String,
     inner_lr: Option<f64>,
-    order: &'a str,
+    order: String,
     truncate: usize,
     clamp: f64,
     gate_at: usize,
 }
 
+/// A keyword's whole number ≥ 0 (`None`: absent), refused by name when it
+/// is anything else (a bool, a float, negative, beyond 64 bits).
+fn count(obj: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option<usize>> {
+    let Some(obj) = obj.filter(|o| !o.is_none()) else { return Ok(None) };
+    let what = || format!("{name}: expected a whole number ≥ 0, got {} ({})", obj, type_name(obj));
+    if obj.is_instance_of::<PyBool>() || !(obj.is_instance_of::<PyInt>() || obj.hasattr("__index__")?) {
+        return Err(PyTypeError::new_err(what()));
+    }
+    let v: i128 = obj.call_method0("__index__")?.extract().map_err(|_| PyValueError::new_err(what()))?;
+    usize::try_from(v).map(Some).map_err(|_| PyValueError::new_err(what()))
+}
+
+/// A keyword's number (`None`: absent), refused by name when it is not one.
+fn number(obj: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option<f64>> {
+    let Some(obj) = obj.filter(|o| !o.is_none()) else { return Ok(None) };
+    if obj.is_instance_of::<PyBool>() {
+        return Err(PyTypeError::new_err(format!("{name}: expected a number, got a bool ({obj})")));
+    }
+    obj.extract::<f64>()
+        .map(Some)
+        .map_err(|_| PyTypeError::new_err(format!("{name}: expected a number, got {}", type_name(obj))))
+}
+
+/// A keyword's string (`None`: `default`).
+fn word(obj: Option<&Bound<'_, PyAny>>, name: &str, default: &str, expected: &str) -> PyResult<String> {
+    let Some(obj) = obj.filter(|o| !o.is_none()) else { return Ok(default.into()) };
+    obj.extract::<String>()
+        .map_err(|_| PyTypeError::new_err(format!("{name}: expected {expected}, got {} ({})", obj, type_name(obj))))
+}
+
 /// Builds and validates the meta-learner from `params` and the options.
-fn read_model<T: Float + Real>(params: &Bound<'_, PyDict>, o: &Options) -> PyResult<MetaModel<T>> {
+/// Also returns the shape of a learned β as given (`(1,)` or `()`), which
+/// its gradient takes.
+fn read_model<T: Float + Real>(params: &Bound<'_, PyDict>, o: &Options) -> PyResult<(MetaModel<T>, Vec<usize>)> {
     let names = keys(params, "params", |k| k == "inner_lr" || is_layer_tensor(k), LAYER_NAMES)?;
     let mut read = HashSet::from(["inner_lr".to_string()]);
     let (rln, rln_p) = read_stack::<T>(params, "rln", &mut read)?;
@@ -128,12 +166,12 @@ fn read_model<T: Float + Real>(params: &Bound<'_, PyDict>, o: &Options) -> PyRes
              and each weight needs its bias)"
         )));
     }
-    let loss = match o.loss {
+    let loss = match o.loss.as_str() {
         "mse" => Loss::Mse,
         "xent" => Loss::Xent,
         s => return Err(PyValueError::new_err(format!("loss: unknown value {s:?}; expected \"mse\" or \"xent\""))),
     };
-    let order = match o.order {
+    let order = match o.order.as_str() {
         "second" => Order::Second,
         "first" => Order::First,
         s => {
@@ -160,9 +198,10 @@ fn read_model<T: Float + Real>(params: &Bound<'_, PyDict>, o: &Options) -> PyRes
     if !(o.clamp >= 0.0 && o.clamp.is_finite()) {
         return Err(PyValueError::new_err(format!(
             "clamp = {}: expected a finite number ≥ 0 (each inner-gradient element clamped to ±clamp; 0 = no clamp)",
-            o.clamp
+            short(o.clamp)
         )));
     }
+    let mut lr_shape = vec![1];
     let learned = match params.get_item("inner_lr")? {
         Some(obj) => {
             let (v, shape) = read_any::<T>(&obj, "params[\"inner_lr\"]")?;
@@ -172,6 +211,7 @@ fn read_model<T: Float + Real>(params: &Bound<'_, PyDict>, o: &Options) -> PyRes
                     Shape(shape)
                 )));
             }
+            lr_shape = shape;
             Some(v[0].into())
         }
         None => None,
@@ -181,8 +221,10 @@ fn read_model<T: Float + Real>(params: &Bound<'_, PyDict>, o: &Options) -> PyRes
         (None, Some(v)) => (false, v),
         (Some(v), Some(f)) => {
             return Err(PyValueError::new_err(format!(
-                "β is given twice: params[\"inner_lr\"] = {v} (learned) and inner_lr = {f} (fixed); keep the array for \
-                 a learned β or the keyword for a fixed one"
+                "β is given twice: params[\"inner_lr\"] = {} (learned) and inner_lr = {} (fixed); keep the array \
+                 for a learned β or the keyword for a fixed one",
+                short(v),
+                short(f)
             )));
         }
         (None, None) => {
@@ -194,17 +236,26 @@ fn read_model<T: Float + Real>(params: &Bound<'_, PyDict>, o: &Options) -> PyRes
     let held = T::from_f64(lr).to_f64();
     if !(lr.is_finite() && held.is_finite() && (lr == 0.0 || held != 0.0)) {
         let arg = if learn_lr { "params[\"inner_lr\"]" } else { "inner_lr" };
-        return Err(PyValueError::new_err(format!("{arg} = {lr}: expected a finite number that {} can hold", T::NAME)));
+        return Err(PyValueError::new_err(format!(
+            "{arg} = {}: expected a finite number that {} can hold",
+            short(lr),
+            T::NAME
+        )));
     }
     let input = rln.dims.first().or(pln.dims.first()).map_or(0, |d| d.0);
     let cfg =
         MetaConfig { loss, inner_lr: lr, learn_lr, order, truncate: o.truncate, clamp: o.clamp, gate_at: o.gate_at };
     let m = MetaModel { cfg, input, rln, rln_p, pln, theta0, nm, nm_p, inner_lr: T::from_f64(lr) };
     m.validate().map_err(py_err)?;
-    Ok(m)
+    Ok((m, lr_shape))
 }
 
-const LAYER_NAMES: &str = "\"rln.{l}.weight\", \"rln.{l}.bias\", \"pln.{l}.…\", \"nm.{l}.…\" or \"inner_lr\"";
+/// A number for messages: plain when moderate, in exponent form otherwise.
+fn short(v: f64) -> String {
+    if v != 0.0 && v.is_finite() && (v.abs() >= 1e5 || v.abs() < 1e-4) { format!("{v:e}") } else { format!("{v}") }
+}
+
+const LAYER_NAMES: &str = "\"rln.{l}.weight\", \"rln.{l}.bias\", \"pln.{l}.…\", \"nm.{l}.…\" (l = 0, 1, … without leading zeros) or \"inner_lr\"";
 
 /// Reads the trajectory for `m`: `inner.x (P, S, Bi, D)`, `inner.y
 /// (P, S, Bi, O)` (`mse`) or `(P, S, Bi)` class indices (`xent`),
@@ -260,8 +311,8 @@ fn read_trajectory<T: Float + Real>(traj: &Bound<'_, PyDict>, m: &MetaModel<T>) 
 /// `{name: gradient}` shaped like the parameters the user gave.
 fn grads_dict<'py, T: Float + Real>(
     py: Python<'py>,
-    params: &Bound<'py, PyDict>,
     m: &MetaModel<T>,
+    lr_shape: &[usize],
     g: MetaGrads<T>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let out = PyDict::new(py);
@@ -272,39 +323,91 @@ fn grads_dict<'py, T: Float + Real>(
             out.set_item(format!("{prefix}.{l}.bias"), write(py, v[br].to_vec(), &[o])?)?;
         }
     }
-    if let Some(obj) = params.get_item("inner_lr")? {
-        let shape = read_any::<T>(&obj, "params[\"inner_lr\"]")?.1;
-        out.set_item("inner_lr", write(py, vec![g.inner_lr], &shape)?)?;
+    if m.cfg.learn_lr {
+        out.set_item("inner_lr", write(py, vec![g.inner_lr], lr_shape)?)?;
     }
     Ok(out)
 }
 
-/// Runs `f` on a pool of `threads` threads (made once per size and kept:
-/// starting threads on every call would cost more than a small model's
-/// meta-gradient), or on the global pool.
+/// Pools of threads kept between calls (starting threads on every call
+/// would cost more than a small model's meta-gradient): the few sizes used
+/// last, with the process that made them. A child made by `fork` inherits
+/// the pools but not their threads, so it makes its own (the parent's are
+/// forgotten, never joined); rayon's global pool has the same problem and
+/// is never used.
+struct Pools {
+    pid: u32,
+    lru: Vec<(usize, Arc<rayon::ThreadPool>)>,
+}
+
+/// Sizes of pool kept at once.
+const POOLS_KEPT: usize = 2;
+
+/// Runs `f` on a pool of `threads` threads (`None`: one per core, or
+/// `RAYON_NUM_THREADS`).
 fn on_threads<R: Send>(threads: Option<usize>, f: impl FnOnce() -> R + Send) -> PyResult<R> {
-    static POOLS: Mutex<BTreeMap<usize, Arc<rayon::ThreadPool>>> = Mutex::new(BTreeMap::new());
-    let Some(n) = threads else { return Ok(f()) };
-    if n == 0 {
-        return Err(PyValueError::new_err("threads: must be at least 1 (None = every core)"));
-    }
-    let pool = {
-        let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
-        match pools.get(&n) {
-            Some(p) => p.clone(),
-            None => {
-                let p = Arc::new(
-                    rayon::ThreadPoolBuilder::new()
-                        .num_threads(n)
-                        .build()
-                        .map_err(|e| PyValueError::new_err(format!("threads: cannot start {n} threads: {e}")))?,
-                );
-                pools.insert(n, p.clone());
-                p
-            }
+    static POOLS: Mutex<Option<Pools>> = Mutex::new(None);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n = match threads {
+        Some(n) => n,
+        None => {
+            std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(cores)
         }
     };
+    let cap = 4 * cores.max(16);
+    if n == 0 || n > cap {
+        return Err(PyValueError::new_err(format!(
+            "threads = {n}: expected 1 … {cap} (this machine has {cores} cores; None = one per core)"
+        )));
+    }
+    let pool = {
+        let mut guard = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = std::process::id();
+        if guard.as_ref().is_some_and(|p| p.pid != pid) {
+            std::mem::forget(guard.take());
+        }
+        let pools = guard.get_or_insert_with(|| Pools { pid, lru: Vec::new() });
+        let pool = match pools.lru.iter().position(|(k, _)| *k == n) {
+            Some(i) => pools.lru.remove(i).1,
+            None => Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .map_err(|e| PyValueError::new_err(format!("threads: cannot start {n} threads: {e}")))?,
+            ),
+        };
+        pools.lru.insert(0, (n, pool.clone()));
+        pools.lru.truncate(POOLS_KEPT);
+        pool
+    };
     Ok(pool.install(f))
+}
+
+/// Refuses, before anything is copied, arrays whose copies (and, on the
+/// reference, their f64 twins) do not fit in the memory available: a
+/// broadcast view costs numpy nothing but is copied in full.
+fn check_copies<T: Float>(params: &Bound<'_, PyDict>, traj: &Bound<'_, PyDict>, reference: bool) -> PyResult<()> {
+    let per = std::mem::size_of::<T>() as u128 + if reference { 8 } else { 0 };
+    let mut e = neuroplastic::limits::Estimate::new();
+    let (mut largest, mut big) = (String::new(), 0u128);
+    for (arg, d) in [("params", params), ("trajectory", traj)] {
+        for (k, v) in d.iter() {
+            if let Ok(a) = v.cast::<numpy::PyUntypedArray>() {
+                let n = a.shape().iter().fold(1u128, |acc, &x| acc.saturating_mul(x as u128));
+                let bytes = n.saturating_mul(per);
+                if bytes > big {
+                    (largest, big) = (format!("{arg}[{:?}]", k.to_string()), bytes);
+                }
+                e.add(format!("{arg}[{:?}]", k.to_string()), bytes);
+            }
+        }
+    }
+    e.check(
+        &largest,
+        "copying the arrays for the meta-gradient",
+        "pass smaller arrays (a broadcast view is copied in full)",
+    )
+    .map_err(|err| PyMemoryError::new_err(err.to_string()))
 }
 
 fn run<'py, T: Float + Real>(
@@ -313,13 +416,15 @@ fn run<'py, T: Float + Real>(
     traj: &Bound<'py, PyDict>,
     o: &Options,
     threads: Option<usize>,
+    reference: bool,
     grad: impl FnOnce(&MetaModel<T>, &Trajectory<T>) -> neuroplastic::Result<MetaGrads<T>> + Send,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    let m = read_model::<T>(params, o)?;
+    check_copies::<T>(params, traj, reference)?;
+    let (m, lr_shape) = read_model::<T>(params, o)?;
     let t = read_trajectory::<T>(traj, &m)?;
     let g = py.detach(|| on_threads(threads, || grad(&m, &t)))?.map_err(py_err)?;
     let loss = g.loss;
-    let grads = grads_dict(py, params, &m, g)?;
+    let grads = grads_dict(py, &m, &lr_shape, g)?;
     PyTuple::new(py, [loss.into_pyobject(py)?.into_any(), grads.into_any()])
 }
 
@@ -335,42 +440,56 @@ fn run<'py, T: Float + Real>(
 /// (P, Bo, O)` or `(P, Bo)`. Returns `(loss, {name: gradient})`.
 #[pyfunction]
 #[pyo3(signature = (
-    params, trajectory, *, inner_lr = None, loss = "mse", order = "second", truncate = 0, clamp = 0.0,
-    gate_at = 0, device = "cpu", threads = None
+    params, trajectory, *, inner_lr = None, loss = None, order = None, truncate = None, clamp = None,
+    gate_at = None, device = None, threads = None
 ))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn meta_grad<'py>(
     py: Python<'py>,
     params: &Bound<'py, PyAny>,
     trajectory: &Bound<'py, PyAny>,
-    inner_lr: Option<f64>,
-    loss: &str,
-    order: &str,
-    truncate: usize,
-    clamp: f64,
-    gate_at: usize,
-    device: &str,
-    threads: Option<usize>,
+    inner_lr: Option<&Bound<'py, PyAny>>,
+    loss: Option<&Bound<'py, PyAny>>,
+    order: Option<&Bound<'py, PyAny>>,
+    truncate: Option<&Bound<'py, PyAny>>,
+    clamp: Option<&Bound<'py, PyAny>>,
+    gate_at: Option<&Bound<'py, PyAny>>,
+    device: Option<&Bound<'py, PyAny>>,
+    threads: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let params = as_dict(params, "params", "of the meta-learner's tensors")?;
     let traj = as_dict(trajectory, "trajectory", "of inner.x, inner.y, outer.x, outer.y")?;
-    let o = Options { loss, inner_lr, order, truncate, clamp, gate_at };
-    let device = parse_device(device)?;
+    let o = Options {
+        loss: word(loss, "loss", "mse", "\"mse\" or \"xent\"")?,
+        inner_lr: number(inner_lr, "inner_lr")?,
+        order: word(order, "order", "second", "\"second\" or \"first\"")?,
+        truncate: count(truncate, "truncate")?.unwrap_or(0),
+        clamp: number(clamp, "clamp")?.unwrap_or(0.0),
+        gate_at: count(gate_at, "gate_at")?.unwrap_or(0),
+    };
+    let threads = count(threads, "threads")?;
+    let device = parse_device(&word(device, "device", "cpu", "\"cpu\" or \"reference\"")?)?;
     // The element type is the trajectory's inputs'; every other array must match.
     let x = traj.get_item("inner.x")?.ok_or_else(|| {
         PyValueError::new_err("trajectory: missing \"inner.x\" (it needs inner.x, inner.y, outer.x, outer.y)")
     })?;
     match (dtype_of(&x).as_deref(), device) {
-        (Some("float32"), neuroplastic::Device::Cpu) => run::<f32>(py, params, traj, &o, threads, cpu::meta_grad),
+        (Some("float32"), neuroplastic::Device::Cpu) => {
+            run::<f32>(py, params, traj, &o, threads, false, cpu::meta_grad)
+        }
         (Some("float32"), neuroplastic::Device::Reference) => {
-            run::<f32>(py, params, traj, &o, threads, |m: &MetaModel<f32>, t: &Trajectory<f32>| {
+            run::<f32>(py, params, traj, &o, threads, true, |m: &MetaModel<f32>, t: &Trajectory<f32>| {
                 let g = reference::meta_grad(&m.cast(), &t.cast())?;
                 let c = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
-                Ok(MetaGrads { loss: g.loss, rln: c(g.rln), pln: c(g.pln), nm: c(g.nm), inner_lr: g.inner_lr as f32 })
+                let g =
+                    MetaGrads { loss: g.loss, rln: c(g.rln), pln: c(g.pln), nm: c(g.nm), inner_lr: g.inner_lr as f32 };
+                // What f32 cannot hold is refused, as on the CPU backend.
+                check_grads(m, &g)?;
+                Ok(g)
             })
         }
         (Some("float64"), neuroplastic::Device::Reference) => {
-            run::<f64>(py, params, traj, &o, threads, reference::meta_grad)
+            run::<f64>(py, params, traj, &o, threads, false, reference::meta_grad)
         }
         (Some("float64"), neuroplastic::Device::Cpu) => Err(PyTypeError::new_err(
             "trajectory[\"inner.x\"]: float64 arrays run on device=\"reference\" (the f64 reference); the \"cpu\" \
@@ -380,9 +499,17 @@ pub(crate) fn meta_grad<'py>(
             backend: "cuda".into(),
             reason: "the meta-gradient has no CUDA backend yet; use device=\"cpu\"".into(),
         })),
-        _ => Err(PyTypeError::new_err(format!(
+        (Some(d), _) => Err(PyTypeError::new_err(format!(
+            "trajectory[\"inner.x\"]: expected a numpy array of float32 or float64 (in this machine's byte order), got {d}"
+        ))),
+        (None, _) if x.hasattr("dtype").unwrap_or(false) => Err(PyTypeError::new_err(format!(
+            "trajectory[\"inner.x\"]: expected a numpy array of float32 or float64, got a numpy scalar ({}); wrap it \
+             with np.asarray",
+            type_name(&x)
+        ))),
+        (None, _) => Err(PyTypeError::new_err(format!(
             "trajectory[\"inner.x\"]: expected a numpy array of float32 or float64, got {}",
-            dtype_of(&x).unwrap_or_else(|| type_name(&x))
+            type_name(&x)
         ))),
     }
 }

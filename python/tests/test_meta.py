@@ -302,3 +302,134 @@ def test_torch_meta_loss_refuses_a_second_derivative():
     # Without it, the gradient is there.
     (g,) = torch.autograd.grad(meta_loss(params, traj, inner_lr=0.3), [params["pln.0.weight"]])
     assert g.shape == params["pln.0.weight"].shape and g.abs().sum() > 0
+
+
+# ------------------------------------------- what a break-it audit found
+
+
+def test_arrays_numpy_can_view_but_not_stride_by_elements_are_read_right():
+    p, tr = random_case(12, nm=False, learned=False, dtype=np.float32)
+    w = p["pln.1.weight"]
+    # A float32 field of packed records: byte strides that are not multiples of 4.
+    rec = np.zeros(w.shape, dtype=[("w", np.float32), ("flag", np.int16)])
+    rec["w"] = w
+    assert rec["w"].strides[-1] % 4 != 0
+    want, gw = npl.meta_grad(p, tr, inner_lr=0.3)
+    got, gg = npl.meta_grad({**p, "pln.1.weight": rec["w"]}, tr, inner_lr=0.3)
+    assert got == want and all(np.array_equal(gg[k], gw[k]) for k in gw)
+    # Big-endian data is refused with what to do, not read as garbage.
+    with pytest.raises(TypeError, match=r"byte order.*astype"):
+        npl.meta_grad({**p, "pln.1.weight": w.astype(">f4")}, tr, inner_lr=0.3)
+    with pytest.raises(TypeError, match="numpy scalar"):
+        npl.meta_grad(p, {**tr, "inner.x": np.float32(1)}, inner_lr=0.3)
+
+
+def test_copies_beyond_the_memory_are_refused_before_they_are_made(monkeypatch):
+    p, tr = random_case(13, nm=False, learned=False, dtype=np.float32)
+    monkeypatch.setenv("NEUROPLASTIC_MEMORY_LIMIT", "10M")
+    huge = np.broadcast_to(np.float32(0), (3, 10**6, 5, 4))  # 240 MB once copied, nothing in numpy
+    with pytest.raises(MemoryError, match=r'trajectory\["inner\.x"\]'):
+        npl.meta_grad(p, {**tr, "inner.x": huge}, inner_lr=0.3)
+
+
+def test_a_forked_child_computes_and_thread_pools_stay_bounded():
+    import multiprocessing as mp
+    import os
+
+    p, tr = random_case(14, nm=False, learned=False, dtype=np.float32)
+    want, _ = npl.meta_grad(p, tr, inner_lr=0.3, threads=2)
+    npl.meta_grad(p, tr, inner_lr=0.3)
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    child = ctx.Process(target=lambda: q.put(npl.meta_grad(p, tr, inner_lr=0.3, threads=2)[0]))
+    child.start()
+    child.join(60)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive, "the forked child hung in the thread pool"
+    assert q.get(timeout=5) == want
+    before = len(os.listdir("/proc/self/task"))
+    for n in range(1, 9):
+        npl.meta_grad(p, tr, inner_lr=0.3, threads=n)
+    assert len(os.listdir("/proc/self/task")) <= before + 8 + 7
+    with pytest.raises(ValueError, match=r"threads = 1000000: expected 1"):
+        npl.meta_grad(p, tr, inner_lr=0.3, threads=10**6)
+
+
+def test_options_of_the_wrong_kind_are_named():
+    p, tr = random_case(15, nm=False, learned=False)
+    cases = [
+        (dict(truncate=-1), ValueError, "truncate: expected a whole number"),
+        (dict(gate_at=2**70), ValueError, "gate_at: expected a whole number"),
+        (dict(threads=True), TypeError, "threads: expected a whole number"),
+        (dict(truncate=1.5), TypeError, "truncate: expected a whole number"),
+        (dict(clamp="1"), TypeError, "clamp: expected a number"),
+        (dict(loss=3), TypeError, "loss: expected"),
+    ]
+    for opts, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            npl.meta_grad(p, tr, device="reference", **{"inner_lr": 0.1, **opts})
+    p32 = {k: v.astype(np.float32) for k, v in p.items()}
+    tr32 = {k: v.astype(np.float32) for k, v in tr.items()}
+    with pytest.raises(ValueError, match=r"inner_lr = 1e300: expected a finite number that float32 can hold"):
+        npl.meta_grad(p32, tr32, inner_lr=1e300)
+    with pytest.raises(ValueError, match="leading zeros"):
+        npl.meta_grad({**p, "pln.01.weight": p["pln.1.weight"]}, tr, device="reference", inner_lr=0.1)
+    with pytest.raises(TypeError, match=r"keys must be strings, got 0"):
+        npl.meta_grad({**p, 0: p["pln.1.weight"]}, tr, device="reference", inner_lr=0.1)
+
+
+def test_float32_on_the_reference_refuses_what_float32_cannot_hold():
+    p, tr = random_case(16, nm=False, learned=False, dtype=np.float32)
+    p = {**p, "pln.0.weight": np.full_like(p["pln.0.weight"], 1e19)}
+    for device in ("cpu", "reference"):
+        # With β = 0 nothing diverged: the message blames the values, not β.
+        with pytest.raises(ValueError, match="meta-loss|meta-gradient") as e:
+            npl.meta_grad(p, tr, inner_lr=0.0, device=device)
+        assert "β = 0" in str(e.value) and "Lower β" not in str(e.value), str(e.value)
+
+
+def test_torch_meta_loss_refuses_traps():
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from neuroplastic.torch import meta_loss, meta_params
+
+    p, tr = random_case(17, nm=False, learned=False, dtype=np.float32)
+    params = {k: torch.tensor(v, requires_grad=True) for k, v in p.items()}
+    traj = {k: torch.tensor(v) for k, v in tr.items()}
+    # A tensor as the fixed β would silently get no gradient.
+    with pytest.raises(TypeError, match=r"params\['inner_lr'\]"):
+        meta_loss(params, traj, inner_lr=nn.Parameter(torch.tensor([0.3])))
+    # A second backward without retain_graph is refused, as for any graph.
+    loss = meta_loss(params, traj, inner_lr=0.3)
+    loss.backward()
+    with pytest.raises(RuntimeError, match="second time|freed"):
+        loss.backward()
+    # With retain_graph it accumulates.
+    for v in params.values():
+        v.grad = None
+    loss = meta_loss(params, traj, inner_lr=0.3)
+    loss.backward(retain_graph=True)
+    once = params["pln.0.weight"].grad.clone()
+    loss.backward()
+    assert torch.allclose(params["pln.0.weight"].grad, 2 * once)
+    # Values that are not tensors, odd dtypes and layouts are named.
+    with pytest.raises(TypeError, match=r"params\['pln\.0\.bias'\]: expected a torch\.Tensor, got ndarray"):
+        meta_loss({**params, "pln.0.bias": p["pln.0.bias"]}, traj, inner_lr=0.3)
+    with pytest.raises(TypeError, match="bfloat16"):
+        meta_loss({k: v.detach().bfloat16() for k, v in params.items()}, {k: v.bfloat16() for k, v in traj.items()}, inner_lr=0.3)
+    with pytest.raises(TypeError, match="layout"):
+        meta_loss({**params, "pln.0.bias": params["pln.0.bias"].detach().to_sparse()}, traj, inner_lr=0.3)
+
+    class Scaled(nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    with pytest.raises(TypeError, match="Scaled"):
+        meta_params([Scaled(6, 2)])
+    with pytest.raises(TypeError, match="Scaled"):
+        meta_params(Scaled(6, 2))
+    with pytest.raises(TypeError, match="pln: required"):
+        meta_params(None)

@@ -619,8 +619,8 @@ pub fn meta_grad<K: Kernels>(model: &MetaModel<K::F>, traj: &Trajectory<K::F>) -
     estimate(model, traj, in_flight).check(
         &format!("trajectory (P = {}, S = {}, Bi = {}, Bo = {})", traj.p, traj.s, traj.bi, traj.bo),
         "the meta-gradient",
-        "use fewer inner steps S (or truncate them: neuroplastic.meta.truncate), fewer rows per batch, \
-         narrower layers, or fewer threads (RAYON_NUM_THREADS)",
+        "use fewer inner steps S or differentiate only the last K of them (truncation), fewer rows per batch, \
+         narrower layers, or fewer threads",
     )?;
     let one = |p: usize| {
         let mut g = TaskGrads {
@@ -652,28 +652,34 @@ pub fn meta_grad<K: Kernels>(model: &MetaModel<K::F>, traj: &Trajectory<K::F>) -
     total.inner_lr *= sc;
     total.loss = loss * scale;
     if let Some(p) = per.iter().position(|g| !g.loss.is_finite()) {
-        return Err(Error::Overflow {
-            quantity: format!("meta-loss of task {p}"),
-            message: format!(
-                "is {}: the inner loop or the meta-loss left the {} range. Usually the inner SGD diverges over \
+        let range = std::any::type_name::<K::F>();
+        let message = if model.inner_lr.to_f64() == 0.0 || traj.s == 0 {
+            // Without inner steps nothing diverged: the values themselves are too large.
+            format!(
+                "is {}: the meta-loss left the {range} range with no inner update (β = 0 or S = 0): the inputs or \
+                 weights are too large; scale them down",
+                per[p].loss
+            )
+        } else {
+            format!(
+                "is {}: the inner loop or the meta-loss left the {range} range. Usually the inner SGD diverges over \
                  its {} steps (β = {} is too large for these inputs and weights) or inputs or weights are huge; \
                  lower β (inner_lr) or scale the inputs down",
                 per[p].loss,
-                std::any::type_name::<K::F>(),
                 traj.s,
-                short(model.inner_lr.to_f64())
-            ),
-        });
+                short(model.inner_lr)
+            )
+        };
+        return Err(Error::Overflow { quantity: format!("meta-loss of task {p}"), message });
     }
     check_grads(model, &total)?;
     Ok(total)
 }
 
-/// A scalar for messages: as the f32 it is used as, in exponent form when
-/// very large or small (`0.003`, not `0.003000000026077032`; `1e30`).
-fn short(v: f64) -> String {
-    let f = v as f32;
-    if f != 0.0 && (f.abs() >= 1e5 || f.abs() < 1e-4) { format!("{f:e}") } else { format!("{f}") }
+/// A scalar for messages, as the type it is used as, in its shortest form
+/// (`0.003`, not `0.003000000026077032`; `1e30`, `1e300` for an f64).
+fn short<F: Real>(v: F) -> String {
+    format!("{v:?}")
 }
 
 /// Errors ([`Error::Overflow`]) when the meta-loss does not fit the scalar
@@ -681,12 +687,15 @@ fn short(v: f64) -> String {
 /// such a result must not be written or stepped on as if it were one.
 pub fn check_grads<F: Real>(model: &MetaModel<F>, g: &MetaGrads<F>) -> Result<()> {
     let loss = g.loss;
+    // With β = 0 the inner loop does nothing: only the values can be to blame.
+    let still = model.inner_lr.to_f64() == 0.0;
+    let lower_beta = if still { "" } else { "lower β (inner_lr), " };
     if !F::from_f64(loss).to_f64().is_finite() {
         return Err(Error::Overflow {
             quantity: "meta-loss".into(),
             message: format!(
-                "is {loss:e}, beyond the range of {}: the model's outputs are finite but enormous; lower β \
-                 (inner_lr) or scale the inputs and targets down",
+                "is {loss:e}, beyond the range of {}: the model's outputs are finite but enormous; {lower_beta}scale \
+                 the inputs and targets down",
                 std::any::type_name::<F>()
             ),
         });
@@ -695,11 +704,17 @@ pub fn check_grads<F: Real>(model: &MetaModel<F>, g: &MetaGrads<F>) -> Result<()
         if let Err(Error::NonFinite { arg, index, value }) = st.check_finite(name, v) {
             return Err(Error::Overflow {
                 quantity: format!("meta-gradient of `{arg}` (element {index})"),
-                message: format!(
-                    "is {value} although the meta-loss ({loss:e}) is finite: the backward pass through the inner \
-                     loop overflowed. Lower β (inner_lr), clamp the inner gradients (neuroplastic.meta.clamp) or \
-                     scale the inputs down"
-                ),
+                message: if still {
+                    format!(
+                        "is {value} although the meta-loss ({loss:e}) is finite: the backward pass overflowed with \
+                         no inner update (β = 0): the inputs or weights are too large; scale them down"
+                    )
+                } else {
+                    format!(
+                        "is {value} although the meta-loss ({loss:e}) is finite: the backward pass through the inner \
+                         loop overflowed. Lower β (inner_lr), clamp the inner gradients or scale the inputs down"
+                    )
+                },
             });
         }
     }
