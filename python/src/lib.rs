@@ -24,6 +24,7 @@ use numpy::{Element, PyArray1, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUnt
 use pyo3::exceptions::{PyMemoryError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
+use std::sync::{Arc, Mutex};
 
 mod meta;
 
@@ -362,6 +363,70 @@ impl PyLayerConfig {
 }
 
 const STATE_NAMES: [&str; 3] = ["h", "hebb", "elig"];
+
+/// Pools of threads kept between calls (starting threads on every call
+/// would cost more than a small model's meta-gradient): the few sizes used
+/// last, with the process that made them. A child made by `fork` inherits
+/// the pools but not their threads, so it makes its own (the parent's are
+/// forgotten, never joined); rayon's global pool has the same problem and
+/// is never used.
+struct Pools {
+    pid: u32,
+    lru: Vec<(usize, Arc<rayon::ThreadPool>)>,
+}
+
+/// Sizes of pool kept at once.
+const POOLS_KEPT: usize = 2;
+
+/// Runs `f` on a pool of `threads` threads (`None`: one per core, or
+/// `RAYON_NUM_THREADS`).
+pub(crate) fn on_threads<R: Send>(threads: Option<usize>, f: impl FnOnce() -> R + Send) -> PyResult<R> {
+    static POOLS: Mutex<Option<Pools>> = Mutex::new(None);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n = match threads {
+        Some(n) => n,
+        None => {
+            std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(cores)
+        }
+    };
+    let cap = 4 * cores.max(16);
+    if n == 0 || n > cap {
+        return Err(PyValueError::new_err(format!(
+            "threads = {n}: expected 1 … {cap} (this machine has {cores} cores; None = one per core)"
+        )));
+    }
+    let pool = {
+        let mut guard = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = std::process::id();
+        if guard.as_ref().is_some_and(|p| p.pid != pid) {
+            std::mem::forget(guard.take());
+        }
+        let pools = guard.get_or_insert_with(|| Pools { pid, lru: Vec::new() });
+        let pool = match pools.lru.iter().position(|(k, _)| *k == n) {
+            Some(i) => pools.lru.remove(i).1,
+            None => Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .map_err(|e| PyValueError::new_err(format!("threads: cannot start {n} threads: {e}")))?,
+            ),
+        };
+        pools.lru.insert(0, (n, pool.clone()));
+        pools.lru.truncate(POOLS_KEPT);
+        pool
+    };
+    Ok(pool.install(f))
+}
+
+/// Runs `f` without the GIL: on this process's pool ([`on_threads`]) when
+/// the engine has no private pool (`threads` None), which replaces rayon's
+/// global pool so that a forked child does not wait on its parent's threads.
+fn detach<R: Send>(py: Python<'_>, threads: Option<usize>, f: impl FnOnce() -> R + Send) -> PyResult<R> {
+    py.detach(|| match threads {
+        Some(_) => Ok(f()),
+        None => on_threads(None, f),
+    })
+}
 
 /// A float element type the bindings accept: its numpy name.
 trait Float: Element + Copy + Default + Into<f64> + Send + Sync + 'static {
@@ -734,8 +799,8 @@ impl PyEngine {
                     Seq::new(&x, b, t).validate(&cfg, true).map_err(py_err)?;
                     init.validate(&cfg, b, "state", true).map_err(py_err)?;
                 }
-                let (y, last) =
-                    py.detach(|| reference::plastic_fwd(&cfg, &p, Seq::new(&x, b, t), Some(&init))).map_err(py_err)?;
+                let (y, last) = detach(py, None, || reference::plastic_fwd(&cfg, &p, Seq::new(&x, b, t), Some(&init)))?
+                    .map_err(py_err)?;
                 let handle = Handle { saved: Saved::F64 { params: p, inputs: x, init }, cfg, device, dims: (b, t) };
                 let out: [Bound<'py, PyAny>; 3] = [
                     write(py, y, &[b, t, cfg.n])?,
@@ -753,7 +818,9 @@ impl PyEngine {
                 let p = read_params::<f32>(&cfg, params)?;
                 let init = state.map(|s| read_state::<f32>(&cfg, s, "state", b)).transpose()?;
                 let engine = &mut self.engine;
-                let mut fwd = py.detach(|| engine.forward(&p, Seq::new(&x, b, t), init.as_ref())).map_err(py_err)?;
+                let threads = engine.options().threads;
+                let mut fwd =
+                    detach(py, threads, || engine.forward(&p, Seq::new(&x, b, t), init.as_ref()))?.map_err(py_err)?;
                 // The outputs go to Python; the backward pass reads only what `fwd` saved.
                 let (y, last) = (std::mem::take(&mut fwd.y), std::mem::take(&mut fwd.last));
                 let handle = Handle {
@@ -806,28 +873,28 @@ impl PyEngine {
                 let dy = read::<f64>(dy, "dy", &[b, t, cfg.n])?;
                 let dlast = dlast.map(|s| read_state::<f64>(&cfg, s, "dlast", b)).transpose()?;
                 let truncate = self.engine.options().truncate;
-                let g = py
-                    .detach(|| {
-                        reference::plastic_bwd(
-                            &cfg,
-                            params,
-                            Seq::new(inputs, b, t),
-                            Some(init),
-                            &dy,
-                            dlast.as_ref(),
-                            truncate,
-                        )
-                    })
-                    .map_err(py_err)?;
+                let g = detach(py, None, || {
+                    reference::plastic_bwd(
+                        &cfg,
+                        params,
+                        Seq::new(inputs, b, t),
+                        Some(init),
+                        &dy,
+                        dlast.as_ref(),
+                        truncate,
+                    )
+                })?
+                .map_err(py_err)?;
                 write_grads(py, &cfg, g, h.dims)
             }
             Saved::F32 { fwd, params, inputs } => {
                 let dy = read::<f32>(dy, "dy", &[b, t, cfg.n])?;
                 let dlast = dlast.map(|s| read_state::<f32>(&cfg, s, "dlast", b)).transpose()?;
                 let engine = &mut self.engine;
-                let g = py
-                    .detach(|| engine.backward(params, Seq::new(inputs, b, t), fwd, &dy, dlast.as_ref()))
-                    .map_err(py_err)?;
+                let threads = engine.options().threads;
+                let g =
+                    detach(py, threads, || engine.backward(params, Seq::new(inputs, b, t), fwd, &dy, dlast.as_ref()))?
+                        .map_err(py_err)?;
                 write_grads(py, &cfg, g, h.dims)
             }
         }
@@ -974,7 +1041,8 @@ impl PyStepper {
                 let x = read::<f32>(x, "x", &shape)?;
                 let mut e = engine.try_borrow_mut()?;
                 let engine = &mut e.engine;
-                let y = py.detach(|| s.step(engine, &x).map(<[f32]>::to_vec)).map_err(py_err)?;
+                let threads = engine.options().threads;
+                let y = detach(py, threads, || s.step(engine, &x).map(<[f32]>::to_vec))?.map_err(py_err)?;
                 write(py, y, &[b, n])
             }
             Run::F64(r) => {
@@ -983,7 +1051,7 @@ impl PyStepper {
                 if engine.try_borrow()?.engine.options().check_finite {
                     Seq::new(&x, b, 1).validate(&self.cfg, true).map_err(py_err)?;
                 }
-                let y = py.detach(|| s.step(&x).map(<[f64]>::to_vec)).map_err(py_err)?;
+                let y = detach(py, None, || s.step(&x).map(<[f64]>::to_vec))?.map_err(py_err)?;
                 write(py, y, &[b, n])
             }
             Run::Finished => Err(self.finished_err()),

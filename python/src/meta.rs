@@ -9,7 +9,6 @@
 //! the f64 reference and back); `float64` arrays on the reference.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 
 use neuroplastic::Shape;
 use neuroplastic::meta::{
@@ -20,7 +19,7 @@ use pyo3::exceptions::{PyMemoryError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyInt, PyTuple};
 
-use crate::{Float, dtype_of, parse_device, py_err, read_any, type_name, write};
+use crate::{Float, dtype_of, on_threads, parse_device, py_err, read_any, type_name, write};
 
 /// The three stacks, in the order the files and the gradient dict list them.
 const STACKS: [&str; 3] = ["rln", "pln", "nm"];
@@ -327,60 +326,6 @@ fn grads_dict<'py, T: Float + Real>(
         out.set_item("inner_lr", write(py, vec![g.inner_lr], lr_shape)?)?;
     }
     Ok(out)
-}
-
-/// Pools of threads kept between calls (starting threads on every call
-/// would cost more than a small model's meta-gradient): the few sizes used
-/// last, with the process that made them. A child made by `fork` inherits
-/// the pools but not their threads, so it makes its own (the parent's are
-/// forgotten, never joined); rayon's global pool has the same problem and
-/// is never used.
-struct Pools {
-    pid: u32,
-    lru: Vec<(usize, Arc<rayon::ThreadPool>)>,
-}
-
-/// Sizes of pool kept at once.
-const POOLS_KEPT: usize = 2;
-
-/// Runs `f` on a pool of `threads` threads (`None`: one per core, or
-/// `RAYON_NUM_THREADS`).
-fn on_threads<R: Send>(threads: Option<usize>, f: impl FnOnce() -> R + Send) -> PyResult<R> {
-    static POOLS: Mutex<Option<Pools>> = Mutex::new(None);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let n = match threads {
-        Some(n) => n,
-        None => {
-            std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(cores)
-        }
-    };
-    let cap = 4 * cores.max(16);
-    if n == 0 || n > cap {
-        return Err(PyValueError::new_err(format!(
-            "threads = {n}: expected 1 … {cap} (this machine has {cores} cores; None = one per core)"
-        )));
-    }
-    let pool = {
-        let mut guard = POOLS.lock().unwrap_or_else(|e| e.into_inner());
-        let pid = std::process::id();
-        if guard.as_ref().is_some_and(|p| p.pid != pid) {
-            std::mem::forget(guard.take());
-        }
-        let pools = guard.get_or_insert_with(|| Pools { pid, lru: Vec::new() });
-        let pool = match pools.lru.iter().position(|(k, _)| *k == n) {
-            Some(i) => pools.lru.remove(i).1,
-            None => Arc::new(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(n)
-                    .build()
-                    .map_err(|e| PyValueError::new_err(format!("threads: cannot start {n} threads: {e}")))?,
-            ),
-        };
-        pools.lru.insert(0, (n, pool.clone()));
-        pools.lru.truncate(POOLS_KEPT);
-        pool
-    };
-    Ok(pool.install(f))
 }
 
 /// Refuses, before anything is copied, arrays whose copies (and, on the
