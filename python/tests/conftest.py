@@ -133,3 +133,20 @@ def assert_releases_gil(call, what):
     th.join()
     assert flags["seconds"] > 0.05, f"the {what} was too short to tell"
     assert ticks >= 10, f"the other thread ran {ticks} times during a {flags['seconds']:.2f} s {what}"
+
+
+def in_forked_child(fn, timeout=60):
+    """`fn()` run in a child made by `fork` (as multiprocessing and DataLoader
+    workers make them); its result. Fails if the child hangs."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    child = ctx.Process(target=lambda: q.put(fn()))
+    child.start()
+    child.join(timeout)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive, "the forked child hung (in a thread pool inherited from the parent?)"
+    return q.get(timeout=5)

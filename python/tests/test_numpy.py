@@ -10,7 +10,7 @@ import pytest
 
 import neuroplastic as npl
 
-from conftest import assert_releases_gil, CONFIGS, make_config, numpy_forward, random_params, random_state
+from conftest import assert_releases_gil, CONFIGS, in_forked_child, make_config, numpy_forward, random_params, random_state
 
 
 def loss_and_dy(y, last, proj):
@@ -350,21 +350,10 @@ def test_an_engine_works_in_a_forked_child():
     """After the parent ran an engine, a child made by `fork` (multiprocessing,
     DataLoader workers) computes with it instead of waiting forever on the
     parent's pool threads, which the child does not have."""
-    import multiprocessing as mp
-
     cfg = npl.LayerConfig("hebb", 16, 4)
     rng = np.random.default_rng(0)
     p = random_params(cfg, rng)
     x = rng.standard_normal((8, 20, 4)).astype(np.float32)
     engine = npl.Engine(cfg, "cpu")
     want = engine.forward(p, x)[0]
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    child = ctx.Process(target=lambda: q.put(engine.forward(p, x)[0]))
-    child.start()
-    child.join(60)
-    alive = child.is_alive()
-    if alive:
-        child.kill()
-    assert not alive, "the forked child hung in the thread pool"
-    assert np.array_equal(q.get(timeout=5), want)
+    assert np.array_equal(in_forked_child(lambda: engine.forward(p, x)[0]), want)
