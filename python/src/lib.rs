@@ -745,7 +745,7 @@ impl PyEngine {
     fn device(&self) -> String {
         self.engine.device().name()
     }
-    /// Threads of a private pool, or `None` (rayon's global pool).
+    /// Threads of a private pool, or `None` (the binding's per-process pool, one thread per core).
     #[getter]
     fn threads(&self) -> Option<usize> {
         self.engine.options().threads
