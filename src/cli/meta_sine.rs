@@ -304,7 +304,8 @@ fn resume(a: &TrainArgs, path: &Path) -> Result<Start, Box<dyn std::error::Error
         "no snapshots or new checkpoint (no --save-every)".into()
     };
     println!(
-        "resuming {} at step {} with its settings, method and seed; from this command: --steps {}, --out {}, {saving},          --log-every {} (the other training flags are not used)",
+        "resuming {} at step {} with its settings, method and seed; from this command: --steps {}, --out {}, {saving}, \
+         --log-every {} (the other training flags are not used)",
         path.display(),
         k.state.step,
         a.steps,
