@@ -86,6 +86,18 @@
 // The number of parameter tensors ([`np_layer_param_tensor`] indices).
 #define NP_PARAM_TENSORS 10
 
+// `NpMeta.loss`: mean squared error, `Σ_o (ŷ − y)²` averaged over rows.
+#define NP_META_MSE 0
+
+// `NpMeta.loss`: softmax cross-entropy; targets are class indices (as floats).
+#define NP_META_XENT 1
+
+// `NpMeta.order`: exact, through every inner gradient (Hessian–vector products).
+#define NP_META_SECOND 0
+
+// `NpMeta.order`: every inner gradient taken as a constant.
+#define NP_META_FIRST 1
+
 // A forward pass's result: outputs, final state and what the backward pass
 // needs (with a copy of the inputs and parameters it ran with). Opaque; made
 // by [`np_forward`], freed by [`np_forward_free`].
@@ -149,6 +161,40 @@ typedef struct NpOptions {
   // 1: check every input for NaN and infinity (an error names the first).
   uint32_t check_finite;
 } NpOptions;
+
+// A meta-learner for [`np_meta_grad`]: its options and the widths of its
+// three stacks of dense layers. A stack's widths are `[in, h1, …, out]`
+// (`len − 1` layers); NULL with length 0 is an absent stack (the RLN is
+// then the identity; without an NM there is no gate). The PLN (its
+// weights are the fast weights θ) is required.
+typedef struct NpMeta {
+  // `NP_META_MSE` or `NP_META_XENT`: the inner and the outer loss.
+  uint32_t loss;
+  // `NP_META_SECOND` or `NP_META_FIRST`.
+  uint32_t order;
+  // K > 0: differentiate only the last K inner steps; 0: all.
+  size_t truncate;
+  // c > 0: clamp each inner-gradient element to ±c; 0: no clamp.
+  double clamp;
+  // The PLN layer whose input the NM's sigmoid gates (0: the PLN's input).
+  size_t gate_at;
+  // 1: β is learned (the last parameter, and it gets a gradient); 0: fixed at `inner_lr`.
+  uint32_t learn_lr;
+  // β when it is fixed (ignored when learned).
+  double inner_lr;
+  // Representation network widths `[D, …]` (ReLU after every layer), or NULL.
+  const size_t *rln;
+  // Length of `rln` (0, or at least 2).
+  size_t rln_len;
+  // Prediction network widths `[in, …, O]` (ReLU between layers).
+  const size_t *pln;
+  // Length of `pln` (at least 2).
+  size_t pln_len;
+  // Neuromodulatory network widths `[D, …, width of PLN layer gate_at's input]`, or NULL.
+  const size_t *nm;
+  // Length of `nm` (0, or at least 2).
+  size_t nm_len;
+} NpMeta;
 
 // Success.
 #define NP_OK 0
@@ -320,6 +366,54 @@ NpStatus np_backward(struct NpLayer *layer,
                      size_t grad_inputs_len,
                      float *grad_init,
                      size_t grad_init_len);
+
+// Fills `*out` with the number of parameters of `meta`: every RLN, PLN and
+// NM layer's weight `(out, in)` then bias `(out)`, stack after stack, and β
+// last when it is learned. That is the layout of `params` and `grad` in
+// [`np_meta_grad`].
+//
+// # Safety
+// `meta` NULL or valid, its width pointers NULL or readable for their
+// lengths; `out` NULL or writable.
+NpStatus np_meta_param_len(const struct NpMeta *meta, size_t *out);
+
+// The meta-loss of OML, ANML or MAML-style meta-learning and its gradient
+// for every parameter. For each of the `p` tasks, the PLN's weights start
+// at θ₀ and take `s` SGD steps `θ ← θ − β·clamp(∇_θ ℓ(θ; inner batch k))`;
+// then the loss on the task's outer batch at the final θ. `*loss` is the
+// mean over tasks; `grad` (the layout of `params`, see
+// [`np_meta_param_len`]) its gradient, exact (or first order, or truncated,
+// as `meta` says). `device` is `NP_DEVICE_CPU` (f32, tasks in parallel) or
+// `NP_DEVICE_REFERENCE` (f64 inside).
+//
+// Tensors, row-major: `inner_x (p, s, bi, D)`, `inner_y (p, s, bi, O)` for
+// `NP_META_MSE` or `(p, s, bi)` class indices for `NP_META_XENT`,
+// `outer_x (p, bo, D)`, `outer_y (p, bo, O)` or `(p, bo)`; `D` is the first
+// width of the RLN (or of the PLN without one), `O` the PLN's last.
+//
+// # Safety
+// `meta` as in [`np_meta_param_len`]; every array NULL or readable (or,
+// for `grad`, writable and not aliased) for its length; `loss` NULL or
+// writable.
+NpStatus np_meta_grad(const struct NpMeta *meta,
+                      uint32_t device,
+                      const float *params,
+                      size_t params_len,
+                      size_t p,
+                      size_t s,
+                      size_t bi,
+                      size_t bo,
+                      const float *inner_x,
+                      size_t inner_x_len,
+                      const float *inner_y,
+                      size_t inner_y_len,
+                      const float *outer_x,
+                      size_t outer_x_len,
+                      const float *outer_y,
+                      size_t outer_y_len,
+                      double *loss,
+                      float *grad,
+                      size_t grad_len);
 
 #ifdef __cplusplus
 }  // extern "C"

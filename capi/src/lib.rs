@@ -28,6 +28,10 @@
 //!
 //! A layer may be used from one thread at a time; different layers are
 //! independent. Handles must be freed with their own `np_*_free`.
+//!
+//! The meta-gradient through an inner SGD loop (OML, ANML, MAML-style) is
+//! one stateless call, [`np_meta_grad`], on a described learner
+//! ([`NpMeta`]) and flat arrays ([`np_meta_param_len`] gives the layout).
 
 #![warn(missing_docs)]
 
@@ -115,6 +119,51 @@ pub const NP_TRUNCATE_WINDOWS: u32 = 2;
 
 /// The number of parameter tensors ([`np_layer_param_tensor`] indices).
 pub const NP_PARAM_TENSORS: usize = 10;
+
+/// `NpMeta.loss`: mean squared error, `Σ_o (ŷ − y)²` averaged over rows.
+pub const NP_META_MSE: u32 = 0;
+/// `NpMeta.loss`: softmax cross-entropy; targets are class indices (as floats).
+pub const NP_META_XENT: u32 = 1;
+/// `NpMeta.order`: exact, through every inner gradient (Hessian–vector products).
+pub const NP_META_SECOND: u32 = 0;
+/// `NpMeta.order`: every inner gradient taken as a constant.
+pub const NP_META_FIRST: u32 = 1;
+
+/// A meta-learner for [`np_meta_grad`]: its options and the widths of its
+/// three stacks of dense layers. A stack's widths are `[in, h1, …, out]`
+/// (`len − 1` layers); NULL with length 0 is an absent stack (the RLN is
+/// then the identity; without an NM there is no gate). The PLN (its
+/// weights are the fast weights θ) is required.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NpMeta {
+    /// `NP_META_MSE` or `NP_META_XENT`: the inner and the outer loss.
+    pub loss: u32,
+    /// `NP_META_SECOND` or `NP_META_FIRST`.
+    pub order: u32,
+    /// K > 0: differentiate only the last K inner steps; 0: all.
+    pub truncate: usize,
+    /// c > 0: clamp each inner-gradient element to ±c; 0: no clamp.
+    pub clamp: f64,
+    /// The PLN layer whose input the NM's sigmoid gates (0: the PLN's input).
+    pub gate_at: usize,
+    /// 1: β is learned (the last parameter, and it gets a gradient); 0: fixed at `inner_lr`.
+    pub learn_lr: u32,
+    /// β when it is fixed (ignored when learned).
+    pub inner_lr: f64,
+    /// Representation network widths `[D, …]` (ReLU after every layer), or NULL.
+    pub rln: *const usize,
+    /// Length of `rln` (0, or at least 2).
+    pub rln_len: usize,
+    /// Prediction network widths `[in, …, O]` (ReLU between layers).
+    pub pln: *const usize,
+    /// Length of `pln` (at least 2).
+    pub pln_len: usize,
+    /// Neuromodulatory network widths `[D, …, width of PLN layer gate_at's input]`, or NULL.
+    pub nm: *const usize,
+    /// Length of `nm` (0, or at least 2).
+    pub nm_len: usize,
+}
 
 /// A plastic layer: its configuration, its device and its parameters.
 /// Opaque; made by [`np_layer_new`], freed by [`np_layer_free`].
@@ -881,6 +930,269 @@ pub unsafe extern "C" fn np_backward(
         if let Some(o) = gs {
             join_state(&g.init, o);
         }
+        Ok(())
+    })
+}
+
+/// The `len` sizes at `ptr` (NULL allowed when `len` is 0).
+///
+/// # Safety
+/// A non-NULL `ptr` must point to `len` readable `size_t` for `'a`.
+unsafe fn sizes<'a>(ptr: *const usize, len: usize, arg: &str) -> Result<&'a [usize], Fail> {
+    if ptr.is_null() {
+        return if len == 0 {
+            Ok(&[])
+        } else {
+            Err(Fail(NP_ERR_NULL, format!("{arg} is NULL but its length is {len}")))
+        };
+    }
+    if !ptr.is_aligned() || len > isize::MAX as usize / size_of::<usize>() {
+        return Err(invalid(format!("{arg}: not an aligned array of {len} size_t")));
+    }
+    // SAFETY: non-NULL, aligned, size in range; readable by contract.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// What `m` describes: the options, the input width and the three stacks
+/// (checked: lengths, codes, and parameter counts that fit in memory).
+struct MetaShape {
+    cfg: neuroplastic::meta::MetaConfig,
+    input: usize,
+    stacks: [neuroplastic::meta::Stack; 3],
+    /// Parameters of each stack.
+    counts: [usize; 3],
+}
+
+impl MetaShape {
+    /// All parameters, β included when learned.
+    fn total(&self) -> usize {
+        self.counts.iter().sum::<usize>() + usize::from(self.cfg.learn_lr)
+    }
+}
+
+/// Reads and checks `m`.
+///
+/// # Safety
+/// The pointers in `m` as [`np_meta_grad`] requires.
+unsafe fn meta_shape(m: &NpMeta) -> Result<MetaShape, Fail> {
+    use neuroplastic::meta::{Loss, MetaConfig, Order, Stack};
+    // SAFETY: by the caller's contract.
+    let widths = unsafe {
+        [sizes(m.rln, m.rln_len, "meta.rln")?, sizes(m.pln, m.pln_len, "meta.pln")?, sizes(m.nm, m.nm_len, "meta.nm")?]
+    };
+    let mut counts = [0usize; 3];
+    for (k, (arg, w)) in ["meta.rln", "meta.pln", "meta.nm"].iter().zip(widths).enumerate() {
+        let required = k == 1;
+        if w.len() == 1 || (required && w.len() < 2) {
+            return Err(invalid(format!(
+                "{arg}_len = {}: a stack's widths are [in, …, out], at least 2{}",
+                w.len(),
+                if required { "" } else { " (or 0: no such stack)" }
+            )));
+        }
+        counts[k] = w
+            .windows(2)
+            .try_fold(0usize, |a, p| {
+                p[0].checked_mul(p[1]).and_then(|x| x.checked_add(p[1])).and_then(|x| a.checked_add(x))
+            })
+            .filter(|&n| n <= isize::MAX as usize / size_of::<f32>())
+            .ok_or_else(|| invalid(format!("{arg}: widths {w:?} give more parameters than any array holds")))?;
+    }
+    let loss = pick(
+        m.loss,
+        "meta.loss",
+        &[(NP_META_MSE, "NP_META_MSE", Loss::Mse), (NP_META_XENT, "NP_META_XENT", Loss::Xent)],
+    )?;
+    let order = pick(
+        m.order,
+        "meta.order",
+        &[(NP_META_SECOND, "NP_META_SECOND", Order::Second), (NP_META_FIRST, "NP_META_FIRST", Order::First)],
+    )?;
+    let learn_lr = flag(m.learn_lr, "meta.learn_lr")?;
+    if order == Order::First && m.truncate > 0 {
+        return Err(invalid(format!(
+            "meta.truncate = {} with NP_META_FIRST: truncation chooses which steps are differentiated to second order; \
+             use NP_META_SECOND or 0",
+            m.truncate
+        )));
+    }
+    let held = m.inner_lr as f32;
+    if !learn_lr && !(m.inner_lr.is_finite() && held.is_finite() && (m.inner_lr == 0.0 || held != 0.0)) {
+        return Err(invalid(format!("meta.inner_lr = {:e}: expected a finite number a float can hold", m.inner_lr)));
+    }
+    let layers = widths[1].len() - 1;
+    if m.gate_at >= layers {
+        return Err(invalid(format!(
+            "meta.gate_at = {}: the PLN has {layers} layers (expected 0 … {})",
+            m.gate_at,
+            layers - 1
+        )));
+    }
+    let cfg = MetaConfig {
+        loss,
+        inner_lr: m.inner_lr,
+        learn_lr,
+        order,
+        truncate: m.truncate,
+        clamp: m.clamp,
+        gate_at: m.gate_at,
+    };
+    let input = widths[0].first().or(widths[1].first()).copied().unwrap_or(0);
+    let stacks = widths.map(Stack::from_widths);
+    Ok(MetaShape { cfg, input, stacks, counts })
+}
+
+/// Fills `*out` with the number of parameters of `meta`: every RLN, PLN and
+/// NM layer's weight `(out, in)` then bias `(out)`, stack after stack, and β
+/// last when it is learned. That is the layout of `params` and `grad` in
+/// [`np_meta_grad`].
+///
+/// # Safety
+/// `meta` NULL or valid, its width pointers NULL or readable for their
+/// lengths; `out` NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn np_meta_param_len(meta: *const NpMeta, out: *mut usize) -> NpStatus {
+    guard(|| {
+        // SAFETY: by the caller's contract.
+        let (meta, out) = unsafe { (obj(meta, "meta")?, obj_mut(out, "out")?) };
+        // SAFETY: by the caller's contract.
+        *out = unsafe { meta_shape(meta) }?.total();
+        Ok(())
+    })
+}
+
+/// The meta-loss of OML, ANML or MAML-style meta-learning and its gradient
+/// for every parameter. For each of the `p` tasks, the PLN's weights start
+/// at θ₀ and take `s` SGD steps `θ ← θ − β·clamp(∇_θ ℓ(θ; inner batch k))`;
+/// then the loss on the task's outer batch at the final θ. `*loss` is the
+/// mean over tasks; `grad` (the layout of `params`, see
+/// [`np_meta_param_len`]) its gradient, exact (or first order, or truncated,
+/// as `meta` says). `device` is `NP_DEVICE_CPU` (f32, tasks in parallel) or
+/// `NP_DEVICE_REFERENCE` (f64 inside).
+///
+/// Tensors, row-major: `inner_x (p, s, bi, D)`, `inner_y (p, s, bi, O)` for
+/// `NP_META_MSE` or `(p, s, bi)` class indices for `NP_META_XENT`,
+/// `outer_x (p, bo, D)`, `outer_y (p, bo, O)` or `(p, bo)`; `D` is the first
+/// width of the RLN (or of the PLN without one), `O` the PLN's last.
+///
+/// # Safety
+/// `meta` as in [`np_meta_param_len`]; every array NULL or readable (or,
+/// for `grad`, writable and not aliased) for its length; `loss` NULL or
+/// writable.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn np_meta_grad(
+    meta: *const NpMeta,
+    device: u32,
+    params: *const f32,
+    params_len: usize,
+    p: usize,
+    s: usize,
+    bi: usize,
+    bo: usize,
+    inner_x: *const f32,
+    inner_x_len: usize,
+    inner_y: *const f32,
+    inner_y_len: usize,
+    outer_x: *const f32,
+    outer_x_len: usize,
+    outer_y: *const f32,
+    outer_y_len: usize,
+    loss: *mut f64,
+    grad: *mut f32,
+    grad_len: usize,
+) -> NpStatus {
+    use neuroplastic::meta::{Loss, MetaGrads, MetaModel, Trajectory, check_grads, cpu, reference};
+    guard(|| {
+        // SAFETY: by the caller's contract.
+        let (meta, loss) = unsafe { (obj(meta, "meta")?, obj_mut(loss, "loss")?) };
+        // SAFETY: by the caller's contract.
+        let sh = unsafe { meta_shape(meta) }?;
+        let ([nr, np, nn], total) = (sh.counts, sh.total());
+        let learn = sh.cfg.learn_lr;
+        let note = || format!("RLN {nr}, PLN {np}, NM {nn}{}", if learn { ", β 1" } else { "" });
+        // SAFETY: by the caller's contract.
+        let params = unsafe { floats(params, params_len, "params") }?;
+        expect_len("params", params_len, total, note)?;
+        // SAFETY: by the caller's contract.
+        let grad = unsafe { floats_mut(grad, grad_len, "grad") }?;
+        expect_len("grad", grad_len, total, note)?;
+        let [rln, pln, nm] = sh.stacks;
+        let mut cfg = sh.cfg;
+        let inner_lr = if learn { params[total - 1] } else { cfg.inner_lr as f32 };
+        if learn {
+            cfg.inner_lr = inner_lr as f64;
+        }
+        let m = MetaModel {
+            cfg,
+            input: sh.input,
+            rln,
+            rln_p: params[..nr].to_vec(),
+            pln,
+            theta0: params[nr..nr + np].to_vec(),
+            nm,
+            nm_p: params[nr + np..nr + np + nn].to_vec(),
+            inner_lr,
+        };
+        m.validate()?;
+        let (d, o) = (m.input, m.outputs());
+        let ycols = if m.cfg.loss == Loss::Mse { o } else { 1 };
+        let shape = || format!("p = {p}, s = {s}, bi = {bi}, bo = {bo}, D = {d}, {ycols} target column(s)");
+        // SAFETY: by the caller's contract.
+        let (ix, iy, ox, oy) = unsafe {
+            (
+                floats(inner_x, inner_x_len, "inner_x")?,
+                floats(inner_y, inner_y_len, "inner_y")?,
+                floats(outer_x, outer_x_len, "outer_x")?,
+                floats(outer_y, outer_y_len, "outer_y")?,
+            )
+        };
+        let n = |dims: &[usize]| dims.iter().try_fold(1usize, |a, &x| a.checked_mul(x)).unwrap_or(usize::MAX);
+        expect_len("inner_x", inner_x_len, n(&[p, s, bi, d]), shape)?;
+        expect_len("inner_y", inner_y_len, n(&[p, s, bi, ycols]), shape)?;
+        expect_len("outer_x", outer_x_len, n(&[p, bo, d]), shape)?;
+        expect_len("outer_y", outer_y_len, n(&[p, bo, ycols]), shape)?;
+        let t = Trajectory {
+            p,
+            s,
+            bi,
+            bo,
+            d,
+            ycols,
+            inner_x: ix.to_vec(),
+            inner_y: iy.to_vec(),
+            outer_x: ox.to_vec(),
+            outer_y: oy.to_vec(),
+        };
+        let g = match device {
+            NP_DEVICE_CPU => cpu::meta_grad(&m, &t)?,
+            NP_DEVICE_REFERENCE => {
+                let g = reference::meta_grad(&m.cast(), &t.cast())?;
+                let c = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+                let g =
+                    MetaGrads { loss: g.loss, rln: c(g.rln), pln: c(g.pln), nm: c(g.nm), inner_lr: g.inner_lr as f32 };
+                check_grads(&m, &g)?;
+                g
+            }
+            NP_DEVICE_CUDA => {
+                return Err(Fail(
+                    NP_ERR_UNAVAILABLE,
+                    "device: the meta-gradient has no CUDA backend yet; use NP_DEVICE_CPU".into(),
+                ));
+            }
+            other => {
+                return Err(invalid(format!(
+                    "device = {other}: expected NP_DEVICE_CPU ({NP_DEVICE_CPU}) or NP_DEVICE_REFERENCE ({NP_DEVICE_REFERENCE})"
+                )));
+            }
+        };
+        grad[..nr].copy_from_slice(&g.rln);
+        grad[nr..nr + np].copy_from_slice(&g.pln);
+        grad[nr + np..nr + np + nn].copy_from_slice(&g.nm);
+        if learn {
+            grad[total - 1] = g.inner_lr;
+        }
+        *loss = g.loss;
         Ok(())
     })
 }

@@ -289,3 +289,157 @@ fn the_last_error_belongs_to_its_thread() {
     assert_eq!(other, "");
     assert!(last_error().contains("out is NULL"));
 }
+
+/// The meta-gradient through C: bit for bit the crate's, on both devices,
+/// for an ANML-shaped learner with a learned β; every bad argument named.
+#[test]
+fn meta_grad_returns_the_engines_result_and_names_bad_arguments() {
+    use neuroplastic::meta::{Loss, MetaConfig, MetaModel, Order, Trajectory, cpu, reference};
+    let (rln, pln, nm) = ([4usize, 7, 6], [6usize, 5, 2], [4usize, 5, 6]);
+    let (p, s, bi, bo) = (3usize, 4usize, 5usize, 6usize);
+    let meta = NpMeta {
+        loss: NP_META_MSE,
+        order: NP_META_SECOND,
+        truncate: 0,
+        clamp: 0.5,
+        gate_at: 0,
+        learn_lr: 1,
+        inner_lr: 0.0,
+        rln: rln.as_ptr(),
+        rln_len: 3,
+        pln: pln.as_ptr(),
+        pln_len: 3,
+        nm: nm.as_ptr(),
+        nm_len: 3,
+    };
+    let mut len = 0usize;
+    // SAFETY: valid pointers throughout.
+    assert_eq!(unsafe { np_meta_param_len(&meta, &mut len) }, NP_OK);
+    let cfg = MetaConfig {
+        loss: Loss::Mse,
+        inner_lr: 0.3,
+        learn_lr: true,
+        order: Order::Second,
+        truncate: 0,
+        clamp: 0.5,
+        gate_at: 0,
+    };
+    let mut m = MetaModel::<f32>::zeros(cfg, 4, &rln, &pln, &nm);
+    assert_eq!(len, m.rln_p.len() + m.theta0.len() + m.nm_p.len() + 1);
+    let mut seed = 7u64;
+    let mut params = fill(len, &mut seed, 0.5);
+    params[len - 1] = 0.3;
+    let (nr, np) = (m.rln_p.len(), m.theta0.len());
+    m.rln_p.copy_from_slice(&params[..nr]);
+    m.theta0.copy_from_slice(&params[nr..nr + np]);
+    m.nm_p.copy_from_slice(&params[nr + np..len - 1]);
+    m.inner_lr = 0.3;
+    let t = Trajectory {
+        p,
+        s,
+        bi,
+        bo,
+        d: 4,
+        ycols: 2,
+        inner_x: fill(p * s * bi * 4, &mut seed, 1.5),
+        inner_y: fill(p * s * bi * 2, &mut seed, 1.5),
+        outer_x: fill(p * bo * 4, &mut seed, 1.5),
+        outer_y: fill(p * bo * 2, &mut seed, 1.5),
+    };
+    let call = |meta: &NpMeta, device: u32, params: &[f32], grad: &mut [f32], loss: &mut f64, ix: &[f32]| -> NpStatus {
+        // SAFETY: every pointer comes from a live slice of its stated length.
+        unsafe {
+            np_meta_grad(
+                meta,
+                device,
+                params.as_ptr(),
+                params.len(),
+                p,
+                s,
+                bi,
+                bo,
+                ix.as_ptr(),
+                ix.len(),
+                t.inner_y.as_ptr(),
+                t.inner_y.len(),
+                t.outer_x.as_ptr(),
+                t.outer_x.len(),
+                t.outer_y.as_ptr(),
+                t.outer_y.len(),
+                loss,
+                grad.as_mut_ptr(),
+                grad.len(),
+            )
+        }
+    };
+    let flat = |g: &neuroplastic::meta::MetaGrads<f32>| [&g.rln[..], &g.pln[..], &g.nm[..], &[g.inner_lr][..]].concat();
+    let want = cpu::meta_grad(&m, &t).unwrap();
+    let (mut grad, mut loss) = (vec![0f32; len], 0f64);
+    assert_eq!(call(&meta, NP_DEVICE_CPU, &params, &mut grad, &mut loss, &t.inner_x), NP_OK, "{}", last_error());
+    assert_eq!((loss, grad.clone()), (want.loss, flat(&want)), "C ≠ Rust on the CPU");
+    let r = reference::meta_grad(&m.cast::<f64>(), &t.cast::<f64>()).unwrap();
+    assert_eq!(call(&meta, NP_DEVICE_REFERENCE, &params, &mut grad, &mut loss, &t.inner_x), NP_OK, "{}", last_error());
+    let rf: Vec<f32> =
+        [&r.rln[..], &r.pln[..], &r.nm[..], &[r.inner_lr][..]].concat().iter().map(|&x| x as f32).collect();
+    assert_eq!((loss, grad.clone()), (r.loss, rf), "C ≠ Rust on the reference");
+
+    // Bad arguments: each a status and a message naming it.
+    let mut g = vec![0f32; len];
+    expect(
+        call(&meta, NP_DEVICE_CPU, &params[1..], &mut g, &mut loss, &t.inner_x),
+        NP_ERR_INVALID,
+        &["params", &len.to_string()],
+    );
+    expect(call(&meta, NP_DEVICE_CPU, &params, &mut g[1..], &mut loss, &t.inner_x), NP_ERR_INVALID, &["grad"]);
+    expect(
+        call(&meta, NP_DEVICE_CPU, &params, &mut g, &mut loss, &t.inner_x[1..]),
+        NP_ERR_INVALID,
+        &["inner_x", "p = 3"],
+    );
+    expect(
+        call(&NpMeta { loss: 9, ..meta }, NP_DEVICE_CPU, &params, &mut g, &mut loss, &t.inner_x),
+        NP_ERR_INVALID,
+        &["meta.loss = 9", "NP_META_XENT"],
+    );
+    expect(
+        call(&NpMeta { pln_len: 1, ..meta }, NP_DEVICE_CPU, &params, &mut g, &mut loss, &t.inner_x),
+        NP_ERR_INVALID,
+        &["meta.pln_len = 1"],
+    );
+    expect(
+        call(&NpMeta { pln: null(), ..meta }, NP_DEVICE_CPU, &params, &mut g, &mut loss, &t.inner_x),
+        NP_ERR_NULL,
+        &["meta.pln is NULL"],
+    );
+    expect(
+        call(&NpMeta { gate_at: 2, ..meta }, NP_DEVICE_CPU, &params, &mut g, &mut loss, &t.inner_x),
+        NP_ERR_INVALID,
+        &["meta.gate_at = 2"],
+    );
+    expect(
+        call(
+            &NpMeta { order: NP_META_FIRST, truncate: 2, ..meta },
+            NP_DEVICE_CPU,
+            &params,
+            &mut g,
+            &mut loss,
+            &t.inner_x,
+        ),
+        NP_ERR_INVALID,
+        &["meta.truncate"],
+    );
+    let wide = [4usize, usize::MAX / 2, 6];
+    expect(
+        call(&NpMeta { rln: wide.as_ptr(), ..meta }, NP_DEVICE_CPU, &params, &mut g, &mut loss, &t.inner_x),
+        NP_ERR_INVALID,
+        &["meta.rln", "more parameters"],
+    );
+    expect(call(&meta, NP_DEVICE_CUDA, &params, &mut g, &mut loss, &t.inner_x), NP_ERR_UNAVAILABLE, &["CUDA"]);
+    expect(call(&meta, 7, &params, &mut g, &mut loss, &t.inner_x), NP_ERR_INVALID, &["device = 7"]);
+    let mut nan = params.clone();
+    nan[3] = f32::NAN;
+    expect(call(&meta, NP_DEVICE_CPU, &nan, &mut g, &mut loss, &t.inner_x), NP_ERR_INVALID, &["rln.0.weight"]);
+    // SAFETY: NULL pointers are what is being tested.
+    expect(unsafe { np_meta_param_len(null(), &mut len) }, NP_ERR_NULL, &["meta is NULL"]);
+    expect(unsafe { np_meta_param_len(&meta, null_mut()) }, NP_ERR_NULL, &["out is NULL"]);
+}
