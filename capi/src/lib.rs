@@ -1102,7 +1102,7 @@ pub unsafe extern "C" fn np_meta_grad(
     grad: *mut f32,
     grad_len: usize,
 ) -> NpStatus {
-    use neuroplastic::meta::{Loss, MetaGrads, MetaModel, Trajectory, check_grads, cpu, reference};
+    use neuroplastic::meta::{Loss, MetaModel, Trajectory, cpu, reference};
     guard(|| {
         // SAFETY: by the caller's contract.
         let (meta, loss) = unsafe { (obj(meta, "meta")?, obj_mut(loss, "loss")?) };
@@ -1166,14 +1166,7 @@ pub unsafe extern "C" fn np_meta_grad(
         };
         let g = match device {
             NP_DEVICE_CPU => cpu::meta_grad(&m, &t)?,
-            NP_DEVICE_REFERENCE => {
-                let g = reference::meta_grad(&m.cast(), &t.cast())?;
-                let c = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
-                let g =
-                    MetaGrads { loss: g.loss, rln: c(g.rln), pln: c(g.pln), nm: c(g.nm), inner_lr: g.inner_lr as f32 };
-                check_grads(&m, &g)?;
-                g
-            }
+            NP_DEVICE_REFERENCE => reference::meta_grad_f32(&m, &t)?,
             NP_DEVICE_CUDA => {
                 return Err(Fail(
                     NP_ERR_UNAVAILABLE,

@@ -11,9 +11,7 @@
 use std::collections::HashSet;
 
 use neuroplastic::Shape;
-use neuroplastic::meta::{
-    Loss, MetaConfig, MetaGrads, MetaModel, Order, Real, Stack, Trajectory, check_grads, cpu, reference,
-};
+use neuroplastic::meta::{Loss, MetaConfig, MetaGrads, MetaModel, Order, Real, Stack, Trajectory, cpu, reference};
 use numpy::PyUntypedArrayMethods;
 use pyo3::exceptions::{PyMemoryError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -423,15 +421,7 @@ pub(crate) fn meta_grad<'py>(
             run::<f32>(py, params, traj, &o, threads, false, cpu::meta_grad)
         }
         (Some("float32"), neuroplastic::Device::Reference) => {
-            run::<f32>(py, params, traj, &o, threads, true, |m: &MetaModel<f32>, t: &Trajectory<f32>| {
-                let g = reference::meta_grad(&m.cast(), &t.cast())?;
-                let c = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
-                let g =
-                    MetaGrads { loss: g.loss, rln: c(g.rln), pln: c(g.pln), nm: c(g.nm), inner_lr: g.inner_lr as f32 };
-                // What f32 cannot hold is refused, as on the CPU backend.
-                check_grads(m, &g)?;
-                Ok(g)
-            })
+            run::<f32>(py, params, traj, &o, threads, true, reference::meta_grad_f32)
         }
         (Some("float64"), neuroplastic::Device::Reference) => {
             run::<f64>(py, params, traj, &o, threads, false, reference::meta_grad)

@@ -50,20 +50,7 @@ pub fn run(a: Args) -> CliResult {
     let start = Instant::now();
     let g = match a.backend {
         Backend::Cpu => cpu::meta_grad(&m, &t)?,
-        Backend::Reference => {
-            let g = reference::meta_grad(&m.cast::<f64>(), &t.cast::<f64>())?;
-            let c = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-            let g = neuroplastic::meta::MetaGrads {
-                loss: g.loss,
-                rln: c(&g.rln),
-                pln: c(&g.pln),
-                nm: c(&g.nm),
-                inner_lr: g.inner_lr as f32,
-            };
-            // What f64 held may not fit the f32 file.
-            neuroplastic::meta::check_grads(&m, &g)?;
-            g
-        }
+        Backend::Reference => reference::meta_grad_f32(&m, &t)?,
     };
     let secs = start.elapsed().as_secs_f64();
     save_grads(&a.out, &m, &g)?;

@@ -500,3 +500,14 @@ impl Kernels for Reference {
 pub fn meta_grad(model: &MetaModel<f64>, traj: &Trajectory<f64>) -> Result<MetaGrads<f64>> {
     super::meta_grad::<Reference>(model, traj)
 }
+
+/// [`meta_grad`] for an f32 model and trajectory: computed in f64, returned
+/// in f32, and refused ([`check_grads`](super::check_grads)) where a
+/// meta-loss or gradient does not fit f32, as the CPU backend refuses it.
+pub fn meta_grad_f32(model: &MetaModel<f32>, traj: &Trajectory<f32>) -> Result<MetaGrads<f32>> {
+    let g = meta_grad(&model.cast(), &traj.cast())?;
+    let c = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+    let g = MetaGrads { loss: g.loss, rln: c(g.rln), pln: c(g.pln), nm: c(g.nm), inner_lr: g.inner_lr as f32 };
+    super::check_grads(model, &g)?;
+    Ok(g)
+}
