@@ -192,6 +192,6 @@ pub(crate) fn check_unit(arg: &str, value: f64) -> Result<()> {
 
 /// A number for messages: plain when moderate (`1.5`, `0.003`), in exponent
 /// form when very large or small (`1e30`, `1e-9`), never 300 digits.
-pub(crate) fn number(v: f64) -> String {
+pub fn number(v: f64) -> String {
     if v != 0.0 && v.is_finite() && (v.abs() >= 1e5 || v.abs() < 1e-4) { format!("{v:e}") } else { format!("{v}") }
 }

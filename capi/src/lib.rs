@@ -1018,7 +1018,10 @@ unsafe fn meta_shape(m: &NpMeta) -> Result<MetaShape, Fail> {
     }
     let held = m.inner_lr as f32;
     if !learn_lr && !(m.inner_lr.is_finite() && held.is_finite() && (m.inner_lr == 0.0 || held != 0.0)) {
-        return Err(invalid(format!("meta.inner_lr = {:e}: expected a finite number a float can hold", m.inner_lr)));
+        return Err(invalid(format!(
+            "meta.inner_lr = {}: expected a finite number a float can hold",
+            neuroplastic::error::number(m.inner_lr)
+        )));
     }
     let layers = widths[1].len() - 1;
     if m.gate_at >= layers {

@@ -72,12 +72,12 @@ def _array(t: torch.Tensor):
     return t.detach().contiguous().numpy()
 
 
-def _engine_device(tensors: Sequence[torch.Tensor], backend: str) -> str:
+def _engine_device(tensors: Sequence[torch.Tensor], backend: str, what: str = "the inputs, state and parameters") -> str:
     """The engine device for tensors that must all live on one torch device."""
     devices = {t.device for t in tensors}
     if len(devices) > 1:
         names = ", ".join(sorted(str(d) for d in devices))
-        raise ValueError(f"neuroplastic: the inputs, state and parameters must be on one device, got {names}")
+        raise ValueError(f"neuroplastic: {what} must be on one device, got {names}")
     (device,) = devices
     if device.type == "cpu":
         return backend
@@ -446,11 +446,7 @@ def meta_loss(
             'neuroplastic: float64 runs on the reference backend only (backend="reference"); '
             "the CPU backend computes in float32"
         )
-    devices = {t.device for t in tensors}
-    if len(devices) > 1:
-        names = ", ".join(sorted(str(d) for d in devices))
-        raise ValueError(f"neuroplastic: the parameters and the trajectory must be on one device, got {names}")
-    device = _engine_device(tensors, backend)
+    device = _engine_device(tensors, backend, "the parameters and the trajectory")
     if device.startswith("cuda"):
         raise RuntimeError(
             f"neuroplastic: the meta-gradient has no CUDA backend yet (tensors on {device}); use CPU tensors"

@@ -11,6 +11,7 @@
 use std::collections::HashSet;
 
 use neuroplastic::Shape;
+use neuroplastic::error::number;
 use neuroplastic::meta::{Loss, MetaConfig, MetaGrads, MetaModel, Order, Real, Stack, Trajectory, cpu, reference};
 use numpy::PyUntypedArrayMethods;
 use pyo3::exceptions::{PyMemoryError, PyTypeError, PyValueError};
@@ -126,7 +127,7 @@ fn count(obj: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option<usize>> 
 }
 
 /// A keyword's number (`None`: absent), refused by name when it is not one.
-fn number(obj: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option<f64>> {
+fn real(obj: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option<f64>> {
     let Some(obj) = obj.filter(|o| !o.is_none()) else { return Ok(None) };
     if obj.is_instance_of::<PyBool>() {
         return Err(PyTypeError::new_err(format!("{name}: expected a number, got a bool ({obj})")));
@@ -195,7 +196,7 @@ fn read_model<T: Float + Real>(params: &Bound<'_, PyDict>, o: &Options) -> PyRes
     if !(o.clamp >= 0.0 && o.clamp.is_finite()) {
         return Err(PyValueError::new_err(format!(
             "clamp = {}: expected a finite number ≥ 0 (each inner-gradient element clamped to ±clamp; 0 = no clamp)",
-            short(o.clamp)
+            number(o.clamp)
         )));
     }
     let mut lr_shape = vec![1];
@@ -220,8 +221,8 @@ fn read_model<T: Float + Real>(params: &Bound<'_, PyDict>, o: &Options) -> PyRes
             return Err(PyValueError::new_err(format!(
                 "β is given twice: params[\"inner_lr\"] = {} (learned) and inner_lr = {} (fixed); keep the array \
                  for a learned β or the keyword for a fixed one",
-                short(v),
-                short(f)
+                number(v),
+                number(f)
             )));
         }
         (None, None) => {
@@ -235,7 +236,7 @@ fn read_model<T: Float + Real>(params: &Bound<'_, PyDict>, o: &Options) -> PyRes
         let arg = if learn_lr { "params[\"inner_lr\"]" } else { "inner_lr" };
         return Err(PyValueError::new_err(format!(
             "{arg} = {}: expected a finite number that {} can hold",
-            short(lr),
+            number(lr),
             T::NAME
         )));
     }
@@ -245,11 +246,6 @@ fn read_model<T: Float + Real>(params: &Bound<'_, PyDict>, o: &Options) -> PyRes
     let m = MetaModel { cfg, input, rln, rln_p, pln, theta0, nm, nm_p, inner_lr: T::from_f64(lr) };
     m.validate().map_err(py_err)?;
     Ok((m, lr_shape))
-}
-
-/// A number for messages: plain when moderate, in exponent form otherwise.
-fn short(v: f64) -> String {
-    if v != 0.0 && v.is_finite() && (v.abs() >= 1e5 || v.abs() < 1e-4) { format!("{v:e}") } else { format!("{v}") }
 }
 
 const LAYER_NAMES: &str = "\"rln.{l}.weight\", \"rln.{l}.bias\", \"pln.{l}.…\", \"nm.{l}.…\" (l = 0, 1, … without leading zeros) or \"inner_lr\"";
@@ -404,10 +400,10 @@ pub(crate) fn meta_grad<'py>(
     let traj = as_dict(trajectory, "trajectory", "of inner.x, inner.y, outer.x, outer.y")?;
     let o = Options {
         loss: word(loss, "loss", "mse", "\"mse\" or \"xent\"")?,
-        inner_lr: number(inner_lr, "inner_lr")?,
+        inner_lr: real(inner_lr, "inner_lr")?,
         order: word(order, "order", "second", "\"second\" or \"first\"")?,
         truncate: count(truncate, "truncate")?.unwrap_or(0),
-        clamp: number(clamp, "clamp")?.unwrap_or(0.0),
+        clamp: real(clamp, "clamp")?.unwrap_or(0.0),
         gate_at: count(gate_at, "gate_at")?.unwrap_or(0),
     };
     let threads = count(threads, "threads")?;
