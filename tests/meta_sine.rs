@@ -215,6 +215,45 @@ fn cli_trains_and_evaluates() {
     assert!(!o.status.success() && err.contains("--plot") && err.contains("does not exist"), "{err}");
     let o = Command::new(bin).args(["eval", "oml-sine", "--model", "x"]).output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("NAME=PATH"));
+
+    // Replicas: files under one NAME make one row, the mean of the models'
+    // own means, with an interval over the models.
+    let o = Command::new(bin)
+        .args(["train", "oml-sine", "--steps", "3", "--width", "16", "--rln-layers", "1", "--seed", "7"])
+        .args(["--out", &p("oml7.safetensors")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = |models: &[(&str, &str)], out: &str| -> String {
+        let mut cmd = Command::new(bin);
+        cmd.args(["eval", "oml-sine", "--seeds", "2", "--table", &p(out)]);
+        for (name, file) in models {
+            cmd.args(["--model", &format!("{name}={}", p(file))]);
+        }
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read_to_string(p(out)).unwrap()
+    };
+    // The first number after `| row | rate |` in a table.
+    let value = |t: &str, row: &str| -> f64 {
+        let line = t.lines().find(|l| l.starts_with(&format!("| {row} |"))).unwrap_or_else(|| panic!("{row}: {t}"));
+        line.split('|').nth(3).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let a = value(&table(&[("A", "oml.safetensors")], "a.md"), "A");
+    let b = value(&table(&[("B", "oml7.safetensors")], "b.md"), "B");
+    assert!((a - b).abs() > 1e-3, "two different models should score differently here: {a} {b}");
+    let both = table(&[("OML", "oml.safetensors"), ("X", "anml.safetensors"), ("OML", "oml7.safetensors")], "ab.md");
+    let mean = value(&both, "OML (2 models)");
+    assert!((mean - (a + b) / 2.0).abs() <= 1.5e-3, "{mean} is not the mean of {a} and {b}:\n{both}");
+    assert!(both.contains("| X |") && both.contains("over the models"), "{both}");
+    // The same file twice under one NAME would count twice.
+    let o = Command::new(bin)
+        .args(["eval", "oml-sine", "--model", &format!("OML={}", p("oml.safetensors"))])
+        .args(["--model", &format!("OML={}", p("oml.safetensors"))])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("already given as `OML`"), "{err}");
 }
 
 /// `--save-every` + `--resume`: a run stopped after 2 steps and continued to

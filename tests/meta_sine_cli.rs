@@ -309,8 +309,11 @@ fn f6_f13_eval_never_reports_nan_and_prints_plain_numbers() {
     // Names.
     refused(&eval(&["--model", &format!("={}", s(&m)), "--seeds", "1"]), &["--model =", "NAME", "empty"]);
     refused(&eval(&["--model", "a=", "--seeds", "1"]), &["--model a=", "PATH", "empty"]);
+    // One NAME for several files makes replicas; one file twice would count twice.
+    let r = eval(&["--model", &spec("m", &m), "--model", &spec("m", &m), "--seeds", "1"]);
+    refused(&r, &["--model m=", "already given as `m`", "count twice"]);
     let r = eval(&["--model", &spec("m", &m), "--model", &spec("m", &nan), "--seeds", "1"]);
-    refused(&r, &["`m`", "another --model"]);
+    refused(&r, &["--model m=", "nan.safetensors", "not finite"]);
     let r = eval(&["--model", &spec("scratch", &m), "--scratch", "--seeds", "1"]);
     refused(&r, &["`scratch`", "--scratch"]);
     // A learned β of 0.01 (an f32) prints as 0.01.

@@ -120,7 +120,9 @@ fn sibling(out: &Path, tag: &str) -> PathBuf {
 /// Arguments of `neuroplastic eval oml-sine`.
 #[derive(clap::Args)]
 pub struct EvalArgs {
-    /// Models to compare, as NAME=PATH (repeatable).
+    /// Models to compare, as NAME=PATH (repeatable). Several files under one
+    /// NAME are replicas of one method (e.g. trained from different seeds):
+    /// one row, with their mean and a confidence interval over the models.
     #[arg(long = "model", value_name = "NAME=PATH", required = true)]
     models: Vec<String>,
     /// Evaluation seeds (sets of 10 new functions).
@@ -417,11 +419,46 @@ fn mean_ci(v: &[f64]) -> String {
     format!("{m:.3} ± {:.3}", t975(v.len() as u64 - 1) * (var / n).sqrt())
 }
 
-/// A model to evaluate: its row name, how the user gave it (for errors) and the model.
+/// A model to evaluate: how the user gave it (for errors) and the model.
 struct Entry {
-    name: String,
     what: String,
     model: MetaModel<f32>,
+}
+
+/// A table row: the models given under one NAME (replicas of one method,
+/// e.g. trained from different seeds), evaluated at one rate each.
+struct Group {
+    name: String,
+    members: Vec<Entry>,
+}
+
+impl Group {
+    /// How the user gave the row (for errors): the one model, or the name and how many.
+    fn what(&self) -> String {
+        match &self.members[..] {
+            [one] => one.what.clone(),
+            all => format!("--model {}=… ({} models)", self.name, all.len()),
+        }
+    }
+
+    /// The row's label: the name, and how many models when more than one.
+    fn label(&self) -> String {
+        match self.members.len() {
+            1 => self.name.clone(),
+            n => format!("{} ({n} models)", self.name),
+        }
+    }
+
+    /// The members' SGD rates, distinct, as the user would write them.
+    fn rates(&self) -> String {
+        let mut rates: Vec<f32> = Vec::new();
+        for e in &self.members {
+            if !rates.contains(&rate(&e.model)) {
+                rates.push(rate(&e.model));
+            }
+        }
+        rates.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
+    }
 }
 
 /// The SGD rate a model is evaluated at, as the user would write it (the
@@ -518,14 +555,24 @@ pub fn eval(a: EvalArgs) -> CliResult {
         )
         .into());
     }
+    // Models under one NAME are replicas of one method (one row, averaged).
     let mut specs: Vec<(String, PathBuf)> = Vec::new();
     for spec in &a.models {
         let (name, path) = split_spec(spec)?;
-        if specs.iter().any(|(n, _)| *n == name) || (a.scratch && name == "scratch") {
-            let by = if name == "scratch" && a.scratch { "--scratch's network" } else { "another --model" };
-            return Err(
-                format!("--model {spec}: the name `{name}` is taken by {by}; each model needs its own NAME").into()
-            );
+        if a.scratch && name == "scratch" {
+            return Err(format!(
+                "--model {spec}: the name `scratch` is taken by --scratch's network; give the model another NAME"
+            )
+            .into());
+        }
+        if let Some((_, twin)) = specs.iter().find(|(n, p)| *n == name && same_file(p, &path)) {
+            return Err(format!(
+                "--model {spec}: {} is already given as `{name}` (as {}); the models under one NAME are replicas and \
+                 are averaged, so one file twice would count twice",
+                path.display(),
+                twin.display()
+            )
+            .into());
         }
         // The table and the plot must not replace a model file.
         for (flag, out) in [("--table", &a.table), ("--plot", &a.plot)] {
@@ -535,15 +582,20 @@ pub fn eval(a: EvalArgs) -> CliResult {
         }
         specs.push((name, path));
     }
-    let mut entries: Vec<Entry> = Vec::new();
+    let mut groups: Vec<Group> = Vec::new();
     for (name, path) in specs {
         let what = format!("--model {name}={}", path.display());
         let model = load_model(&path).map_err(|e| super::paths::flagged(&what, &path, e))?;
         check_model(&model, &what, a.lrs.is_empty())?;
-        entries.push(Entry { name, what, model });
+        let entry = Entry { what, model };
+        match groups.iter_mut().find(|g| g.name == name) {
+            Some(g) => g.members.push(entry),
+            None => groups.push(Group { name, members: vec![entry] }),
+        }
     }
     if a.scratch {
-        let first = &entries[0].model;
+        let first = &groups[0].members[0];
+        let (first, first_what) = (&first.model, first.what.clone());
         let width = first.pln.dims[0].1;
         let beta = if first.cfg.inner_lr > 0.0 { first.cfg.inner_lr } else { c.inner_lr };
         let sc = SineConfig { width, rln_layers: first.rln.len(), inner_lr: beta, ..c.clone() };
@@ -553,23 +605,29 @@ pub fn eval(a: EvalArgs) -> CliResult {
             format!("{params} parameters × 3 (the model, its copy being trained, the gradient)"),
             params.saturating_mul(12),
         );
-        est.check("--scratch", &format!("a network from scratch of {}'s sizes", entries[0].what), "drop --scratch")?;
+        est.check("--scratch", &format!("a network from scratch of {first_what}'s sizes"), "drop --scratch")?;
         let model = sine::init_model(&sc, Method::Oml, 0xdead)?;
-        entries.push(Entry { name: "scratch".into(), what: "--scratch".into(), model });
+        groups.push(Group { name: "scratch".into(), members: vec![Entry { what: "--scratch".into(), model }] });
     }
-    // Each model at its own β, or at the rate of --lrs best on the validation seeds.
+    // Each model at its own β, or at the rate of --lrs best on the
+    // validation seeds (for replicas, best in their mean: one rate per row).
     if !a.lrs.is_empty() {
-        for e in entries.iter_mut() {
+        for g in groups.iter_mut() {
             let mut best: Option<(f64, f64)> = None;
+            let of = if g.members.len() > 1 { format!(" (mean of {} models)", g.members.len()) } else { String::new() };
             for &lr in &a.lrs {
-                let mut trial = e.model.clone();
-                trial.cfg.inner_lr = lr;
-                let err = sequential_error(&trial, &c, VALIDATION_SEED0..validation_end)?;
+                let mut errs = Vec::new();
+                for e in &g.members {
+                    let mut trial = e.model.clone();
+                    trial.cfg.inner_lr = lr;
+                    errs.push(sequential_error(&trial, &c, VALIDATION_SEED0..validation_end)?);
+                }
+                let err = mean(&errs);
                 if !err.is_finite() {
-                    eprintln!("{}: validation error {err} at lr {lr} (diverged: not a candidate)", e.name);
+                    eprintln!("{}: validation error {err} at lr {lr}{of} (diverged: not a candidate)", g.name);
                     continue;
                 }
-                eprintln!("{}: validation error {err:.3} at lr {lr}", e.name);
+                eprintln!("{}: validation error {err:.3} at lr {lr}{of}", g.name);
                 if best.is_none_or(|b| err < b.0) {
                     best = Some((err, lr));
                 }
@@ -579,17 +637,17 @@ pub fn eval(a: EvalArgs) -> CliResult {
                 return Err(format!(
                     "{}: the evaluation diverged (a non-finite error on the validation seeds) at every rate of --lrs \
                      ({}); give smaller rates",
-                    e.what,
+                    g.what(),
                     list.join(", ")
                 )
                 .into());
             };
-            e.model.cfg.inner_lr = lr;
+            g.members.iter_mut().for_each(|e| e.model.cfg.inner_lr = lr);
         }
     }
-    // results[method] = (sequential per seed per function, oracle per seed)
-    let mut seq: Vec<Vec<Vec<f64>>> = vec![Vec::new(); entries.len()];
-    let mut orc: Vec<Vec<f64>> = vec![Vec::new(); entries.len()];
+    // seq[row][model][seed][function] after the sequence; orc[row][model][seed] the oracle's mean.
+    let mut seq: Vec<Vec<Vec<Vec<f64>>>> = groups.iter().map(|g| vec![Vec::new(); g.members.len()]).collect();
+    let mut orc: Vec<Vec<Vec<f64>>> = groups.iter().map(|g| vec![Vec::new(); g.members.len()]).collect();
     for seed in 0..a.seeds {
         let set = sine::eval_set(&c, seed);
         let order: Vec<usize> = (0..set.batches.len()).collect();
@@ -598,42 +656,62 @@ pub fn eval(a: EvalArgs) -> CliResult {
         for k in (1..shuffled.len()).rev() {
             shuffled.swap(k, rand::RngExt::random_range(&mut rng, 0..=k));
         }
-        for (k, e) in entries.iter().enumerate() {
-            let per = sine::evaluate(&e.model, &set, &order)?;
-            let o = sine::evaluate(&e.model, &set, &shuffled)?;
-            for (which, v) in [("after learning the sequence", &per), ("i.i.d. oracle", &o)] {
-                if let Some(j) = v.iter().position(|x| !x.is_finite()) {
-                    let hint = if a.lrs.is_empty() {
-                        "evaluate it at smaller rates with --lrs (e.g. --lrs 0.0003,0.001,0.003)"
-                    } else {
-                        "the rate chosen on the validation seeds diverges here: give smaller rates in --lrs"
-                    };
-                    return Err(format!(
-                        "{}: the evaluation diverged at SGD rate {}: the MSE of function f{} on evaluation seed {seed} \
-                         ({which}) is {}; {hint}",
-                        e.what,
-                        rate(&e.model),
-                        j + 1,
-                        v[j]
-                    )
-                    .into());
+        for (k, g) in groups.iter().enumerate() {
+            for (m, e) in g.members.iter().enumerate() {
+                let per = sine::evaluate(&e.model, &set, &order)?;
+                let o = sine::evaluate(&e.model, &set, &shuffled)?;
+                for (which, v) in [("after learning the sequence", &per), ("i.i.d. oracle", &o)] {
+                    if let Some(j) = v.iter().position(|x| !x.is_finite()) {
+                        let hint = if a.lrs.is_empty() {
+                            "evaluate it at smaller rates with --lrs (e.g. --lrs 0.0003,0.001,0.003)"
+                        } else {
+                            "the rate chosen on the validation seeds diverges here: give smaller rates in --lrs"
+                        };
+                        return Err(format!(
+                            "{}: the evaluation diverged at SGD rate {}: the MSE of function f{} on evaluation seed \
+                             {seed} ({which}) is {}; {hint}",
+                            e.what,
+                            rate(&e.model),
+                            j + 1,
+                            v[j]
+                        )
+                        .into());
+                    }
                 }
+                orc[k][m].push(mean(&o));
+                seq[k][m].push(per);
             }
-            orc[k].push(mean(&o));
-            seq[k].push(per);
         }
     }
     let mut md = String::from(
         "| method | SGD rate | MSE after the sequence (all 10 functions) | i.i.d. oracle (same data shuffled) |\n|---|---|---|---|\n",
     );
-    for (k, e) in entries.iter().enumerate() {
-        let means: Vec<f64> = seq[k].iter().map(|v| mean(v)).collect();
-        md.push_str(&format!("| {} | {} | {} | {} |\n", e.name, rate(&e.model), mean_ci(&means), mean_ci(&orc[k])));
+    // One model: the interval is over the evaluation seeds; several: over
+    // the models, each model's error being its mean over the seeds.
+    let row = |per_model: Vec<Vec<f64>>| -> String {
+        match &per_model[..] {
+            [one] => mean_ci(one),
+            all => mean_ci(&all.iter().map(|v| mean(v)).collect::<Vec<_>>()),
+        }
+    };
+    for (k, g) in groups.iter().enumerate() {
+        let means: Vec<Vec<f64>> = seq[k].iter().map(|m| m.iter().map(|v| mean(v)).collect()).collect();
+        md.push_str(&format!("| {} | {} | {} | {} |\n", g.label(), g.rates(), row(means), row(orc[k].clone())));
     }
-    if a.seeds == 1 {
-        md.push_str("\nmean over 1 evaluation seed (a confidence interval needs at least 2)\n");
-    } else {
-        md.push_str(&format!("\nmean ± 95% CI (Student t) over {} evaluation seeds\n", a.seeds));
+    let seeds = if a.seeds == 1 { "1 evaluation seed".to_string() } else { format!("{} evaluation seeds", a.seeds) };
+    if groups.iter().any(|g| g.members.len() == 1) {
+        let which = if groups.iter().any(|g| g.members.len() > 1) { "rows of one model: " } else { "" };
+        if a.seeds == 1 {
+            md.push_str(&format!("\n{which}mean over 1 evaluation seed (a confidence interval needs at least 2)\n"));
+        } else {
+            md.push_str(&format!("\n{which}mean ± 95% CI (Student t) over {seeds}\n"));
+        }
+    }
+    if groups.iter().any(|g| g.members.len() > 1) {
+        md.push_str(&format!(
+            "\nrows of several models (one NAME given to several --model files): mean ± 95% CI (Student t) over the \
+             models, each model's error being its mean over the {seeds}\n"
+        ));
     }
     // Per-function error after the whole sequence (function 1 was learned first): forgetting.
     md.push_str("\n| method |");
@@ -641,12 +719,13 @@ pub fn eval(a: EvalArgs) -> CliResult {
     md.push_str("\n|---|");
     md.push_str(&"---|".repeat(sine::SLOTS));
     md.push('\n');
-    for (k, e) in entries.iter().enumerate() {
-        md.push_str(&format!("| {} |", e.name));
-        for j in 0..sine::SLOTS {
-            let v: Vec<f64> = seq[k].iter().map(|s| s[j]).collect();
-            md.push_str(&format!(" {:.2} |", mean(&v)));
-        }
+    // Function j's error, averaged over every model of the row and every seed.
+    let per_fn = |k: usize| -> Vec<f64> {
+        (0..sine::SLOTS).map(|j| mean(&seq[k].iter().flatten().map(|v| v[j]).collect::<Vec<_>>())).collect()
+    };
+    for (k, g) in groups.iter().enumerate() {
+        md.push_str(&format!("| {} |", g.label()));
+        md.push_str(&per_fn(k).iter().map(|v| format!(" {v:.2} |")).collect::<String>());
         md.push('\n');
     }
     print!("{md}");
@@ -654,15 +733,7 @@ pub fn eval(a: EvalArgs) -> CliResult {
         write_atomic(p, md.as_bytes())?;
     }
     if let Some(p) = &a.plot {
-        let curves: Vec<(String, Vec<f64>)> = entries
-            .iter()
-            .enumerate()
-            .map(|(k, e)| {
-                let f: Vec<f64> =
-                    (0..sine::SLOTS).map(|j| seq[k].iter().map(|v| v[j]).sum::<f64>() / seq[k].len() as f64).collect();
-                (e.name.clone(), f)
-            })
-            .collect();
+        let curves: Vec<(String, Vec<f64>)> = groups.iter().enumerate().map(|(k, g)| (g.label(), per_fn(k))).collect();
         plot(p, &curves)?;
     }
     Ok(ExitCode::SUCCESS)
