@@ -3,6 +3,10 @@
 //! T steps through `Engine::stepper` + `finish`, `cpu/forward/…` the same
 //! episode through one `Engine::forward`. The ratio of the two medians is
 //! the stepper's overhead per step.
+//!
+//! `call/forward/hebb/B1_N32_T1` is one `Engine::forward` of a single step
+//! of a small layer: the fixed cost of a call (argument checks, the memory
+//! check, dispatch), which a step-at-a-time agent pays on every step.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use neuroplastic::{Device, Engine, LayerConfig, Options, Params, Rule, Seq};
@@ -45,6 +49,20 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    g.finish();
+
+    let (n, x) = (32, 4);
+    let cfg = LayerConfig::recurrent(Rule::Hebb, n, x);
+    let mut p = Params::<f32>::zeros(&cfg);
+    p.w.iter_mut().enumerate().for_each(|(k, w)| *w = ((k % 17) as f32 - 8.0) * 0.01);
+    p.alpha.iter_mut().for_each(|a| *a = 0.01);
+    p.eta.iter_mut().for_each(|e| *e = 0.05);
+    let inputs: Vec<f32> = (0..x).map(|k| k as f32 * 0.1).collect();
+    let mut engine = Engine::new(cfg, Device::Cpu, Options::default()).unwrap();
+    let mut g = c.benchmark_group("call");
+    g.bench_function(BenchmarkId::new("forward", format!("hebb/B1_N{n}_T1")), |bn| {
+        bn.iter(|| engine.forward(&p, Seq::new(&inputs, 1, 1), None).unwrap().y.len())
+    });
     g.finish();
 }
 

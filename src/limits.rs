@@ -59,6 +59,18 @@ pub fn parse_bytes(s: &str) -> Option<u128> {
 /// The memory available to a computation now: [`ENV_LIMIT`] when set, else
 /// `MemAvailable` from `/proc/meminfo`, else `None` (unknown).
 pub fn available() -> Result<Option<Limit>> {
+    available_within(std::time::Duration::ZERO)
+}
+
+/// How long a reading of `MemAvailable` serves [`Estimate::check`] before it
+/// is read again. Reading `/proc/meminfo` costs about 30 µs, more than a
+/// small forward pass (a step-at-a-time agent calls one per step); memory
+/// rarely changes much within this time, and a refusal is always re-checked
+/// against a fresh reading.
+const REUSE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// [`available`], where a `MemAvailable` read at most `max_age` ago may serve.
+fn available_within(max_age: std::time::Duration) -> Result<Option<Limit>> {
     if let Ok(v) = std::env::var(ENV_LIMIT) {
         return match parse_bytes(&v) {
             Some(bytes) => Ok(Some(Limit { bytes, source: format!("{ENV_LIMIT}={v}") })),
@@ -68,16 +80,34 @@ pub fn available() -> Result<Option<Limit>> {
             }),
         };
     }
-    Ok(mem_available()
+    Ok(mem_available(max_age)
         .map(|bytes| Limit { bytes, source: format!("MemAvailable in /proc/meminfo; set {ENV_LIMIT} to override") }))
 }
 
-/// `MemAvailable` of `/proc/meminfo` in bytes (Linux), or `None`.
-fn mem_available() -> Option<u128> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u128 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+/// `MemAvailable` of `/proc/meminfo` in bytes (Linux), or `None`; the last
+/// reading when it is at most `max_age` old.
+fn mem_available(max_age: std::time::Duration) -> Option<u128> {
+    use std::sync::Mutex;
+    use std::time::Instant;
+    static LAST: Mutex<Option<(Instant, Option<u128>)>> = Mutex::new(None);
+    let now = Instant::now();
+    if let Ok(last) = LAST.lock()
+        && let Some((at, bytes)) = *last
+        && now.duration_since(at) <= max_age
+    {
+        return bytes;
+    }
+    let read = || -> Option<u128> {
+        let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kib: u128 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    let bytes = read();
+    if let Ok(mut last) = LAST.lock() {
+        *last = Some((now, bytes));
+    }
+    bytes
 }
 
 /// Bytes in words: `512 B`, `3.2 MiB`, `7.3 TiB`.
@@ -154,11 +184,17 @@ impl Estimate {
         s.join(", ")
     }
 
-    /// Errors with [`Error::Memory`] when the total exceeds what [`available`] reports.
+    /// Errors with [`Error::Memory`] when the total exceeds what [`available`]
+    /// reports (a `MemAvailable` reading up to 250 ms old may let it pass; a
+    /// refusal is always made on a fresh one).
     /// `arg` is what the user gave (a flag, a file, an argument), `purpose`
     /// what the memory is for, `fix` what to change.
     pub fn check(&self, arg: &str, purpose: &str, fix: &str) -> Result<()> {
-        self.check_against(available()?.as_ref(), arg, purpose, fix)
+        // A recent reading may pass it; only a fresh one refuses it.
+        match self.check_against(available_within(REUSE)?.as_ref(), arg, purpose, fix) {
+            Err(Error::Memory { .. }) => self.check_against(available()?.as_ref(), arg, purpose, fix),
+            ok => ok,
+        }
     }
 
     /// Like [`Estimate::check`] against an explicit limit (`None`: only sizes
@@ -311,6 +347,26 @@ mod tests {
         assert_eq!(parse_bytes("16GiB"), Some(16 << 30));
         assert_eq!(parse_bytes("lots"), None);
         assert_eq!(parse_bytes("-1"), None);
+    }
+
+    /// A recent `MemAvailable` reading serves small checks, but never lets a
+    /// size beyond the memory pass (Linux, without the override).
+    #[test]
+    fn recent_readings_pass_small_checks_and_refusals_stay() {
+        if std::env::var_os(ENV_LIMIT).is_some() {
+            return;
+        }
+        let Some(now) = available().unwrap() else { return };
+        let mut small = Estimate::new();
+        small.add("a few bytes", 64);
+        small.check("x", "a test", "none").unwrap();
+        // Back-to-back readings within the reuse time are the same one.
+        let seen: Vec<u128> = (0..5).map(|_| available_within(REUSE).unwrap().unwrap().bytes).collect();
+        assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+        let mut big = Estimate::new();
+        big.add("more than the machine has", now.bytes + (1 << 30));
+        let err = big.check("--big", "a test", "less").unwrap_err().to_string();
+        assert!(err.contains("--big") && err.contains("MemAvailable"), "{err}");
     }
 
     #[test]
