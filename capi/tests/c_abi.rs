@@ -1,5 +1,5 @@
 //! The C interface as C sees it: the committed header is what cbindgen
-//! generates from `src/lib.rs` today, and the C example and the README's C
+//! generates from `src/lib.rs` today, and the C examples and the README's C
 //! snippet compile with the system C compiler (`cc`) against the static
 //! library and run.
 
@@ -89,6 +89,20 @@ fn c_example_checks_gradients_against_finite_differences() {
     assert!(
         out.contains("\"dy: expected shape (2, 5, 6) (60 elements), got 3"),
         "the bad dy is named with its shape: {out}"
+    );
+}
+
+#[test]
+fn c_example_checks_the_meta_gradient_and_meta_trains() {
+    let out = compile_and_run(&capi_dir().join("examples/meta_sgd.c"), "meta_sgd");
+    print!("{out}");
+    assert!(out.lines().last() == Some("ok"), "{out}");
+    assert!(out.contains("reference vs finite differences") && out.contains("held-out tasks"), "{out}");
+    assert!(
+        out.contains(
+            "\"inner_x: expected 480 floats (p = 4, s = 5, bi = 8, bo = 16, D = 3, 1 target column(s)), got 479\""
+        ),
+        "the short inner_x is named with its shape: {out}"
     );
 }
 
