@@ -6,7 +6,10 @@
 //!
 //! `call/forward/hebb/B1_N32_T1` is one `Engine::forward` of a single step
 //! of a small layer: the fixed cost of a call (argument checks, the memory
-//! check, dispatch), which a step-at-a-time agent pays on every step.
+//! check, dispatch), which a step-at-a-time agent pays on every step;
+//! `call/stepper/modulated/B1_N200_T100` an episode of batch size 1 (the
+//! papers' agents) run step by step through `Engine::stepper` and
+//! back-propagated.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use neuroplastic::{Device, Engine, LayerConfig, Options, Params, Rule, Seq};
@@ -62,6 +65,29 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("call");
     g.bench_function(BenchmarkId::new("forward", format!("hebb/B1_N{n}_T1")), |bn| {
         bn.iter(|| engine.forward(&p, Seq::new(&inputs, 1, 1), None).unwrap().y.len())
+    });
+
+    let (n, x, t) = (200, 8, 100);
+    let mut cfg = LayerConfig::recurrent(Rule::Modulated, n, x);
+    cfg.modulator.fanout = true;
+    let mut p = Params::<f32>::zeros(&cfg);
+    p.w.iter_mut().enumerate().for_each(|(k, w)| *w = ((k * 7919 % 97) as f32 / 97.0 - 0.5) * 0.1);
+    p.u.iter_mut().enumerate().for_each(|(k, u)| *u = ((k % 13) as f32 - 6.0) * 0.05);
+    p.alpha.iter_mut().for_each(|a| *a = 0.01);
+    p.mod_v.iter_mut().for_each(|v| *v = 0.05);
+    p.fanout.iter_mut().for_each(|f| *f = 1.0);
+    let mut engine = Engine::new(cfg, Device::Cpu, Options::default()).unwrap();
+    let dy = vec![0.01f32; t * n];
+    g.bench_function(BenchmarkId::new("stepper", format!("modulated/B1_N{n}_T{t}")), |bn| {
+        bn.iter(|| {
+            let mut st = engine.stepper(&p, 1, t, None).unwrap();
+            let mut input = vec![0.5f32; x];
+            for _ in 0..t {
+                let y = st.step(&input).unwrap();
+                input.iter_mut().zip(y).for_each(|(i, &y)| *i = 0.5 * y);
+            }
+            st.backward(&dy, None).unwrap().1.params.w.len()
+        })
     });
     g.finish();
 }

@@ -1,10 +1,12 @@
 //! Outputs and gradients of the CPU backend are bitwise the same on one and
 //! on two threads: the work is split into fixed row blocks and every sum is
 //! combined in a fixed order, whatever the thread count. The shapes are big
-//! enough for the rows to be split into many blocks (B = 3 with N = 67, and
-//! B = 1 with N = 300, where only splitting rows can keep two threads busy),
+//! enough for the rows to be split into many blocks (B = 3 with N = 210, and
+//! B = 1 with N = 400, where only splitting rows can keep two threads busy),
 //! and B = 6 runs episode-parallel (one task per episode, `dα` and `dη`
-//! summed over episodes in a fixed order).
+//! summed over episodes in a fixed order). Each step's pass is above the
+//! size (B·N·I ≥ 2^17) below which the CPU backend runs a pass on the
+//! calling thread alone, so the threads really share the work.
 
 use neuroplastic::*;
 
@@ -84,13 +86,13 @@ fn assert_bitwise_on(cfg: &LayerConfig, b: usize, t: usize, threads: usize) {
 fn one_and_two_threads_agree_bitwise_batched() {
     for rule in Rule::ALL {
         for alpha in AlphaShape::ALL {
-            let mut cfg = LayerConfig::recurrent(rule, 67, 5);
+            let mut cfg = LayerConfig::recurrent(rule, 210, 5);
             cfg.alpha = alpha;
             cfg.clip = 0.5;
             assert_bitwise(&cfg, 3, 5);
             assert_bitwise(&cfg, 6, 5);
         }
-        let cfg = LayerConfig::feed_forward(rule, 45, 67);
+        let cfg = LayerConfig::feed_forward(rule, 160, 300);
         assert_bitwise(&cfg, 3, 4);
         assert_bitwise(&cfg, 7, 4);
     }
@@ -102,7 +104,7 @@ fn one_and_two_threads_agree_bitwise_batched() {
 #[test]
 fn more_threads_than_episodes_agree_bitwise() {
     for rule in Rule::ALL {
-        let mut cfg = LayerConfig::recurrent(rule, 67, 5);
+        let mut cfg = LayerConfig::recurrent(rule, 210, 5);
         cfg.clip = 0.5;
         assert_bitwise_on(&cfg, 5, 5, 8);
     }
@@ -111,7 +113,7 @@ fn more_threads_than_episodes_agree_bitwise() {
 #[test]
 fn one_and_two_threads_agree_bitwise_single_episode() {
     for rule in Rule::ALL {
-        let mut cfg = LayerConfig::recurrent(rule, 300, 7);
+        let mut cfg = LayerConfig::recurrent(rule, 400, 7);
         cfg.clip = 0.5;
         assert_bitwise(&cfg, 1, 4);
     }

@@ -456,7 +456,12 @@ impl<'a> BlockIo<'a> {
 /// step: `(B, T, N)`. Row sums in a fixed order; parallel over steps.
 fn compute_drive(cfg: &LayerConfig, p: &Plan, prm: &Params<f32>, inputs: &[f32], drive: &mut [f32]) {
     let x = p.x;
-    drive.par_chunks_mut(p.n).enumerate().for_each(|(k, d)| drive_row(cfg, prm, &inputs[k * x..(k + 1) * x], d));
+    let min = super::min_len(drive.len().saturating_mul(x.max(1)));
+    drive
+        .par_chunks_mut(p.n)
+        .with_min_len(min)
+        .enumerate()
+        .for_each(|(k, d)| drive_row(cfg, prm, &inputs[k * x..(k + 1) * x], d));
 }
 
 /// The drive of one step of one episode: `input` `(X)`, `d` `(N)`.
@@ -772,7 +777,10 @@ impl Pending {
         };
         if p.grouped {
             let q = p.episode();
-            (0..p.b).into_par_iter().for_each(|b| range(&q, b, b + 1));
+            (0..p.b)
+                .into_par_iter()
+                .with_min_len(super::min_len(p.b * p.t * p.n * p.i))
+                .for_each(|b| range(&q, b, b + 1));
         } else {
             range(&p, 0, p.b);
         }

@@ -122,6 +122,21 @@ fn rule_code(r: Rule) -> u8 {
     }
 }
 
+/// Element operations below which a parallel loop runs in order on the
+/// calling thread: handing work to the pool and waiting for it (waking a
+/// thread, a futex round trip) costs about 10 µs, as much as ~100k
+/// multiply-adds on one core. Batch-size-1 agents stepping a small layer
+/// live below it.
+const PAR_WORK: usize = 1 << 17;
+
+/// `with_min_len` for a parallel loop doing `work` element operations in
+/// all: `usize::MAX` (one piece, run on the calling thread without touching
+/// the pool) when the work is below [`PAR_WORK`], else 1. The loop's items
+/// compute the same values either way, so no bit of a result depends on it.
+pub(crate) fn min_len(work: usize) -> usize {
+    if work < PAR_WORK { usize::MAX } else { 1 }
+}
+
 /// Shapes and the fixed partition of one call.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Plan {
@@ -146,7 +161,8 @@ pub(crate) struct Plan {
     /// (see [`Plan::episode_parallel`]).
     pub grouped: bool,
     /// Run the blocks of a pass one after the other on the calling thread
-    /// (inside an episode task of a grouped call).
+    /// (inside an episode task of a grouped call, or when a step's pass is
+    /// too small to hand to other threads: see [`min_len`]).
     pub serial: bool,
     /// The backward reconstructs a segment's traces backwards from its last
     /// state instead of recomputing them forwards (see [`Plan::reconstructs`]).
@@ -174,7 +190,7 @@ impl Plan {
             recurrent: cfg.topology == Topology::Recurrent,
             elig: cfg.rule.has_eligibility(),
             grouped: Self::episode_parallel(batch, n, i, cfg.rule.has_eligibility()),
-            serial: false,
+            serial: min_len(batch.saturating_mul(n).saturating_mul(i)) > 1,
             recon: false,
         }
     }
@@ -209,7 +225,7 @@ impl Plan {
     /// order, so this choice (the only one here that depends on the thread
     /// count) changes no bit of the result.
     pub fn episode(&self) -> Plan {
-        Plan { b: 1, grouped: false, serial: self.b >= rayon::current_num_threads(), ..*self }
+        Plan { b: 1, grouped: false, serial: self.serial || self.b >= rayon::current_num_threads(), ..*self }
     }
 
     /// Runs `f(0), …, f(n − 1)`: in parallel, or in order when serial.

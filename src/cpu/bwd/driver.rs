@@ -106,7 +106,8 @@ pub(crate) fn run(
     };
     if p.grouped {
         let q = p.episode();
-        (0..p.b).into_par_iter().for_each(|b| range(&q, b, b + 1, b));
+        let min = crate::cpu::min_len(p.b * p.t * p.n * p.i);
+        (0..p.b).into_par_iter().with_min_len(min).for_each(|b| range(&q, b, b + 1, b));
     } else {
         range(&p, 0, p.b, 0);
     }
@@ -115,7 +116,8 @@ pub(crate) fn run(
         let n = p.n;
         if p.conn {
             let gal = &*gal;
-            out.params.alpha.par_chunks_mut(4096).enumerate().for_each(|(c, dst)| {
+            let min = crate::cpu::min_len(p.b * ni);
+            out.params.alpha.par_chunks_mut(4096).with_min_len(min).enumerate().for_each(|(c, dst)| {
                 let o = c * 4096;
                 for b in 0..p.b {
                     add_assign(dst, &gal[b * ni + o..b * ni + o + dst.len()]);

@@ -45,10 +45,13 @@ pub(super) fn finish_params(
             }
         }
     };
-    g.w.par_chunks_mut(p.rows * i).zip(gat.par_chunks_mut(p.rows * kk)).enumerate().for_each(|(blk, (c, at))| {
-        transpose(at, blk * p.rows);
-        outer_acc(c, i, &x_rows, at);
-    });
+    let min = crate::cpu::min_len(n.saturating_mul(i).saturating_mul(kk));
+    g.w.par_chunks_mut(p.rows * i).zip(gat.par_chunks_mut(p.rows * kk)).with_min_len(min).enumerate().for_each(
+        |(blk, (c, at))| {
+            transpose(at, blk * p.rows);
+            outer_acc(c, i, &x_rows, at);
+        },
+    );
     if cfg.bias {
         for r in &ga_rows {
             add_assign(&mut g.b, r);
@@ -61,11 +64,13 @@ pub(super) fn finish_params(
             InputMap::Linear => {
                 if x > 0 {
                     // gat still holds ga transposed, block by block.
+                    let min = crate::cpu::min_len(n.saturating_mul(x).saturating_mul(kk));
                     g.u.par_chunks_mut(p.rows * x)
                         .zip(gat.par_chunks(p.rows * kk))
+                        .with_min_len(min)
                         .for_each(|(c, at)| outer_acc(c, x, &in_rows, at));
                     let u = &prm.u;
-                    out.inputs.par_chunks_mut(p.t * x).enumerate().for_each(|(b, gin)| {
+                    out.inputs.par_chunks_mut(p.t * x).with_min_len(min).enumerate().for_each(|(b, gin)| {
                         for t in first..p.t {
                             let gi = &mut gin[t * x..(t + 1) * x];
                             let gar = &ga[(b * p.t + t) * n..(b * p.t + t + 1) * n];
