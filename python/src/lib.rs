@@ -420,12 +420,21 @@ pub(crate) fn on_threads<R: Send>(threads: Option<usize>, f: impl FnOnce() -> R 
 
 /// Runs `f` without the GIL: on this process's pool ([`on_threads`]) when
 /// the engine has no private pool (`threads` None), which replaces rayon's
-/// global pool so that a forked child does not wait on its parent's threads.
-fn detach<R: Send>(py: Python<'_>, threads: Option<usize>, f: impl FnOnce() -> R + Send) -> PyResult<R> {
+/// global pool so that a forked child does not wait on its parent's threads;
+/// or on this thread when the call is `inline`
+/// ([`neuroplastic::cpu::runs_inline`]: it uses no pool, and handing it to
+/// one would cost more than it does).
+fn detach<R: Send>(py: Python<'_>, threads: Option<usize>, inline: bool, f: impl FnOnce() -> R + Send) -> PyResult<R> {
     py.detach(|| match threads {
         Some(_) => Ok(f()),
+        None if inline => Ok(f()),
         None => on_threads(None, f),
     })
+}
+
+/// Whether a CPU engine's call on `b` episodes of `t` steps runs inline.
+fn inline(device: Device, cfg: &LayerConfig, b: usize, t: usize) -> bool {
+    device == Device::Cpu && neuroplastic::cpu::runs_inline(cfg, b, t)
 }
 
 /// A float element type the bindings accept: its numpy name.
@@ -799,8 +808,9 @@ impl PyEngine {
                     Seq::new(&x, b, t).validate(&cfg, true).map_err(py_err)?;
                     init.validate(&cfg, b, "state", true).map_err(py_err)?;
                 }
-                let (y, last) = detach(py, None, || reference::plastic_fwd(&cfg, &p, Seq::new(&x, b, t), Some(&init)))?
-                    .map_err(py_err)?;
+                let (y, last) =
+                    detach(py, None, false, || reference::plastic_fwd(&cfg, &p, Seq::new(&x, b, t), Some(&init)))?
+                        .map_err(py_err)?;
                 let handle = Handle { saved: Saved::F64 { params: p, inputs: x, init }, cfg, device, dims: (b, t) };
                 let out: [Bound<'py, PyAny>; 3] = [
                     write(py, y, &[b, t, cfg.n])?,
@@ -819,8 +829,10 @@ impl PyEngine {
                 let init = state.map(|s| read_state::<f32>(&cfg, s, "state", b)).transpose()?;
                 let engine = &mut self.engine;
                 let threads = engine.options().threads;
-                let mut fwd =
-                    detach(py, threads, || engine.forward(&p, Seq::new(&x, b, t), init.as_ref()))?.map_err(py_err)?;
+                let mut fwd = detach(py, threads, inline(device, &cfg, b, t), || {
+                    engine.forward(&p, Seq::new(&x, b, t), init.as_ref())
+                })?
+                .map_err(py_err)?;
                 // The outputs go to Python; the backward pass reads only what `fwd` saved.
                 let (y, last) = (std::mem::take(&mut fwd.y), std::mem::take(&mut fwd.last));
                 let handle = Handle {
@@ -873,7 +885,7 @@ impl PyEngine {
                 let dy = read::<f64>(dy, "dy", &[b, t, cfg.n])?;
                 let dlast = dlast.map(|s| read_state::<f64>(&cfg, s, "dlast", b)).transpose()?;
                 let truncate = self.engine.options().truncate;
-                let g = detach(py, None, || {
+                let g = detach(py, None, false, || {
                     reference::plastic_bwd(
                         &cfg,
                         params,
@@ -892,9 +904,10 @@ impl PyEngine {
                 let dlast = dlast.map(|s| read_state::<f32>(&cfg, s, "dlast", b)).transpose()?;
                 let engine = &mut self.engine;
                 let threads = engine.options().threads;
-                let g =
-                    detach(py, threads, || engine.backward(params, Seq::new(inputs, b, t), fwd, &dy, dlast.as_ref()))?
-                        .map_err(py_err)?;
+                let g = detach(py, threads, inline(h.device, &cfg, b, t), || {
+                    engine.backward(params, Seq::new(inputs, b, t), fwd, &dy, dlast.as_ref())
+                })?
+                .map_err(py_err)?;
                 write_grads(py, &cfg, g, h.dims)
             }
         }
@@ -1042,7 +1055,8 @@ impl PyStepper {
                 let mut e = engine.try_borrow_mut()?;
                 let engine = &mut e.engine;
                 let threads = engine.options().threads;
-                let y = detach(py, threads, || s.step(engine, &x).map(<[f32]>::to_vec))?.map_err(py_err)?;
+                let one = inline(self.device, &self.cfg, b, 1);
+                let y = detach(py, threads, one, || s.step(engine, &x).map(<[f32]>::to_vec))?.map_err(py_err)?;
                 write(py, y, &[b, n])
             }
             Run::F64(r) => {
@@ -1051,7 +1065,7 @@ impl PyStepper {
                 if engine.try_borrow()?.engine.options().check_finite {
                     Seq::new(&x, b, 1).validate(&self.cfg, true).map_err(py_err)?;
                 }
-                let y = detach(py, None, || s.step(&x).map(<[f64]>::to_vec))?.map_err(py_err)?;
+                let y = detach(py, None, false, || s.step(&x).map(<[f64]>::to_vec))?.map_err(py_err)?;
                 write(py, y, &[b, n])
             }
             Run::Finished => Err(self.finished_err()),

@@ -137,6 +137,17 @@ pub(crate) fn min_len(work: usize) -> usize {
     if work < PAR_WORK { usize::MAX } else { 1 }
 }
 
+/// Whether a call through `cfg` on `batch` episodes of `steps` steps is so
+/// small that every parallel loop in it runs on the calling thread
+/// ([`min_len`]: none does more than `B·T·N·(I + X)` element operations). Such
+/// a call never touches a thread pool, so it is run where it is made instead
+/// of being handed to one (the hand-off alone costs about 10 µs). The
+/// Python binding asks the same question before choosing its pool.
+pub fn runs_inline(cfg: &LayerConfig, batch: usize, steps: usize) -> bool {
+    let per_step = cfg.n.saturating_mul(cfg.pre().saturating_add(cfg.inputs));
+    batch.saturating_mul(steps).saturating_mul(per_step) < PAR_WORK
+}
+
 /// Shapes and the fixed partition of one call.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Plan {
@@ -594,10 +605,12 @@ impl Cpu {
         Ok(Cpu { pool, ws: Workspace::default() })
     }
 
-    fn run<R: Send>(pool: &Option<rayon::ThreadPool>, f: impl FnOnce() -> R + Send) -> R {
+    /// Runs `f` on the private pool, or where it is called when there is
+    /// none or the call is [`runs_inline`] (it would not use the pool).
+    fn run<R: Send>(pool: &Option<rayon::ThreadPool>, inline: bool, f: impl FnOnce() -> R + Send) -> R {
         match pool {
-            Some(p) => p.install(f),
-            None => f(),
+            Some(p) if !inline => p.install(f),
+            _ => f(),
         }
     }
 
@@ -611,7 +624,8 @@ impl Cpu {
         opts: &Options,
     ) -> Result<(Vec<f32>, State<f32>, Saved)> {
         let ws = &mut self.ws;
-        Self::run(&self.pool, || plastic_fwd(cfg, params, inputs, init, opts, ws))
+        let inline = runs_inline(cfg, inputs.batch, inputs.steps);
+        Self::run(&self.pool, inline, || plastic_fwd(cfg, params, inputs, init, opts, ws))
     }
 
     /// [`plastic_bwd`] on this backend's pool and workspace.
@@ -627,7 +641,8 @@ impl Cpu {
         opts: &Options,
     ) -> Result<Gradients<f32>> {
         let ws = &mut self.ws;
-        Self::run(&self.pool, || plastic_bwd(cfg, params, inputs, saved, dy, dlast, opts, ws))
+        let inline = runs_inline(cfg, inputs.batch, inputs.steps);
+        Self::run(&self.pool, inline, || plastic_bwd(cfg, params, inputs, saved, dy, dlast, opts, ws))
     }
 }
 

@@ -8,7 +8,7 @@
 
 use super::Options;
 use super::fwd::{Pending, drive_row};
-use super::{Cpu, Plan, Saved, Workspace, grow};
+use super::{Cpu, Plan, Saved, Workspace, grow, runs_inline};
 use crate::config::LayerConfig;
 use crate::params::{Params, State};
 
@@ -110,7 +110,8 @@ impl Cpu {
     /// Runs the next step of `s` on this backend's pool and workspace.
     pub(crate) fn steps_step(&mut self, s: &mut Steps, cfg: &LayerConfig, params: &Params<f32>, x: &[f32]) {
         let ws = &mut self.ws;
-        Self::run(&self.pool, || s.step(cfg, params, x, ws));
+        let inline = runs_inline(cfg, s.plan.b, 1);
+        Self::run(&self.pool, inline, || s.step(cfg, params, x, ws));
     }
 
     /// Ends `s`: see [`Steps::finish`].
