@@ -52,23 +52,26 @@ fn the_memory_estimate_bounds_the_allocations_closely() {
     for (what, c) in cases {
         let (m, t) = random_wide(&c, 3, 96);
         let (m, t) = (m.cast::<f32>(), t.cast::<f32>());
-        pool2.install(|| {
+        let want = pool2.install(|| {
             pool::release();
             let est = estimate(&m, &t, rayon::current_num_threads().min(t.p)).total() as f64;
             let before = NOW.load(Ordering::SeqCst);
             PEAK.store(before, Ordering::SeqCst);
             let g = cpu::meta_grad(&m, &t).unwrap();
             let peak = (PEAK.load(Ordering::SeqCst) - before) as f64;
+            let loss = g.loss;
+            drop(g);
             println!("{what}: allocated at most {peak:.0} bytes, estimated {est:.0} ({:.2}×)", est / peak);
             assert!(peak <= est, "{what}: allocated {peak} bytes, more than the estimate {est}");
             assert!(est <= 2.5 * peak, "{what}: the estimate {est} is far above the {peak} bytes allocated");
+            loss
         });
         // The loss-only pass against its own estimate, from an empty pool, on
         // a thread of its own (whose products' scratch is not yet grown) and
         // one task at a time, so that the peak is the estimate's case and
         // not a chance overlap of two threads' tasks.
         let pool1 = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-        pool1.install(|| {
+        let loss = pool1.install(|| {
             pool::release();
             let est = loss_estimate(&m, &t, 1).total() as f64;
             let before = NOW.load(Ordering::SeqCst);
@@ -80,5 +83,6 @@ fn the_memory_estimate_bounds_the_allocations_closely() {
             assert!(est <= 2.5 * peak, "{what}, loss only: the estimate {est} is far above the {peak} bytes allocated");
             loss
         });
+        assert_eq!(loss.to_bits(), want.to_bits(), "{what}: meta_loss ≠ meta_grad's loss");
     }
 }
