@@ -520,11 +520,12 @@ pub(crate) fn meta_grad<'py>(
 /// on the same device, without the gradient, for a fraction of its time and
 /// memory (the inner steps run forward; nothing is kept for a backward).
 ///
-/// Arguments as for `meta_grad`, checked the same way, with the same errors.
-/// `order` and `truncate` are accepted so that one set of options serves
-/// both functions; they are checked but do not change the value (they only
-/// choose how the gradient is taken). The clamp and β do change it.
-/// Returns the loss, a float.
+/// Arguments as for `meta_grad`, checked the same way, with the same errors
+/// (but for a gradient that would overflow while the loss fits: none is
+/// computed, so the loss is returned). `order` and `truncate` are accepted
+/// so that one set of options serves both functions; they are checked but
+/// do not change the value (they only choose how the gradient is taken).
+/// The clamp and β do change it. Returns the loss, a float.
 #[pyfunction]
 #[pyo3(signature = (
     params, trajectory, *, inner_lr = None, loss = None, order = None, truncate = None, clamp = None,

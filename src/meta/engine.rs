@@ -442,7 +442,7 @@ fn task_inputs<T: Real>(t: &Trajectory<T>, p: usize) -> Vec<T> {
 /// The PLN on batch `k` of task `p`. `h`: the RLN's output over all the
 /// task's rows, `None` without an RLN (the batch's raw inputs are the PLN's);
 /// `g`: the NM's output over all rows (empty without a gate).
-fn batch<'a, T: Real>(
+fn pln_batch<'a, T: Real>(
     m: &'a MetaModel<T>,
     t: &'a Trajectory<T>,
     p: usize,
@@ -555,7 +555,7 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
 
     let sgd = Sgd::new(m);
     let (beta, c, clamped, keep_g) = (sgd.beta, sgd.c, sgd.clamped, sgd.keep_g);
-    let batch = |k: usize| batch(m, t, p, k, h, g);
+    let batch = |k: usize| pln_batch(m, t, p, k, h, g);
 
     let np = m.pln.params();
     // Steps k < k0 are constants (first order, or before the truncation window).
@@ -857,9 +857,9 @@ fn task_loss<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize) ->
     let mut gk = Buf::zeros(if sgd.keep_g { m.pln.params() } else { 0 });
     let mut ws = Acts::new(&m.pln, gate, bi.max(bo), false);
     for k in 0..s {
-        sgd.step::<K>(&batch(m, t, p, k, h, g), &mut th, &mut ws, &mut gk, false, None);
+        sgd.step::<K>(&pln_batch(m, t, p, k, h, g), &mut th, &mut ws, &mut gk, false, None);
     }
-    let outer = batch(m, t, p, s, h, g);
+    let outer = pln_batch(m, t, p, s, h, g);
     outer.fwd::<K>(&th, &mut ws);
     outer.value::<K>(&ws)
 }
