@@ -1,5 +1,6 @@
 //! [`neuroplastic::meta::estimate`] against what [`cpu::meta_grad`] really
-//! allocates, counted by a global allocator: the estimate must not be below
+//! allocates, and [`loss_estimate`] against [`cpu::meta_loss`], counted by a
+//! global allocator: the estimate must not be below
 //! the peak (a refusal that lets a job through that then dies is worse than
 //! none) nor far above it (that would refuse jobs that fit). One test in this
 //! binary, so no other test's allocations are counted.
@@ -10,7 +11,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use meta_support::{Case, random_wide};
-use neuroplastic::meta::{Loss, Order, cpu, estimate, pool};
+use neuroplastic::meta::{Loss, Order, cpu, estimate, loss_estimate, pool};
 
 struct Counting;
 
@@ -51,17 +52,37 @@ fn the_memory_estimate_bounds_the_allocations_closely() {
     for (what, c) in cases {
         let (m, t) = random_wide(&c, 3, 96);
         let (m, t) = (m.cast::<f32>(), t.cast::<f32>());
-        pool2.install(|| {
+        let want = pool2.install(|| {
             pool::release();
             let est = estimate(&m, &t, rayon::current_num_threads().min(t.p)).total() as f64;
             let before = NOW.load(Ordering::SeqCst);
             PEAK.store(before, Ordering::SeqCst);
             let g = cpu::meta_grad(&m, &t).unwrap();
             let peak = (PEAK.load(Ordering::SeqCst) - before) as f64;
+            let loss = g.loss;
             drop(g);
             println!("{what}: allocated at most {peak:.0} bytes, estimated {est:.0} ({:.2}×)", est / peak);
             assert!(peak <= est, "{what}: allocated {peak} bytes, more than the estimate {est}");
             assert!(est <= 2.5 * peak, "{what}: the estimate {est} is far above the {peak} bytes allocated");
+            loss
         });
+        // The loss-only pass against its own estimate, from an empty pool, on
+        // a thread of its own (whose products' scratch is not yet grown) and
+        // one task at a time, so that the peak is the estimate's case and
+        // not a chance overlap of two threads' tasks.
+        let pool1 = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let loss = pool1.install(|| {
+            pool::release();
+            let est = loss_estimate(&m, &t, 1).total() as f64;
+            let before = NOW.load(Ordering::SeqCst);
+            PEAK.store(before, Ordering::SeqCst);
+            let loss = cpu::meta_loss(&m, &t).unwrap();
+            let peak = (PEAK.load(Ordering::SeqCst) - before) as f64;
+            println!("{what}, loss only: allocated at most {peak:.0} bytes, estimated {est:.0} ({:.2}×)", est / peak);
+            assert!(peak <= est, "{what}, loss only: allocated {peak} bytes, more than the estimate {est}");
+            assert!(est <= 2.5 * peak, "{what}, loss only: the estimate {est} is far above the {peak} bytes allocated");
+            loss
+        });
+        assert_eq!(loss.to_bits(), want.to_bits(), "{what}: meta_loss ≠ meta_grad's loss");
     }
 }

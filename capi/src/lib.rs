@@ -31,7 +31,8 @@
 //!
 //! The meta-gradient through an inner SGD loop (OML, ANML, MAML-style) is
 //! one stateless call, [`np_meta_grad`], on a described learner
-//! ([`NpMeta`]) and flat arrays ([`np_meta_param_len`] gives the layout).
+//! ([`NpMeta`]) and flat arrays ([`np_meta_param_len`] gives the layout);
+//! [`np_meta_loss`] is the meta-loss alone, from the same arguments.
 
 #![warn(missing_docs)]
 
@@ -129,11 +130,11 @@ pub const NP_META_SECOND: u32 = 0;
 /// `NpMeta.order`: every inner gradient taken as a constant.
 pub const NP_META_FIRST: u32 = 1;
 
-/// A meta-learner for [`np_meta_grad`]: its options and the widths of its
-/// three stacks of dense layers. A stack's widths are `[in, h1, …, out]`
-/// (`len − 1` layers); NULL with length 0 is an absent stack (the RLN is
-/// then the identity; without an NM there is no gate). The PLN (its
-/// weights are the fast weights θ) is required.
+/// A meta-learner for [`np_meta_grad`] and [`np_meta_loss`]: its options
+/// and the widths of its three stacks of dense layers. A stack's widths are
+/// `[in, h1, …, out]` (`len − 1` layers); NULL with length 0 is an absent
+/// stack (the RLN is then the identity; without an NM there is no gate).
+/// The PLN (its weights are the fast weights θ) is required.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct NpMeta {
@@ -1064,6 +1065,117 @@ pub unsafe extern "C" fn np_meta_param_len(meta: *const NpMeta, out: *mut usize)
     })
 }
 
+/// A meta-learning call's arguments, read and checked: the model, the
+/// trajectory, the device, and the stacks' parameter counts.
+struct MetaCall {
+    m: neuroplastic::meta::MetaModel<f32>,
+    t: neuroplastic::meta::Trajectory<f32>,
+    /// `NP_DEVICE_REFERENCE` (else `NP_DEVICE_CPU`).
+    reference: bool,
+    /// Parameters of the RLN, PLN and NM.
+    counts: [usize; 3],
+    /// All parameters, β included when learned.
+    total: usize,
+}
+
+/// An input array of a C call: its pointer and length.
+type FloatsIn = (*const f32, usize);
+
+/// Reads and checks the arguments that [`np_meta_grad`] and [`np_meta_loss`]
+/// share (`data`: `inner_x`, `inner_y`, `outer_x`, `outer_y`), in the order
+/// their errors are reported: `meta`, `params`, then
+/// the call's own outputs (`outputs`, given the parameter count and a note
+/// on the layout, returns what it checked), the model, the trajectory's
+/// arrays, and last the device.
+///
+/// # Safety
+/// The pointers as [`np_meta_grad`] requires.
+#[allow(clippy::too_many_arguments)]
+unsafe fn meta_call<R>(
+    meta: &NpMeta,
+    device: u32,
+    params: *const f32,
+    params_len: usize,
+    [p, s, bi, bo]: [usize; 4],
+    data: [FloatsIn; 4],
+    outputs: impl FnOnce(usize, &dyn Fn() -> String) -> Result<R, Fail>,
+) -> Result<(MetaCall, R), Fail> {
+    use neuroplastic::meta::{Loss, MetaModel, Trajectory};
+    let [(inner_x, inner_x_len), (inner_y, inner_y_len), (outer_x, outer_x_len), (outer_y, outer_y_len)] = data;
+    // SAFETY: by the caller's contract.
+    let sh = unsafe { meta_shape(meta) }?;
+    let ([nr, np, nn], total) = (sh.counts, sh.total());
+    let learn = sh.cfg.learn_lr;
+    let note = || format!("RLN {nr}, PLN {np}, NM {nn}{}", if learn { ", β 1" } else { "" });
+    // SAFETY: by the caller's contract.
+    let params = unsafe { floats(params, params_len, "params") }?;
+    expect_len("params", params_len, total, note)?;
+    let out = outputs(total, &note)?;
+    let [rln, pln, nm] = sh.stacks;
+    let mut cfg = sh.cfg;
+    let inner_lr = if learn { params[total - 1] } else { cfg.inner_lr as f32 };
+    if learn {
+        cfg.inner_lr = inner_lr as f64;
+    }
+    let m = MetaModel {
+        cfg,
+        input: sh.input,
+        rln,
+        rln_p: params[..nr].to_vec(),
+        pln,
+        theta0: params[nr..nr + np].to_vec(),
+        nm,
+        nm_p: params[nr + np..nr + np + nn].to_vec(),
+        inner_lr,
+    };
+    m.validate()?;
+    let (d, o) = (m.input, m.outputs());
+    let ycols = if m.cfg.loss == Loss::Mse { o } else { 1 };
+    let shape = || format!("p = {p}, s = {s}, bi = {bi}, bo = {bo}, D = {d}, {ycols} target column(s)");
+    // SAFETY: by the caller's contract.
+    let (ix, iy, ox, oy) = unsafe {
+        (
+            floats(inner_x, inner_x_len, "inner_x")?,
+            floats(inner_y, inner_y_len, "inner_y")?,
+            floats(outer_x, outer_x_len, "outer_x")?,
+            floats(outer_y, outer_y_len, "outer_y")?,
+        )
+    };
+    let n = |dims: &[usize]| dims.iter().try_fold(1usize, |a, &x| a.checked_mul(x)).unwrap_or(usize::MAX);
+    expect_len("inner_x", inner_x_len, n(&[p, s, bi, d]), shape)?;
+    expect_len("inner_y", inner_y_len, n(&[p, s, bi, ycols]), shape)?;
+    expect_len("outer_x", outer_x_len, n(&[p, bo, d]), shape)?;
+    expect_len("outer_y", outer_y_len, n(&[p, bo, ycols]), shape)?;
+    let t = Trajectory {
+        p,
+        s,
+        bi,
+        bo,
+        d,
+        ycols,
+        inner_x: ix.to_vec(),
+        inner_y: iy.to_vec(),
+        outer_x: ox.to_vec(),
+        outer_y: oy.to_vec(),
+    };
+    let reference = match device {
+        NP_DEVICE_CPU => false,
+        NP_DEVICE_REFERENCE => true,
+        NP_DEVICE_CUDA => {
+            return Err(Fail(
+                NP_ERR_UNAVAILABLE,
+                "device: meta-learning has no CUDA backend yet; use NP_DEVICE_CPU".into(),
+            ));
+        }
+        other => {
+            return Err(invalid(format!(
+                "device = {other}: expected NP_DEVICE_CPU ({NP_DEVICE_CPU}) or NP_DEVICE_REFERENCE ({NP_DEVICE_REFERENCE})"
+            )));
+        }
+    };
+    Ok((MetaCall { m, t, reference, counts: sh.counts, total }, out))
+}
+
 /// The meta-loss of OML, ANML or MAML-style meta-learning and its gradient
 /// for every parameter. For each of the `p` tasks, the PLN's weights start
 /// at θ₀ and take `s` SGD steps `θ ← θ − β·clamp(∇_θ ℓ(θ; inner batch k))`;
@@ -1105,90 +1217,70 @@ pub unsafe extern "C" fn np_meta_grad(
     grad: *mut f32,
     grad_len: usize,
 ) -> NpStatus {
-    use neuroplastic::meta::{Loss, MetaModel, Trajectory, cpu, reference};
+    use neuroplastic::meta::{cpu, reference};
     guard(|| {
         // SAFETY: by the caller's contract.
         let (meta, loss) = unsafe { (obj(meta, "meta")?, obj_mut(loss, "loss")?) };
-        // SAFETY: by the caller's contract.
-        let sh = unsafe { meta_shape(meta) }?;
-        let ([nr, np, nn], total) = (sh.counts, sh.total());
-        let learn = sh.cfg.learn_lr;
-        let note = || format!("RLN {nr}, PLN {np}, NM {nn}{}", if learn { ", β 1" } else { "" });
-        // SAFETY: by the caller's contract.
-        let params = unsafe { floats(params, params_len, "params") }?;
-        expect_len("params", params_len, total, note)?;
-        // SAFETY: by the caller's contract.
-        let grad = unsafe { floats_mut(grad, grad_len, "grad") }?;
-        expect_len("grad", grad_len, total, note)?;
-        let [rln, pln, nm] = sh.stacks;
-        let mut cfg = sh.cfg;
-        let inner_lr = if learn { params[total - 1] } else { cfg.inner_lr as f32 };
-        if learn {
-            cfg.inner_lr = inner_lr as f64;
-        }
-        let m = MetaModel {
-            cfg,
-            input: sh.input,
-            rln,
-            rln_p: params[..nr].to_vec(),
-            pln,
-            theta0: params[nr..nr + np].to_vec(),
-            nm,
-            nm_p: params[nr + np..nr + np + nn].to_vec(),
-            inner_lr,
+        let data = [(inner_x, inner_x_len), (inner_y, inner_y_len), (outer_x, outer_x_len), (outer_y, outer_y_len)];
+        let grad = |total: usize, note: &dyn Fn() -> String| {
+            // SAFETY: by the caller's contract.
+            let grad = unsafe { floats_mut(grad, grad_len, "grad") }?;
+            expect_len("grad", grad_len, total, note)?;
+            Ok(grad)
         };
-        m.validate()?;
-        let (d, o) = (m.input, m.outputs());
-        let ycols = if m.cfg.loss == Loss::Mse { o } else { 1 };
-        let shape = || format!("p = {p}, s = {s}, bi = {bi}, bo = {bo}, D = {d}, {ycols} target column(s)");
         // SAFETY: by the caller's contract.
-        let (ix, iy, ox, oy) = unsafe {
-            (
-                floats(inner_x, inner_x_len, "inner_x")?,
-                floats(inner_y, inner_y_len, "inner_y")?,
-                floats(outer_x, outer_x_len, "outer_x")?,
-                floats(outer_y, outer_y_len, "outer_y")?,
-            )
-        };
-        let n = |dims: &[usize]| dims.iter().try_fold(1usize, |a, &x| a.checked_mul(x)).unwrap_or(usize::MAX);
-        expect_len("inner_x", inner_x_len, n(&[p, s, bi, d]), shape)?;
-        expect_len("inner_y", inner_y_len, n(&[p, s, bi, ycols]), shape)?;
-        expect_len("outer_x", outer_x_len, n(&[p, bo, d]), shape)?;
-        expect_len("outer_y", outer_y_len, n(&[p, bo, ycols]), shape)?;
-        let t = Trajectory {
-            p,
-            s,
-            bi,
-            bo,
-            d,
-            ycols,
-            inner_x: ix.to_vec(),
-            inner_y: iy.to_vec(),
-            outer_x: ox.to_vec(),
-            outer_y: oy.to_vec(),
-        };
-        let g = match device {
-            NP_DEVICE_CPU => cpu::meta_grad(&m, &t)?,
-            NP_DEVICE_REFERENCE => reference::meta_grad_f32(&m, &t)?,
-            NP_DEVICE_CUDA => {
-                return Err(Fail(
-                    NP_ERR_UNAVAILABLE,
-                    "device: the meta-gradient has no CUDA backend yet; use NP_DEVICE_CPU".into(),
-                ));
-            }
-            other => {
-                return Err(invalid(format!(
-                    "device = {other}: expected NP_DEVICE_CPU ({NP_DEVICE_CPU}) or NP_DEVICE_REFERENCE ({NP_DEVICE_REFERENCE})"
-                )));
-            }
-        };
+        let (c, grad) = unsafe { meta_call(meta, device, params, params_len, [p, s, bi, bo], data, grad) }?;
+        let g = if c.reference { reference::meta_grad_f32(&c.m, &c.t)? } else { cpu::meta_grad(&c.m, &c.t)? };
+        let ([nr, np, nn], total) = (c.counts, c.total);
         grad[..nr].copy_from_slice(&g.rln);
         grad[nr..nr + np].copy_from_slice(&g.pln);
         grad[nr + np..nr + np + nn].copy_from_slice(&g.nm);
-        if learn {
+        if c.m.cfg.learn_lr {
             grad[total - 1] = g.inner_lr;
         }
         *loss = g.loss;
+        Ok(())
+    })
+}
+
+/// The meta-loss alone: what [`np_meta_grad`] writes to `*loss`, bit for
+/// bit on the same device, without the gradient, for a fraction of its time
+/// and memory (the inner steps run forward; nothing is kept for a
+/// backward). The arguments are [`np_meta_grad`]'s without `grad`, checked
+/// the same way with the same messages; `meta.order` and `meta.truncate`
+/// are checked but do not change the value.
+///
+/// # Safety
+/// As [`np_meta_grad`].
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn np_meta_loss(
+    meta: *const NpMeta,
+    device: u32,
+    params: *const f32,
+    params_len: usize,
+    p: usize,
+    s: usize,
+    bi: usize,
+    bo: usize,
+    inner_x: *const f32,
+    inner_x_len: usize,
+    inner_y: *const f32,
+    inner_y_len: usize,
+    outer_x: *const f32,
+    outer_x_len: usize,
+    outer_y: *const f32,
+    outer_y_len: usize,
+    loss: *mut f64,
+) -> NpStatus {
+    use neuroplastic::meta::{cpu, reference};
+    guard(|| {
+        // SAFETY: by the caller's contract.
+        let (meta, loss) = unsafe { (obj(meta, "meta")?, obj_mut(loss, "loss")?) };
+        let data = [(inner_x, inner_x_len), (inner_y, inner_y_len), (outer_x, outer_x_len), (outer_y, outer_y_len)];
+        // SAFETY: by the caller's contract.
+        let (c, ()) = unsafe { meta_call(meta, device, params, params_len, [p, s, bi, bo], data, |_, _| Ok(())) }?;
+        *loss = if c.reference { reference::meta_loss_f32(&c.m, &c.t)? } else { cpu::meta_loss(&c.m, &c.t)? };
         Ok(())
     })
 }

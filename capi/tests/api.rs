@@ -290,12 +290,17 @@ fn the_last_error_belongs_to_its_thread() {
     assert!(last_error().contains("out is NULL"));
 }
 
-/// The meta-gradient through C: bit for bit the crate's, on both devices,
-/// for an ANML-shaped learner with a learned β; every bad argument named.
-#[test]
-fn meta_grad_returns_the_engines_result_and_names_bad_arguments() {
-    use neuroplastic::meta::{Loss, MetaConfig, MetaModel, Order, Trajectory, cpu, reference};
-    let (rln, pln, nm) = ([4usize, 7, 6], [6usize, 5, 2], [4usize, 5, 6]);
+/// The widths of [`meta_case`]'s stacks (statics: `NpMeta` points at them).
+static META_RLN: [usize; 3] = [4, 7, 6];
+static META_PLN: [usize; 3] = [6, 5, 2];
+static META_NM: [usize; 3] = [4, 5, 6];
+
+/// An ANML-shaped learner (RLN 4 → 7 → 6, PLN 6 → 5 → 2, NM 4 → 5 → 6 gating
+/// PLN layer 0; mse, second order, clamp 0.5, learned β = 0.3) for the C
+/// calls, the same learner for the crate, its flat parameters (β last) and
+/// a trajectory of 3 tasks of 4 inner steps (Bi = 5, Bo = 6).
+fn meta_case() -> (NpMeta, neuroplastic::meta::MetaModel<f32>, Vec<f32>, neuroplastic::meta::Trajectory<f32>) {
+    use neuroplastic::meta::{Loss, MetaConfig, MetaModel, Order, Trajectory};
     let (p, s, bi, bo) = (3usize, 4usize, 5usize, 6usize);
     let meta = NpMeta {
         loss: NP_META_MSE,
@@ -305,11 +310,11 @@ fn meta_grad_returns_the_engines_result_and_names_bad_arguments() {
         gate_at: 0,
         learn_lr: 1,
         inner_lr: 0.0,
-        rln: rln.as_ptr(),
+        rln: META_RLN.as_ptr(),
         rln_len: 3,
-        pln: pln.as_ptr(),
+        pln: META_PLN.as_ptr(),
         pln_len: 3,
-        nm: nm.as_ptr(),
+        nm: META_NM.as_ptr(),
         nm_len: 3,
     };
     let mut len = 0usize;
@@ -324,7 +329,7 @@ fn meta_grad_returns_the_engines_result_and_names_bad_arguments() {
         clamp: 0.5,
         gate_at: 0,
     };
-    let mut m = MetaModel::<f32>::zeros(cfg, 4, &rln, &pln, &nm);
+    let mut m = MetaModel::<f32>::zeros(cfg, 4, &META_RLN, &META_PLN, &META_NM);
     assert_eq!(len, m.rln_p.len() + m.theta0.len() + m.nm_p.len() + 1);
     let mut seed = 7u64;
     let mut params = fill(len, &mut seed, 0.5);
@@ -346,6 +351,17 @@ fn meta_grad_returns_the_engines_result_and_names_bad_arguments() {
         outer_x: fill(p * bo * 4, &mut seed, 1.5),
         outer_y: fill(p * bo * 2, &mut seed, 1.5),
     };
+    (meta, m, params, t)
+}
+
+/// The meta-gradient through C: bit for bit the crate's, on both devices,
+/// for an ANML-shaped learner with a learned β; every bad argument named.
+#[test]
+fn meta_grad_returns_the_engines_result_and_names_bad_arguments() {
+    use neuroplastic::meta::{cpu, reference};
+    let (meta, m, params, t) = meta_case();
+    let (p, s, bi, bo) = (t.p, t.s, t.bi, t.bo);
+    let mut len = params.len();
     let call = |meta: &NpMeta, device: u32, params: &[f32], grad: &mut [f32], loss: &mut f64, ix: &[f32]| -> NpStatus {
         // SAFETY: every pointer comes from a live slice of its stated length.
         unsafe {
@@ -442,4 +458,145 @@ fn meta_grad_returns_the_engines_result_and_names_bad_arguments() {
     // SAFETY: NULL pointers are what is being tested.
     expect(unsafe { np_meta_param_len(null(), &mut len) }, NP_ERR_NULL, &["meta is NULL"]);
     expect(unsafe { np_meta_param_len(&meta, null_mut()) }, NP_ERR_NULL, &["out is NULL"]);
+}
+
+/// The meta-loss alone through C: bit for bit `np_meta_grad`'s loss (and the
+/// crate's), on both devices and for several options; bad arguments refused
+/// with `np_meta_grad`'s status and message.
+#[test]
+fn meta_loss_is_meta_grads_loss_and_names_bad_arguments() {
+    use neuroplastic::meta::{cpu, reference};
+    let (meta, m, params, t) = meta_case();
+    let (p, s, bi, bo) = (t.p, t.s, t.bi, t.bo);
+    let loss_of = |meta: &NpMeta, device: u32, params: &[f32], ix: &[f32], loss: *mut f64| -> NpStatus {
+        // SAFETY: every pointer comes from a live slice of its stated length (or is a NULL under test).
+        unsafe {
+            np_meta_loss(
+                meta,
+                device,
+                params.as_ptr(),
+                params.len(),
+                p,
+                s,
+                bi,
+                bo,
+                ix.as_ptr(),
+                ix.len(),
+                t.inner_y.as_ptr(),
+                t.inner_y.len(),
+                t.outer_x.as_ptr(),
+                t.outer_x.len(),
+                t.outer_y.as_ptr(),
+                t.outer_y.len(),
+                loss,
+            )
+        }
+    };
+    let grad_of = |meta: &NpMeta, device: u32, params: &[f32], ix: &[f32], loss: *mut f64| -> NpStatus {
+        let mut len = 0usize;
+        // SAFETY: valid pointers (an invalid meta fails here and below alike).
+        unsafe { np_meta_param_len(meta, &mut len) };
+        let mut grad = vec![0f32; len];
+        // SAFETY: as above; grad is as long as the layout.
+        unsafe {
+            np_meta_grad(
+                meta,
+                device,
+                params.as_ptr(),
+                params.len(),
+                p,
+                s,
+                bi,
+                bo,
+                ix.as_ptr(),
+                ix.len(),
+                t.inner_y.as_ptr(),
+                t.inner_y.len(),
+                t.outer_x.as_ptr(),
+                t.outer_x.len(),
+                t.outer_y.as_ptr(),
+                t.outer_y.len(),
+                loss,
+                grad.as_mut_ptr(),
+                grad.len(),
+            )
+        }
+    };
+    // Learned β with a clamp; a fixed β (the layout without it); first order
+    // and truncated (the same value: only the gradient changes).
+    let fixed = NpMeta { learn_lr: 0, inner_lr: 0.3, clamp: 0.0, ..meta };
+    let variants = [
+        (meta, params.clone()),
+        (fixed, params[..params.len() - 1].to_vec()),
+        (NpMeta { order: NP_META_FIRST, ..meta }, params.clone()),
+        (NpMeta { truncate: 2, ..fixed }, params[..params.len() - 1].to_vec()),
+    ];
+    let mut by_variant = Vec::new();
+    for (k, (meta, params)) in variants.iter().enumerate() {
+        for device in [NP_DEVICE_CPU, NP_DEVICE_REFERENCE] {
+            let (mut got, mut want) = (f64::NAN, f64::NAN);
+            assert_eq!(loss_of(meta, device, params, &t.inner_x, &mut got), NP_OK, "{}", last_error());
+            assert_eq!(grad_of(meta, device, params, &t.inner_x, &mut want), NP_OK, "{}", last_error());
+            assert_eq!(got.to_bits(), want.to_bits(), "variant {k}, device {device}: {got:e} vs {want:e}");
+            by_variant.push(got);
+        }
+    }
+    // The crate's values, for the learner with a learned β and a clamp.
+    assert_eq!(by_variant[0].to_bits(), cpu::meta_loss(&m, &t).unwrap().to_bits());
+    assert_eq!(by_variant[1].to_bits(), reference::meta_loss_f32(&m, &t).unwrap().to_bits());
+    // The order and the truncation do not change the value.
+    assert_eq!(by_variant[4..6], by_variant[0..2]);
+    assert_eq!(by_variant[6..8], by_variant[2..4]);
+
+    // Bad arguments: np_meta_grad's status and message, naming the argument.
+    let mut nan = params.clone();
+    nan[3] = f32::NAN;
+    let wide = [4usize, usize::MAX / 2, 6];
+    let short = &t.inner_x[1..];
+    // (what the message names, meta, device, params, inner_x)
+    type Call<'a> = (&'a str, NpMeta, u32, &'a [f32], &'a [f32]);
+    let bad: [Call; 10] = [
+        ("params", meta, NP_DEVICE_CPU, &params[1..], &t.inner_x),
+        ("inner_x", meta, NP_DEVICE_CPU, &params, short),
+        ("meta.loss = 9", NpMeta { loss: 9, ..meta }, NP_DEVICE_CPU, &params, &t.inner_x),
+        ("meta.pln is NULL", NpMeta { pln: null(), ..meta }, NP_DEVICE_CPU, &params, &t.inner_x),
+        ("meta.gate_at = 2", NpMeta { gate_at: 2, ..meta }, NP_DEVICE_CPU, &params, &t.inner_x),
+        ("meta.truncate", NpMeta { order: NP_META_FIRST, truncate: 2, ..meta }, NP_DEVICE_CPU, &params, &t.inner_x),
+        ("meta.rln", NpMeta { rln: wide.as_ptr(), ..meta }, NP_DEVICE_CPU, &params, &t.inner_x),
+        ("CUDA", meta, NP_DEVICE_CUDA, &params, &t.inner_x),
+        ("device = 7", meta, 7, &params, &t.inner_x),
+        ("rln.0.weight", meta, NP_DEVICE_CPU, &nan, &t.inner_x),
+    ];
+    let mut loss = 0f64;
+    for (needle, meta, device, params, ix) in bad {
+        let want = grad_of(&meta, device, params, ix, &mut loss);
+        let want_msg = last_error();
+        assert_ne!(want, NP_OK, "{needle}");
+        expect(loss_of(&meta, device, params, ix, &mut loss), want, &[needle]);
+        assert_eq!(last_error(), want_msg, "{needle}");
+    }
+    expect(loss_of(&meta, NP_DEVICE_CPU, &params, &t.inner_x, null_mut()), NP_ERR_NULL, &["loss is NULL"]);
+    // SAFETY: a NULL meta is what is being tested.
+    let st = unsafe {
+        np_meta_loss(
+            null(),
+            NP_DEVICE_CPU,
+            null(),
+            0,
+            p,
+            s,
+            bi,
+            bo,
+            null(),
+            0,
+            null(),
+            0,
+            null(),
+            0,
+            null(),
+            0,
+            &mut loss,
+        )
+    };
+    expect(st, NP_ERR_NULL, &["meta is NULL"]);
 }

@@ -13,13 +13,15 @@ The numpy API mirrors the Rust crate:
   returns for the recorded inputs), for closed loops;
 * ``meta_grad(params, trajectory, inner_lr=…, …)`` returns the meta-loss of
   OML, ANML or MAML-style meta-learning (S inner SGD steps per task, then the
-  loss on an outer batch) and its exact gradient for every tensor.
+  loss on an outer batch) and its exact gradient for every tensor;
+  ``meta_loss(params, trajectory, …)`` the same loss alone, bit for bit, for
+  a fraction of the time and memory (validation).
 
 ``neuroplastic.torch`` holds the PyTorch layers (``PlasticRNN`` and its
 modulated and retroactive variants) and ``meta_loss``, the meta-loss as an
 autograd function; it imports torch, this module does not.
 """
 
-from ._native import Engine, ForwardHandle, LayerConfig, Stepper, __version__, meta_grad, simd_features
+from ._native import Engine, ForwardHandle, LayerConfig, Stepper, __version__, meta_grad, meta_loss, simd_features
 
-__all__ = ["Engine", "ForwardHandle", "LayerConfig", "Stepper", "__version__", "meta_grad", "simd_features"]
+__all__ = ["Engine", "ForwardHandle", "LayerConfig", "Stepper", "__version__", "meta_grad", "meta_loss", "simd_features"]

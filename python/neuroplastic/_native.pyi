@@ -100,3 +100,17 @@ def meta_grad(
     device: str = "cpu",
     threads: Optional[int] = None,
 ) -> Tuple[float, Dict[str, Array]]: ...
+
+def meta_loss(
+    params: Dict[str, Array],
+    trajectory: Dict[str, Array],
+    *,
+    inner_lr: Optional[float] = None,
+    loss: Literal["mse", "xent"] = "mse",
+    order: Literal["second", "first"] = "second",
+    truncate: int = 0,
+    clamp: float = 0.0,
+    gate_at: int = 0,
+    device: str = "cpu",
+    threads: Optional[int] = None,
+) -> float: ...

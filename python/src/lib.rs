@@ -1139,6 +1139,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyStepper>()?;
     m.add_function(wrap_pyfunction!(simd_features, m)?)?;
     m.add_function(wrap_pyfunction!(meta::meta_grad, m)?)?;
+    m.add_function(wrap_pyfunction!(meta::meta_loss, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `neuroplastic._native.meta_grad`: the meta-gradient through an inner SGD
-//! loop (OML, ANML, MAML-style) on numpy arrays.
+//! loop (OML, ANML, MAML-style) on numpy arrays; `meta_loss`: the meta-loss
+//! alone, from the same arguments.
 //!
 //! The tensors keep the names of the crate's meta-learning files
 //! (`rln.{l}.weight`, `pln.{l}.bias`, `nm.{l}.weight`, `inner_lr`;
@@ -324,8 +325,14 @@ fn grads_dict<'py, T: Float + Real>(
 
 /// Refuses, before anything is copied, arrays whose copies (and, on the
 /// reference, their f64 twins) do not fit in the memory available: a
-/// broadcast view costs numpy nothing but is copied in full.
-fn check_copies<T: Float>(params: &Bound<'_, PyDict>, traj: &Bound<'_, PyDict>, reference: bool) -> PyResult<()> {
+/// broadcast view costs numpy nothing but is copied in full. `what`: the
+/// computation they are copied for.
+fn check_copies<T: Float>(
+    params: &Bound<'_, PyDict>,
+    traj: &Bound<'_, PyDict>,
+    reference: bool,
+    what: &str,
+) -> PyResult<()> {
     let per = std::mem::size_of::<T>() as u128 + if reference { 8 } else { 0 };
     let mut e = neuroplastic::limits::Estimate::new();
     let (mut largest, mut big) = (String::new(), 0u128);
@@ -343,28 +350,131 @@ fn check_copies<T: Float>(params: &Bound<'_, PyDict>, traj: &Bound<'_, PyDict>, 
     }
     e.check(
         &largest,
-        "copying the arrays for the meta-gradient",
+        &format!("copying the arrays for {what}"),
         "pass smaller arrays (a broadcast view is copied in full)",
     )
     .map_err(|err| PyMemoryError::new_err(err.to_string()))
 }
 
-fn run<'py, T: Float + Real>(
+/// What a computation hands back to Python.
+trait Output<T>: Send {
+    fn into_py<'py>(self, py: Python<'py>, m: &MetaModel<T>, lr_shape: &[usize]) -> PyResult<Bound<'py, PyAny>>;
+}
+
+/// [`meta_grad`]'s `(loss, {name: gradient})`.
+impl<T: Float + Real> Output<T> for MetaGrads<T> {
+    fn into_py<'py>(self, py: Python<'py>, m: &MetaModel<T>, lr_shape: &[usize]) -> PyResult<Bound<'py, PyAny>> {
+        let loss = self.loss;
+        let grads = grads_dict(py, m, lr_shape, self)?;
+        Ok(PyTuple::new(py, [loss.into_pyobject(py)?.into_any(), grads.into_any()])?.into_any())
+    }
+}
+
+/// [`meta_loss`]'s float.
+impl<T> Output<T> for f64 {
+    fn into_py<'py>(self, py: Python<'py>, _: &MetaModel<T>, _: &[usize]) -> PyResult<Bound<'py, PyAny>> {
+        Ok(self.into_pyobject(py)?.into_any())
+    }
+}
+
+/// A computation on the model and trajectory read from Python.
+type Compute<T, R> = fn(&MetaModel<T>, &Trajectory<T>) -> neuroplastic::Result<R>;
+
+/// One computation on each element type and device: float32 on the CPU
+/// backend, float32 through the f64 reference, float64 on the reference;
+/// `what` names it in messages.
+struct Backends<R32, R64> {
+    what: &'static str,
+    cpu: Compute<f32, R32>,
+    reference_f32: Compute<f32, R32>,
+    reference: Compute<f64, R64>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run<'py, T: Float + Real, R: Output<T>>(
     py: Python<'py>,
     params: &Bound<'py, PyDict>,
     traj: &Bound<'py, PyDict>,
     o: &Options,
     threads: Option<usize>,
     reference: bool,
-    grad: impl FnOnce(&MetaModel<T>, &Trajectory<T>) -> neuroplastic::Result<MetaGrads<T>> + Send,
-) -> PyResult<Bound<'py, PyTuple>> {
-    check_copies::<T>(params, traj, reference)?;
+    what: &str,
+    compute: Compute<T, R>,
+) -> PyResult<Bound<'py, PyAny>> {
+    check_copies::<T>(params, traj, reference, what)?;
     let (m, lr_shape) = read_model::<T>(params, o)?;
     let t = read_trajectory::<T>(traj, &m)?;
-    let g = py.detach(|| on_threads(threads, || grad(&m, &t)))?.map_err(py_err)?;
-    let loss = g.loss;
-    let grads = grads_dict(py, &m, &lr_shape, g)?;
-    PyTuple::new(py, [loss.into_pyobject(py)?.into_any(), grads.into_any()])
+    let r = py.detach(|| on_threads(threads, || compute(&m, &t)))?.map_err(py_err)?;
+    r.into_py(py, &m, &lr_shape)
+}
+
+/// The keyword arguments of [`meta_grad`] and [`meta_loss`], as given.
+struct Keywords<'a, 'py> {
+    inner_lr: Option<&'a Bound<'py, PyAny>>,
+    loss: Option<&'a Bound<'py, PyAny>>,
+    order: Option<&'a Bound<'py, PyAny>>,
+    truncate: Option<&'a Bound<'py, PyAny>>,
+    clamp: Option<&'a Bound<'py, PyAny>>,
+    gate_at: Option<&'a Bound<'py, PyAny>>,
+    device: Option<&'a Bound<'py, PyAny>>,
+    threads: Option<&'a Bound<'py, PyAny>>,
+}
+
+/// Reads the arguments of [`meta_grad`] or [`meta_loss`], picks the backend
+/// from the trajectory's element type and the device, and runs `b` there.
+fn call<'py, R32: Output<f32>, R64: Output<f64>>(
+    py: Python<'py>,
+    params: &Bound<'py, PyAny>,
+    trajectory: &Bound<'py, PyAny>,
+    kw: Keywords<'_, 'py>,
+    b: Backends<R32, R64>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let params = as_dict(params, "params", "of the meta-learner's tensors")?;
+    let traj = as_dict(trajectory, "trajectory", "of inner.x, inner.y, outer.x, outer.y")?;
+    let o = Options {
+        loss: word(kw.loss, "loss", "mse", "\"mse\" or \"xent\"")?,
+        inner_lr: real(kw.inner_lr, "inner_lr")?,
+        order: word(kw.order, "order", "second", "\"second\" or \"first\"")?,
+        truncate: count(kw.truncate, "truncate")?.unwrap_or(0),
+        clamp: real(kw.clamp, "clamp")?.unwrap_or(0.0),
+        gate_at: count(kw.gate_at, "gate_at")?.unwrap_or(0),
+    };
+    let threads = count(kw.threads, "threads")?;
+    let device = parse_device(&word(kw.device, "device", "cpu", "\"cpu\" or \"reference\"")?)?;
+    // The element type is the trajectory's inputs'; every other array must match.
+    let x = traj.get_item("inner.x")?.ok_or_else(|| {
+        PyValueError::new_err("trajectory: missing \"inner.x\" (it needs inner.x, inner.y, outer.x, outer.y)")
+    })?;
+    let what = b.what;
+    match (dtype_of(&x).as_deref(), device) {
+        (Some("float32"), neuroplastic::Device::Cpu) => run(py, params, traj, &o, threads, false, what, b.cpu),
+        (Some("float32"), neuroplastic::Device::Reference) => {
+            run(py, params, traj, &o, threads, true, what, b.reference_f32)
+        }
+        (Some("float64"), neuroplastic::Device::Reference) => {
+            run(py, params, traj, &o, threads, false, what, b.reference)
+        }
+        (Some("float64"), neuroplastic::Device::Cpu) => Err(PyTypeError::new_err(
+            "trajectory[\"inner.x\"]: float64 arrays run on device=\"reference\" (the f64 reference); the \"cpu\" \
+             backend takes float32",
+        )),
+        (Some("float32" | "float64"), neuroplastic::Device::Cuda(_)) => Err(py_err(neuroplastic::Error::Unavailable {
+            backend: "cuda".into(),
+            reason: format!("{what} has no CUDA backend yet; use device=\"cpu\""),
+        })),
+        (Some(d), _) => Err(PyTypeError::new_err(format!(
+            "trajectory[\"inner.x\"]: expected a numpy array of float32 or float64 (in this machine's byte order), got {d}"
+        ))),
+        (None, _) if x.hasattr("dtype").unwrap_or(false) => Err(PyTypeError::new_err(format!(
+            "trajectory[\"inner.x\"]: expected a numpy array of float32 or float64, got a numpy scalar ({}); wrap it \
+             with np.asarray",
+            type_name(&x)
+        ))),
+        (None, _) => Err(PyTypeError::new_err(format!(
+            "trajectory[\"inner.x\"]: expected a numpy array of float32 or float64, got {}",
+            type_name(&x)
+        ))),
+    }
 }
 
 /// The meta-loss `L = (1/P) Σ_p ℓ(θ_S^p; outer_p)` after S inner SGD steps
@@ -395,52 +505,52 @@ pub(crate) fn meta_grad<'py>(
     gate_at: Option<&Bound<'py, PyAny>>,
     device: Option<&Bound<'py, PyAny>>,
     threads: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Bound<'py, PyTuple>> {
-    let params = as_dict(params, "params", "of the meta-learner's tensors")?;
-    let traj = as_dict(trajectory, "trajectory", "of inner.x, inner.y, outer.x, outer.y")?;
-    let o = Options {
-        loss: word(loss, "loss", "mse", "\"mse\" or \"xent\"")?,
-        inner_lr: real(inner_lr, "inner_lr")?,
-        order: word(order, "order", "second", "\"second\" or \"first\"")?,
-        truncate: count(truncate, "truncate")?.unwrap_or(0),
-        clamp: real(clamp, "clamp")?.unwrap_or(0.0),
-        gate_at: count(gate_at, "gate_at")?.unwrap_or(0),
+) -> PyResult<Bound<'py, PyAny>> {
+    let kw = Keywords { inner_lr, loss, order, truncate, clamp, gate_at, device, threads };
+    let b = Backends {
+        what: "the meta-gradient",
+        cpu: cpu::meta_grad,
+        reference_f32: reference::meta_grad_f32,
+        reference: reference::meta_grad,
     };
-    let threads = count(threads, "threads")?;
-    let device = parse_device(&word(device, "device", "cpu", "\"cpu\" or \"reference\"")?)?;
-    // The element type is the trajectory's inputs'; every other array must match.
-    let x = traj.get_item("inner.x")?.ok_or_else(|| {
-        PyValueError::new_err("trajectory: missing \"inner.x\" (it needs inner.x, inner.y, outer.x, outer.y)")
-    })?;
-    match (dtype_of(&x).as_deref(), device) {
-        (Some("float32"), neuroplastic::Device::Cpu) => {
-            run::<f32>(py, params, traj, &o, threads, false, cpu::meta_grad)
-        }
-        (Some("float32"), neuroplastic::Device::Reference) => {
-            run::<f32>(py, params, traj, &o, threads, true, reference::meta_grad_f32)
-        }
-        (Some("float64"), neuroplastic::Device::Reference) => {
-            run::<f64>(py, params, traj, &o, threads, false, reference::meta_grad)
-        }
-        (Some("float64"), neuroplastic::Device::Cpu) => Err(PyTypeError::new_err(
-            "trajectory[\"inner.x\"]: float64 arrays run on device=\"reference\" (the f64 reference); the \"cpu\" \
-             backend takes float32",
-        )),
-        (Some("float32" | "float64"), neuroplastic::Device::Cuda(_)) => Err(py_err(neuroplastic::Error::Unavailable {
-            backend: "cuda".into(),
-            reason: "the meta-gradient has no CUDA backend yet; use device=\"cpu\"".into(),
-        })),
-        (Some(d), _) => Err(PyTypeError::new_err(format!(
-            "trajectory[\"inner.x\"]: expected a numpy array of float32 or float64 (in this machine's byte order), got {d}"
-        ))),
-        (None, _) if x.hasattr("dtype").unwrap_or(false) => Err(PyTypeError::new_err(format!(
-            "trajectory[\"inner.x\"]: expected a numpy array of float32 or float64, got a numpy scalar ({}); wrap it \
-             with np.asarray",
-            type_name(&x)
-        ))),
-        (None, _) => Err(PyTypeError::new_err(format!(
-            "trajectory[\"inner.x\"]: expected a numpy array of float32 or float64, got {}",
-            type_name(&x)
-        ))),
-    }
+    call(py, params, trajectory, kw, b)
+}
+
+/// The meta-loss alone: what `meta_grad` returns as its `loss`, bit for bit
+/// on the same device, without the gradient, for a fraction of its time and
+/// memory (the inner steps run forward; nothing is kept for a backward).
+///
+/// Arguments as for `meta_grad`, checked the same way, with the same errors
+/// (but for a gradient that would overflow while the loss fits: none is
+/// computed, so the loss is returned). `order` and `truncate` are accepted
+/// so that one set of options serves both functions; they are checked but
+/// do not change the value (they only choose how the gradient is taken).
+/// The clamp and β do change it. Returns the loss, a float.
+#[pyfunction]
+#[pyo3(signature = (
+    params, trajectory, *, inner_lr = None, loss = None, order = None, truncate = None, clamp = None,
+    gate_at = None, device = None, threads = None
+))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn meta_loss<'py>(
+    py: Python<'py>,
+    params: &Bound<'py, PyAny>,
+    trajectory: &Bound<'py, PyAny>,
+    inner_lr: Option<&Bound<'py, PyAny>>,
+    loss: Option<&Bound<'py, PyAny>>,
+    order: Option<&Bound<'py, PyAny>>,
+    truncate: Option<&Bound<'py, PyAny>>,
+    clamp: Option<&Bound<'py, PyAny>>,
+    gate_at: Option<&Bound<'py, PyAny>>,
+    device: Option<&Bound<'py, PyAny>>,
+    threads: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let kw = Keywords { inner_lr, loss, order, truncate, clamp, gate_at, device, threads };
+    let b = Backends {
+        what: "the meta-loss",
+        cpu: cpu::meta_loss,
+        reference_f32: reference::meta_loss_f32,
+        reference: reference::meta_loss,
+    };
+    call(py, params, trajectory, kw, b)
 }

@@ -1,7 +1,9 @@
 """`neuroplastic.meta_grad` (numpy) and `neuroplastic.torch.meta_loss`: the
 meta-gradient through an inner SGD loop against central finite differences
 of its own loss in float64, float32 CPU against the f64 reference, PyTorch's
-`create_graph=True` unrolled loop (when torch is installed), and the errors."""
+`create_graph=True` unrolled loop (when torch is installed), and the errors;
+`neuroplastic.meta_loss`, the loss alone, against meta_grad's loss (bit for
+bit) and errors."""
 
 from __future__ import annotations
 
@@ -122,12 +124,13 @@ def test_float32_cpu_agrees_with_the_reference(name, kw, opts):
         assert np.array_equal(one[k], two[k]), k
 
 
-def test_errors_name_the_argument():
+@pytest.mark.parametrize("fn", [npl.meta_grad, npl.meta_loss], ids=["meta_grad", "meta_loss"])
+def test_errors_name_the_argument(fn):
     p, tr = random_case(5, nm=False, learned=False)
 
     def fails(exc, match, params=p, traj=tr, **opts):
         with pytest.raises(exc, match=match):
-            npl.meta_grad(params, traj, device="reference", **{"inner_lr": 0.1, **opts})
+            fn(params, traj, device="reference", **{"inner_lr": 0.1, **opts})
 
     fails(ValueError, r'unknown tensor "pln\.0\.wieght"', params={**p, "pln.0.wieght": p["pln.0.weight"]})
     fails(ValueError, r'missing "pln\.1\.bias"', params={k: v for k, v in p.items() if k != "pln.1.bias"})
@@ -137,7 +140,7 @@ def test_errors_name_the_argument():
     fails(ValueError, r'params\["pln\.1\.weight"\]: has shape \(2, 5, 1\)', params={**p, "pln.1.weight": p["pln.1.weight"][..., None]})
     fails(ValueError, "β is given twice", params={**p, "inner_lr": np.array([0.2])})
     with pytest.raises(ValueError, match="β is missing"):
-        npl.meta_grad(p, tr, device="reference")
+        fn(p, tr, device="reference")
     fails(ValueError, r'trajectory\["outer\.y"\]', traj={**tr, "outer.y": tr["outer.y"][:, :, :1]})
     fails(ValueError, r'missing "inner\.y"', traj={k: v for k, v in tr.items() if k != "inner.y"})
     fails(ValueError, r'unknown tensor "inner\.z"', traj={**tr, "inner.z": tr["inner.x"]})
@@ -152,13 +155,74 @@ def test_errors_name_the_argument():
     bad["inner.x"][1, 2, 3, 0] = np.nan
     fails(ValueError, "task 1, inner step 2, row 3", traj=bad)
     with pytest.raises(TypeError, match="float64 arrays run on device=\"reference\""):
-        npl.meta_grad(p, tr, inner_lr=0.1)
+        fn(p, tr, inner_lr=0.1)
     with pytest.raises(TypeError, match=r'params\["pln\.0\.bias"\]: expected a float64 array, got float32'):
-        npl.meta_grad({**p, "pln.0.bias": p["pln.0.bias"].astype(np.float32)}, tr, inner_lr=0.1, device="reference")
+        fn({**p, "pln.0.bias": p["pln.0.bias"].astype(np.float32)}, tr, inner_lr=0.1, device="reference")
     with pytest.raises(RuntimeError, match="cuda"):
-        npl.meta_grad(p, tr, inner_lr=0.1, device="cuda")
+        fn(p, tr, inner_lr=0.1, device="cuda")
     with pytest.raises(TypeError, match="params: expected a dict"):
-        npl.meta_grad([1, 2], tr, inner_lr=0.1)
+        fn([1, 2], tr, inner_lr=0.1)
+
+
+def meta_outcome(fn, *args, **kwargs):
+    """What a call returns or raises: the value, or the exception's type and message."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - compared whole
+        return type(e), str(e)
+
+
+@pytest.mark.parametrize("name,kw,opts", CASES, ids=[c[0] for c in CASES])
+def test_meta_loss_is_meta_grads_loss_bit_for_bit(name, kw, opts):
+    for s in (4, 0):
+        p, tr = random_case(18, s=s, **kw)
+        p32 = {k: v.astype(np.float32) for k, v in p.items()}
+        tr32 = {k: v.astype(np.float32) for k, v in tr.items()}
+        for params, traj, device in ((p, tr, "reference"), (p32, tr32, "reference"), (p32, tr32, "cpu")):
+            want, _ = npl.meta_grad(params, traj, device=device, **opts)
+            for threads in (1, 2):
+                got = npl.meta_loss(params, traj, device=device, threads=threads, **opts)
+                assert type(got) is float and got == want, (name, s, device, threads, got, want)
+    # The order and the truncation are checked but do not change the value;
+    # the clamp and β do.
+    p, tr = random_case(19, nm=False, learned=False)
+    base = npl.meta_loss(p, tr, inner_lr=0.3, device="reference")
+    assert npl.meta_loss(p, tr, inner_lr=0.3, device="reference", order="first") == base
+    assert npl.meta_loss(p, tr, inner_lr=0.3, device="reference", truncate=1) == base
+    assert npl.meta_loss(p, tr, inner_lr=0.3, device="reference", clamp=0.01) != base
+    assert npl.meta_loss(p, tr, inner_lr=0.2, device="reference") != base
+
+
+def test_meta_loss_fails_as_meta_grad_does():
+    p, tr = random_case(20, nm=False, learned=False, dtype=np.float32)
+    # Outputs so large that the loss leaves float32 (with β = 0: only the
+    # values can be to blame).
+    huge = {**p, "pln.0.weight": np.full_like(p["pln.0.weight"], 1e20)}
+    nan = {**tr, "outer.x": tr["outer.x"].copy()}
+    nan["outer.x"][2, 1, 3] = np.inf
+    calls = [
+        ((p, tr), dict(inner_lr=1e6)),  # the inner loop diverges
+        ((p, tr), dict(inner_lr=1e300)),
+        ((huge, tr), dict(inner_lr=0.0)),
+        ((huge, tr), dict(inner_lr=0.0, device="reference")),
+        ((p, nan), dict(inner_lr=0.1)),
+        ((p, tr), dict(inner_lr=0.1, gate_at=5)),
+        ((p, tr), dict(inner_lr=0.1, order="first", truncate=1)),
+        ((p, tr), dict(inner_lr=0.1, device="gpu")),
+        ((p, {**tr, "outer.y": tr["outer.y"][:1]}), dict(inner_lr=0.1)),
+    ]
+    for args, opts in calls:
+        want = meta_outcome(npl.meta_grad, *args, **opts)
+        assert isinstance(want, tuple) and isinstance(want[0], type), (opts, want)
+        assert meta_outcome(npl.meta_loss, *args, **opts) == want, opts
+    # A loss that float32 holds while its gradient overflows: meta_grad
+    # refuses the gradient; meta_loss, which computes none, returns the loss.
+    big = {**p, "pln.0.weight": np.full_like(p["pln.0.weight"], 1e18)}
+    with pytest.raises(ValueError, match="meta-gradient of `rln.0.weight`"):
+        npl.meta_grad(big, tr, inner_lr=0.0)
+    assert 1e35 < npl.meta_loss(big, tr, inner_lr=0.0) < 1e36
+    # The reference computes the gradient in f64, where it fits: the same loss.
+    assert npl.meta_loss(big, tr, inner_lr=0.0, device="reference") == npl.meta_grad(big, tr, inner_lr=0.0, device="reference")[0]
 
 
 def test_huge_inner_lr_is_an_overflow_error_not_a_nan_gradient():
@@ -241,6 +305,55 @@ def test_torch_meta_loss_trains_and_refuses_bad_input():
         meta_loss({k: v.double() for k, v in params.items()}, {k: v.double() for k, v in traj.items()}, inner_lr=0.3)
     with pytest.raises(ValueError, match="backend: unknown value"):
         meta_loss(params, traj, inner_lr=0.3, backend="gpu")
+
+
+def test_torch_meta_loss_without_a_gradient_runs_the_loss_only_pass(monkeypatch):
+    torch = pytest.importorskip("torch")
+    import neuroplastic.torch as nt
+    from neuroplastic.torch import meta_loss
+
+    p, tr = random_case(21, gate_at=1, learned=True, dtype=np.float32)
+    params = {k: torch.tensor(v, requires_grad=True) for k, v in p.items()}
+    traj = {k: torch.tensor(v) for k, v in tr.items()}
+    opts = dict(clamp=0.5, gate_at=1, order="first")
+    with_grad = meta_loss(params, traj, **opts)
+    assert with_grad.requires_grad
+    with_grad.backward()
+    assert params["pln.0.weight"].grad is not None
+
+    def no_gradient_wanted(*args, **kwargs):
+        raise AssertionError("meta_grad called where no gradient can be asked")
+
+    monkeypatch.setattr(nt._native, "meta_grad", no_gradient_wanted)
+    detached = {k: v.detach() for k, v in params.items()}
+    with torch.no_grad():
+        quiet = meta_loss(params, traj, **opts)
+    for loss in (quiet, meta_loss(detached, traj, **opts)):
+        assert loss.dtype == torch.float32 and loss.dim() == 0
+        assert torch.equal(loss, with_grad.detach())
+        assert not loss.requires_grad and loss.grad_fn is None
+        with pytest.raises(RuntimeError, match="does not require grad"):
+            loss.backward()
+    # The arguments are refused as with a gradient.
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="order: unknown value"):
+            meta_loss(params, traj, order="third")
+        with pytest.raises(ValueError, match="truncate = 1 with order"):
+            meta_loss(params, traj, order="first", truncate=1)
+        with pytest.raises(ValueError, match="gate_at = 2"):
+            meta_loss(params, traj, gate_at=2)
+        with pytest.raises(ValueError, match="β is given twice"):
+            meta_loss(params, traj, inner_lr=0.3)
+        with pytest.raises(ValueError, match="require gradients"):
+            meta_loss(params, {**traj, "inner.x": traj["inner.x"].clone().requires_grad_()})
+        f64 = {k: v.double() for k, v in detached.items()}
+        assert float(meta_loss(f64, {k: v.double() for k, v in traj.items()}, backend="reference", **opts)) == (
+            npl.meta_loss({k: v.numpy() for k, v in f64.items()}, {k: v.double().numpy() for k, v in traj.items()},
+                          device="reference", **opts)
+        )
+    monkeypatch.undo()
+    # With a gradient wanted again, the autograd function runs.
+    assert meta_loss(params, traj, **opts).grad_fn is not None
 
 
 def test_meta_params_maps_modules_and_refuses_other_structures():
@@ -356,7 +469,8 @@ def test_a_forked_child_computes_and_thread_pools_stay_bounded():
         npl.meta_grad(p, tr, inner_lr=0.3, threads=10**6)
 
 
-def test_options_of_the_wrong_kind_are_named():
+@pytest.mark.parametrize("fn", [npl.meta_grad, npl.meta_loss], ids=["meta_grad", "meta_loss"])
+def test_options_of_the_wrong_kind_are_named(fn):
     p, tr = random_case(15, nm=False, learned=False)
     cases = [
         (dict(truncate=-1), ValueError, "truncate: expected a whole number"),
@@ -368,15 +482,15 @@ def test_options_of_the_wrong_kind_are_named():
     ]
     for opts, exc, match in cases:
         with pytest.raises(exc, match=match):
-            npl.meta_grad(p, tr, device="reference", **{"inner_lr": 0.1, **opts})
+            fn(p, tr, device="reference", **{"inner_lr": 0.1, **opts})
     p32 = {k: v.astype(np.float32) for k, v in p.items()}
     tr32 = {k: v.astype(np.float32) for k, v in tr.items()}
     with pytest.raises(ValueError, match=r"inner_lr = 1e300: expected a finite number that float32 can hold"):
-        npl.meta_grad(p32, tr32, inner_lr=1e300)
+        fn(p32, tr32, inner_lr=1e300)
     with pytest.raises(ValueError, match="leading zeros"):
-        npl.meta_grad({**p, "pln.01.weight": p["pln.1.weight"]}, tr, device="reference", inner_lr=0.1)
+        fn({**p, "pln.01.weight": p["pln.1.weight"]}, tr, device="reference", inner_lr=0.1)
     with pytest.raises(TypeError, match=r"keys must be strings, got 0"):
-        npl.meta_grad({**p, 0: p["pln.1.weight"]}, tr, device="reference", inner_lr=0.1)
+        fn({**p, 0: p["pln.1.weight"]}, tr, device="reference", inner_lr=0.1)
 
 
 def test_float32_on_the_reference_refuses_what_float32_cannot_hold():

@@ -558,6 +558,12 @@ pub fn meta_grad(model: &MetaModel<f32>, traj: &Trajectory<f32>) -> Result<MetaG
     super::meta_grad::<Cpu>(model, traj)
 }
 
+/// The meta-loss alone in f32, tasks in parallel (see [`super::meta_loss`]):
+/// bit for bit the `loss` of [`meta_grad`].
+pub fn meta_loss(model: &MetaModel<f32>, traj: &Trajectory<f32>) -> Result<f64> {
+    super::meta_loss::<Cpu>(model, traj)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

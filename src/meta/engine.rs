@@ -46,8 +46,17 @@ fn loss_rbwd<K: Kernels>(loss: Loss, yh: &[F<K>], ryh: &[F<K>], rd: &mut [F<K>],
 
 /// Forward of an outer-only stack over `rows` rows; returns each layer's
 /// output (after the ReLU, which follows every layer but the last unless
-/// `relu_last`).
-fn stack_fwd<K: Kernels>(st: &Stack, p: &[F<K>], x: &[F<K>], rows: usize, relu_last: bool) -> Vec<Buf<F<K>>> {
+/// `relu_last`). Without `keep_all`, a layer's output is given back as soon
+/// as the next one is computed, and only the last is returned (the others
+/// are empty): the same products, without the activations a backward needs.
+fn stack_fwd<K: Kernels>(
+    st: &Stack,
+    p: &[F<K>],
+    x: &[F<K>],
+    rows: usize,
+    relu_last: bool,
+    keep_all: bool,
+) -> Vec<Buf<F<K>>> {
     let mut ys: Vec<Buf<F<K>>> = Vec::with_capacity(st.len());
     let mut tmp = Buf::zeros(rows * st.widest());
     for (l, &(i, j)) in st.dims.iter().enumerate() {
@@ -59,6 +68,9 @@ fn stack_fwd<K: Kernels>(st: &Stack, p: &[F<K>], x: &[F<K>], rows: usize, relu_l
             K::relu_fwd(&tmp[..rows * j], &mut y);
         } else {
             K::dense_fwd(input, &p[wr], &p[br], &mut y, rows, i, j);
+        }
+        if l > 0 && !keep_all {
+            ys[l - 1] = Buf::zeros(0);
         }
         ys.push(y);
     }
@@ -206,10 +218,16 @@ impl<T: Real> Pln<'_, T> {
         }
     }
 
+    /// Loss at the last forward.
+    fn value<K: Kernels<F = T>>(&self, ws: &Acts<T>) -> f64 {
+        let (n, o, last) = (self.rows, self.o, self.st.len() - 1);
+        loss_fwd::<K>(self.loss, &ws.a[last][..n * o], self.y, n, o)
+    }
+
     /// Loss at the last forward, and its adjoint into `ws.da[L − 1]`.
     fn loss<K: Kernels<F = T>>(&self, ws: &mut Acts<T>) -> f64 {
         let (n, o, last) = (self.rows, self.o, self.st.len() - 1);
-        let l = loss_fwd::<K>(self.loss, &ws.a[last][..n * o], self.y, n, o);
+        let l = self.value::<K>(ws);
         loss_bwd::<K>(self.loss, &ws.a[last][..n * o], self.y, &mut ws.da[last][..n * o], n, o);
         l
     }
@@ -393,7 +411,118 @@ fn clamp<T: Real>(g: &mut [T], c: T) {
     }
 }
 
-/// One task's meta-loss `L_p` and gradient (unscaled by 1/P), added to `out`.
+/// The rows of batch `k` of a task (k < S: inner step k; k = S: the outer
+/// batch) among the task's S·Bi + Bo rows: `(first, count)`.
+fn batch_rows<T>(t: &Trajectory<T>, k: usize) -> (usize, usize) {
+    if k < t.s { (k * t.bi, t.bi) } else { (t.s * t.bi, t.bo) }
+}
+
+/// Batch `k`'s raw inputs and targets in task `p`, where they lie in the
+/// trajectory.
+fn batch_data<T>(t: &Trajectory<T>, p: usize, k: usize) -> (&[T], &[T]) {
+    let (s, bi, bo, d, yc) = (t.s, t.bi, t.bo, t.d, t.ycols);
+    if k < s {
+        let r = (p * s + k) * bi;
+        (&t.inner_x[r * d..(r + bi) * d], &t.inner_y[r * yc..(r + bi) * yc])
+    } else {
+        (&t.outer_x[p * bo * d..(p + 1) * bo * d], &t.outer_y[p * bo * yc..(p + 1) * bo * yc])
+    }
+}
+
+/// Task `p`'s inputs, its inner rows then its outer rows: `(S·Bi + Bo, D)`,
+/// what the outer-only networks run on.
+fn task_inputs<T: Real>(t: &Trajectory<T>, p: usize) -> Vec<T> {
+    let (s, bi, bo, d) = (t.s, t.bi, t.bo, t.d);
+    let mut x = Vec::with_capacity((s * bi + bo) * d);
+    x.extend_from_slice(&t.inner_x[p * s * bi * d..(p + 1) * s * bi * d]);
+    x.extend_from_slice(&t.outer_x[p * bo * d..(p + 1) * bo * d]);
+    x
+}
+
+/// The PLN on batch `k` of task `p`. `h`: the RLN's output over all the
+/// task's rows, `None` without an RLN (the batch's raw inputs are the PLN's);
+/// `g`: the NM's output over all rows (empty without a gate).
+fn pln_batch<'a, T: Real>(
+    m: &'a MetaModel<T>,
+    t: &'a Trajectory<T>,
+    p: usize,
+    k: usize,
+    h: Option<&'a [T]>,
+    g: &'a [T],
+) -> Pln<'a, T> {
+    let gate = (!m.nm.is_empty()).then_some(m.cfg.gate_at);
+    let gw = gate.map_or(0, |l| m.pln.dims[l].0);
+    let hw = m.pln.dims[0].0;
+    let (r0, n) = batch_rows(t, k);
+    let (x, y) = batch_data(t, p, k);
+    Pln {
+        st: &m.pln,
+        gate,
+        loss: m.cfg.loss,
+        o: m.outputs(),
+        h: h.map_or(x, |h| &h[r0 * hw..(r0 + n) * hw]),
+        g: if gw > 0 { &g[r0 * gw..(r0 + n) * gw] } else { &[] },
+        y,
+        rows: n,
+    }
+}
+
+/// The inner SGD update `θ ← θ − β·clamp_c(∇_θ ℓ)` of a model: the one
+/// code path of both [`meta_grad`]'s forward sweep and [`meta_loss`], so
+/// their θ's are bit for bit the same.
+struct Sgd<T> {
+    beta: T,
+    c: T,
+    clamped: bool,
+    /// Whether the raw inner gradient is materialised (for the clamp or a
+    /// learned β); otherwise the step goes straight into θ.
+    keep_g: bool,
+}
+
+impl<T: Real> Sgd<T> {
+    fn new(m: &MetaModel<T>) -> Self {
+        let clamped = m.cfg.clamp > 0.0;
+        Sgd { beta: m.inner_lr, c: T::from_f64(m.cfg.clamp), clamped, keep_g: clamped || m.cfg.learn_lr }
+    }
+
+    /// One inner step on batch `b`, θ updated in place; the forward's and
+    /// backward's activations are left in `ws` (with `inputs`, also the
+    /// adjoints of layer 0's input and of the gate, see [`Pln::bwd`]).
+    /// `gk` (θ-sized when `keep_g`, else empty) must be zero and is left so;
+    /// with `early`, the clamped inner gradient is also added to it.
+    fn step<K: Kernels<F = T>>(
+        &self,
+        b: &Pln<'_, T>,
+        th: &mut [T],
+        ws: &mut Acts<T>,
+        gk: &mut [T],
+        inputs: bool,
+        early: Option<&mut [T]>,
+    ) {
+        b.fwd::<K>(th, ws);
+        b.loss::<K>(ws);
+        if !self.keep_g {
+            // θ ← θ − β ∇ℓ inside the backward's weight products (the
+            // reverse sweep rebuilds it with the same products, bit for bit).
+            b.bwd::<K>(th, ws, None, -self.beta, inputs);
+            return;
+        }
+        // gk is zero here (the update below leaves it so): bwd accumulates.
+        b.bwd::<K>(th, ws, Some(&mut *gk), T::ONE, inputs);
+        if self.clamped {
+            clamp(gk, self.c);
+        }
+        if let Some(e) = early {
+            e.iter_mut().zip(gk.iter()).for_each(|(e, &g)| *e += g);
+        }
+        let beta = self.beta;
+        th.iter_mut().zip(gk.iter_mut()).for_each(|(t, g)| {
+            *t -= beta * *g;
+            *g = T::ZERO;
+        });
+    }
+}
+
 /// One task's gradient, in pooled buffers.
 struct TaskGrads<T: Real> {
     loss: f64,
@@ -403,18 +532,18 @@ struct TaskGrads<T: Real> {
     inner_lr: T,
 }
 
+/// One task's meta-loss `L_p` (returned) and gradient (unscaled by 1/P),
+/// added to `out`.
 fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &mut TaskGrads<F<K>>) -> f64 {
     let cfg = &m.cfg;
-    let (s, bi, bo, d, yc) = (t.s, t.bi, t.bo, t.d, t.ycols);
+    let (s, bi, bo, d) = (t.s, t.bi, t.bo, t.d);
     let rows = s * bi + bo;
-    let mut x = Vec::with_capacity(rows * d);
-    x.extend_from_slice(&t.inner_x[p * s * bi * d..(p + 1) * s * bi * d]);
-    x.extend_from_slice(&t.outer_x[p * bo * d..(p + 1) * bo * d]);
+    let x = task_inputs(t, p);
 
     // The outer-only networks, once over every row of the task.
-    let rln_ys = stack_fwd::<K>(&m.rln, &m.rln_p, &x, rows, true);
-    let nm_ys = stack_fwd::<K>(&m.nm, &m.nm_p, &x, rows, false);
-    let h: &[F<K>] = rln_ys.last().map(|v| &v[..]).unwrap_or(&x);
+    let rln_ys = stack_fwd::<K>(&m.rln, &m.rln_p, &x, rows, true, true);
+    let nm_ys = stack_fwd::<K>(&m.nm, &m.nm_p, &x, rows, false, true);
+    let h: Option<&[F<K>]> = rln_ys.last().map(|v| &v[..]);
     let hw = m.rln.out().unwrap_or(d);
     let gate = (!m.nm.is_empty()).then_some(cfg.gate_at);
     let gw = gate.map(|g| m.pln.dims[g].0).unwrap_or(0);
@@ -424,27 +553,9 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
     let mut dh = Buf::zeros(if has_rln { rows * hw } else { 0 });
     let mut dg = Buf::zeros(rows * gw);
 
-    let o = m.outputs();
-    let beta = m.inner_lr;
-    let c = F::<K>::from_f64(cfg.clamp);
-    let clamped = cfg.clamp > 0.0;
-    let batch = |k: usize| -> Pln<'_, F<K>> {
-        let (r0, n, y): (usize, usize, &[F<K>]) = if k < s {
-            (k * bi, bi, &t.inner_y[((p * s + k) * bi) * yc..((p * s + k + 1) * bi) * yc])
-        } else {
-            (s * bi, bo, &t.outer_y[p * bo * yc..(p + 1) * bo * yc])
-        };
-        Pln {
-            st: &m.pln,
-            gate,
-            loss: cfg.loss,
-            o,
-            h: &h[r0 * hw..(r0 + n) * hw],
-            g: if gw > 0 { &g[r0 * gw..(r0 + n) * gw] } else { &[] },
-            y,
-            rows: n,
-        }
-    };
+    let sgd = Sgd::new(m);
+    let (beta, c, clamped, keep_g) = (sgd.beta, sgd.c, sgd.clamped, sgd.keep_g);
+    let batch = |k: usize| pln_batch(m, t, p, k, h, g);
 
     let np = m.pln.params();
     // Steps k < k0 are constants (first order, or before the truncation window).
@@ -461,7 +572,6 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
     // Without a clamp or a learned β the raw inner gradient is never needed
     // on its own: the inner step goes straight into θ (and the reverse sweep
     // straight into θ̄). Otherwise it is kept, for the clamp's mask and β̄.
-    let keep_g = clamped || cfg.learn_lr;
     let mut gk = Buf::zeros(if keep_g { np } else { 0 });
     // The inner step's own input gradients are not part of the meta-gradient;
     // only the gate at layer 0 needs dℓ/dz there (for its R-backward).
@@ -476,27 +586,8 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
             snaps.push(Buf::copy_of(&th));
         }
         let (ws, inp) = if k >= k0 { (&mut acts[k - k0], step_inputs) } else { (&mut early_acts, false) };
-        let b = batch(k);
-        b.fwd::<K>(&th, ws);
-        b.loss::<K>(ws);
-        if !keep_g {
-            // θ ← θ − β ∇ℓ inside the backward's weight products (the
-            // reverse sweep rebuilds it with the same products, bit for bit).
-            b.bwd::<K>(&mut th, ws, None, -beta, inp);
-            continue;
-        }
-        // gk is zero here (the update below leaves it so): bwd accumulates.
-        b.bwd::<K>(&mut th, ws, Some(&mut gk), F::<K>::ONE, inp);
-        if clamped {
-            clamp(&mut gk, c);
-        }
-        if k < k0 && cfg.learn_lr {
-            early.iter_mut().zip(&gk).for_each(|(e, &g)| *e += g);
-        }
-        th.iter_mut().zip(gk.iter_mut()).for_each(|(t, g)| {
-            *t -= beta * *g;
-            *g = F::<K>::ZERO;
-        });
+        let sum = if k < k0 && cfg.learn_lr { Some(&mut early[..]) } else { None };
+        sgd.step::<K>(&batch(k), &mut th, ws, &mut gk, inp, sum);
     }
     drop(early_acts);
 
@@ -603,6 +694,69 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
     loss
 }
 
+/// Tasks computed at once on backend `K` for `traj`: one per thread, at
+/// most P, where the backend runs tasks in parallel.
+fn in_flight<K: Kernels>(traj: &Trajectory<K::F>) -> usize {
+    if K::PARALLEL { rayon::current_num_threads().min(traj.p) } else { 1 }
+}
+
+/// What [`meta_grad`] and [`meta_loss`] check before they allocate: the
+/// model, the trajectory against it, and the memory `est` will take
+/// (refused naming the trajectory's shape, `purpose` and what to change).
+fn admit<F: Real>(
+    model: &MetaModel<F>,
+    traj: &Trajectory<F>,
+    est: impl FnOnce() -> Estimate,
+    purpose: &str,
+    fix: &str,
+) -> Result<()> {
+    model.validate()?;
+    traj.validate(model)?;
+    est().check(
+        &format!("trajectory (P = {}, S = {}, Bi = {}, Bo = {})", traj.p, traj.s, traj.bi, traj.bo),
+        purpose,
+        fix,
+    )
+}
+
+/// Runs `one` for every task, in parallel where the backend says so; the
+/// results in task order.
+fn per_task<K: Kernels, R: Send>(traj: &Trajectory<K::F>, one: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
+    if K::PARALLEL { (0..traj.p).into_par_iter().map(one).collect() } else { (0..traj.p).map(one).collect() }
+}
+
+/// The meta-loss `(1/P) Σ_p L_p` from the tasks' losses, summed in task
+/// order; errors ([`Error::Overflow`]) naming the first task whose loss is
+/// not finite, with the likely cause.
+fn mean_loss<F: Real>(model: &MetaModel<F>, traj: &Trajectory<F>, losses: impl Iterator<Item = f64>) -> Result<f64> {
+    let mut loss = 0.0;
+    let mut bad = None;
+    for (p, l) in losses.enumerate() {
+        loss += l;
+        if bad.is_none() && !l.is_finite() {
+            bad = Some((p, l));
+        }
+    }
+    let Some((p, l)) = bad else { return Ok(loss * (1.0 / traj.p as f64)) };
+    let range = std::any::type_name::<F>();
+    let message = if model.inner_lr.to_f64() == 0.0 || traj.s == 0 {
+        // Without inner steps nothing diverged: the values themselves are too large.
+        format!(
+            "is {l}: the meta-loss left the {range} range with no inner update (β = 0 or S = 0): the inputs or \
+             weights are too large; scale them down"
+        )
+    } else {
+        format!(
+            "is {l}: the inner loop or the meta-loss left the {range} range. Usually the inner SGD diverges over \
+             its {} steps (β = {} is too large for these inputs and weights) or inputs or weights are huge; \
+             lower β (inner_lr) or scale the inputs down",
+            traj.s,
+            short(model.inner_lr)
+        )
+    };
+    Err(Error::Overflow { quantity: format!("meta-loss of task {p}"), message })
+}
+
 /// The meta-loss `L = (1/P) Σ_p L_p` and its gradient with respect to every
 /// parameter of `model` (RLN, θ₀, NM, and β when learned), for the P tasks of
 /// `traj`, on backend `K` ([`Reference`](super::reference::Reference) or
@@ -613,11 +767,10 @@ fn task<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize, out: &m
 /// Errors: the model's or trajectory's sizes disagree, a class index is out
 /// of range, or an input is not finite.
 pub fn meta_grad<K: Kernels>(model: &MetaModel<K::F>, traj: &Trajectory<K::F>) -> Result<MetaGrads<K::F>> {
-    model.validate()?;
-    traj.validate(model)?;
-    let in_flight = if K::PARALLEL { rayon::current_num_threads().min(traj.p) } else { 1 };
-    estimate(model, traj, in_flight).check(
-        &format!("trajectory (P = {}, S = {}, Bi = {}, Bo = {})", traj.p, traj.s, traj.bi, traj.bo),
+    admit(
+        model,
+        traj,
+        || estimate(model, traj, in_flight::<K>(traj)),
         "the meta-gradient",
         "use fewer inner steps S or differentiate only the last K of them (truncation), fewer rows per batch, \
          narrower layers, or fewer threads",
@@ -633,47 +786,82 @@ pub fn meta_grad<K: Kernels>(model: &MetaModel<K::F>, traj: &Trajectory<K::F>) -
         g.loss = task::<K>(model, traj, p, &mut g);
         g
     };
-    let per: Vec<TaskGrads<K::F>> =
-        if K::PARALLEL { (0..traj.p).into_par_iter().map(one).collect() } else { (0..traj.p).map(one).collect() };
+    let per: Vec<TaskGrads<K::F>> = per_task::<K, _>(traj, one);
     let mut total = MetaGrads::zeros(model);
-    let scale = 1.0 / traj.p as f64;
-    let mut loss = 0.0;
     for g in &per {
-        loss += g.loss;
         for (dst, src) in [(&mut total.rln, &g.rln[..]), (&mut total.pln, &g.pln[..]), (&mut total.nm, &g.nm[..])] {
             dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
         }
         total.inner_lr += g.inner_lr;
     }
-    let sc = K::F::from_f64(scale);
+    let sc = K::F::from_f64(1.0 / traj.p as f64);
     for v in [&mut total.rln, &mut total.pln, &mut total.nm] {
         v.iter_mut().for_each(|x| *x *= sc);
     }
     total.inner_lr *= sc;
-    total.loss = loss * scale;
-    if let Some(p) = per.iter().position(|g| !g.loss.is_finite()) {
-        let range = std::any::type_name::<K::F>();
-        let message = if model.inner_lr.to_f64() == 0.0 || traj.s == 0 {
-            // Without inner steps nothing diverged: the values themselves are too large.
-            format!(
-                "is {}: the meta-loss left the {range} range with no inner update (β = 0 or S = 0): the inputs or \
-                 weights are too large; scale them down",
-                per[p].loss
-            )
-        } else {
-            format!(
-                "is {}: the inner loop or the meta-loss left the {range} range. Usually the inner SGD diverges over \
-                 its {} steps (β = {} is too large for these inputs and weights) or inputs or weights are huge; \
-                 lower β (inner_lr) or scale the inputs down",
-                per[p].loss,
-                traj.s,
-                short(model.inner_lr)
-            )
-        };
-        return Err(Error::Overflow { quantity: format!("meta-loss of task {p}"), message });
-    }
+    total.loss = mean_loss(model, traj, per.iter().map(|g| g.loss))?;
     check_grads(model, &total)?;
     Ok(total)
+}
+
+/// The meta-loss `L = (1/P) Σ_p L_p` alone: what [`meta_grad`] returns as
+/// its `loss`, bit for bit on the same backend, for a fraction of its time
+/// and memory. Each task runs its inner loop forward (a forward and a
+/// backward per inner step, for the inner gradient that moves θ) and the
+/// outer batch's forward; no R-pass, no θ snapshots, no kept activations, no
+/// backward of the RLN or NM. The order and truncation do not change the
+/// value (they only decide how the gradient is taken); the clamp and β do.
+///
+/// The RLN and NM still run once over all the task's S·Bi + Bo rows, as in
+/// [`meta_grad`]: the CPU backend chooses its product kernel by the number
+/// of rows (few rows: unpacked dot products; many: packed SGEMM), which
+/// round differently, so running them per inner batch would change the
+/// bits. Only their outputs are kept. Memory: [`loss_estimate`].
+///
+/// Errors: those of [`meta_grad`] before it computes (sizes, class indices,
+/// non-finite inputs, memory) and on the meta-loss (a task's loss, or the
+/// mean, out of range). A gradient that would overflow while the loss is
+/// finite is not an error here: none is computed.
+pub fn meta_loss<K: Kernels>(model: &MetaModel<K::F>, traj: &Trajectory<K::F>) -> Result<f64> {
+    admit(
+        model,
+        traj,
+        || loss_estimate(model, traj, in_flight::<K>(traj)),
+        "the meta-loss",
+        "use fewer inner steps S, fewer rows per batch, narrower layers, or fewer threads",
+    )?;
+    let losses = per_task::<K, _>(traj, |p| task_loss::<K>(model, traj, p));
+    let loss = mean_loss(model, traj, losses.into_iter())?;
+    check_loss(model, loss)?;
+    Ok(loss)
+}
+
+/// One task's meta-loss `L_p`, through [`meta_grad`]'s forward sweep alone
+/// (see [`meta_loss`]).
+fn task_loss<K: Kernels>(m: &MetaModel<F<K>>, t: &Trajectory<F<K>>, p: usize) -> f64 {
+    let (s, bi, bo) = (t.s, t.bi, t.bo);
+    let rows = s * bi + bo;
+    let gate = (!m.nm.is_empty()).then_some(m.cfg.gate_at);
+    // The outer-only networks over every row at once, as in `task`, keeping
+    // their outputs only; the raw inputs are copied for them alone.
+    let x = if m.rln.is_empty() && gate.is_none() { Vec::new() } else { task_inputs(t, p) };
+    let rln_ys = stack_fwd::<K>(&m.rln, &m.rln_p, &x, rows, true, false);
+    let nm_ys = stack_fwd::<K>(&m.nm, &m.nm_p, &x, rows, false, false);
+    drop(x);
+    let h: Option<&[F<K>]> = rln_ys.last().map(|v| &v[..]);
+    let g: &[F<K>] = nm_ys.last().map(|v| &v[..]).unwrap_or(&[]);
+
+    // The inner loop in one workspace, then the outer batch's forward.
+    let sgd = Sgd::new(m);
+    let mut th = Buf::copy_of(&m.theta0);
+    let mut gk = Buf::zeros(if sgd.keep_g { m.pln.params() } else { 0 });
+    let mut ws = Acts::new(&m.pln, gate, bi.max(bo), false);
+    for k in 0..s {
+        sgd.step::<K>(&pln_batch(m, t, p, k, h, g), &mut th, &mut ws, &mut gk, false, None);
+    }
+    let outer = pln_batch(m, t, p, s, h, g);
+    outer.fwd::<K>(&th, &mut ws);
+    outer.value::<K>(&ws)
 }
 
 /// A scalar for messages, as the type it is used as, in its shortest form
@@ -683,23 +871,31 @@ fn short<F: Real>(v: F) -> String {
 }
 
 /// Errors ([`Error::Overflow`]) when the meta-loss does not fit the scalar
+/// type `F` (the first check of [`check_grads`]).
+pub(crate) fn check_loss<F: Real>(model: &MetaModel<F>, loss: f64) -> Result<()> {
+    if F::from_f64(loss).to_f64().is_finite() {
+        return Ok(());
+    }
+    // With β = 0 the inner loop does nothing: only the values can be to blame.
+    let lower_beta = if model.inner_lr.to_f64() == 0.0 { "" } else { "lower β (inner_lr), " };
+    Err(Error::Overflow {
+        quantity: "meta-loss".into(),
+        message: format!(
+            "is {loss:e}, beyond the range of {}: the model's outputs are finite but enormous; {lower_beta}scale the \
+             inputs and targets down",
+            std::any::type_name::<F>()
+        ),
+    })
+}
+
+/// Errors ([`Error::Overflow`]) when the meta-loss does not fit the scalar
 /// type `F` or a gradient holds NaN or ±∞, naming the tensor and element:
 /// such a result must not be written or stepped on as if it were one.
 pub fn check_grads<F: Real>(model: &MetaModel<F>, g: &MetaGrads<F>) -> Result<()> {
     let loss = g.loss;
+    check_loss(model, loss)?;
     // With β = 0 the inner loop does nothing: only the values can be to blame.
     let still = model.inner_lr.to_f64() == 0.0;
-    let lower_beta = if still { "" } else { "lower β (inner_lr), " };
-    if !F::from_f64(loss).to_f64().is_finite() {
-        return Err(Error::Overflow {
-            quantity: "meta-loss".into(),
-            message: format!(
-                "is {loss:e}, beyond the range of {}: the model's outputs are finite but enormous; {lower_beta}scale \
-                 the inputs and targets down",
-                std::any::type_name::<F>()
-            ),
-        });
-    }
     for (name, st, v) in [("rln", &model.rln, &g.rln), ("pln", &model.pln, &g.pln), ("nm", &model.nm, &g.nm)] {
         if let Err(Error::NonFinite { arg, index, value }) = st.check_finite(name, v) {
             return Err(Error::Overflow {
@@ -744,18 +940,7 @@ pub fn estimate<F: Real>(model: &MetaModel<F>, traj: &Trajectory<F>, in_flight: 
     let gate = (!model.nm.is_empty()).then_some(cfg.gate_at);
     let has_rln = !model.rln.is_empty();
     let inputs = has_rln || gate == Some(0);
-    // Per row, what `Acts::new` keeps: layer inputs r (l > 0), the gated
-    // input x, a and da, dx where the input's adjoint is needed, dr at the gate.
-    let kept_per_row = model
-        .pln
-        .dims
-        .iter()
-        .enumerate()
-        .map(|(l, &(i, o))| {
-            let (i, o, gated, need) = (i as u128, o as u128, gate == Some(l), l > 0 || inputs);
-            i * (u128::from(l > 0) + u128::from(gated) + u128::from(need) + u128::from(gated && need)) + 2 * o
-        })
-        .sum::<u128>();
+    let kept_per_row = acts_per_row(model, inputs);
     // The R-pass twins: rr, rx, rdx, rdr (inputs) and ra, rda (outputs).
     let rbufs = model.pln.dims.iter().map(|&(i, o)| 4 * i as u128 + 2 * o as u128).sum::<u128>();
     let k0 = match (cfg.order, cfg.truncate) {
@@ -768,11 +953,8 @@ pub fn estimate<F: Real>(model: &MetaModel<F>, traj: &Trajectory<F>, in_flight: 
     let np = model.pln.params() as u128;
     let all = (model.rln.params() + model.pln.params() + model.nm.params()) as u128 + 1;
     let x = |n: u128| n.saturating_mul(b);
-    let fly = in_flight as u128;
     let mut e = Estimate::new();
-    let mut task = |what: &str, n: u128| {
-        e.add(format!("{what} ({in_flight} task(s) at once)"), x(n).saturating_mul(fly));
-    };
+    let mut task = |what: &str, n: u128| per_task_part(&mut e, what, n, b, in_flight);
     task("inputs", rows.saturating_mul(traj.d as u128));
     // The outer-only stacks: activations over every row, and their
     // backward's three buffers over the rows that receive an adjoint.
@@ -799,12 +981,80 @@ pub fn estimate<F: Real>(model: &MetaModel<F>, traj: &Trajectory<F>, in_flight: 
     let hw = if has_rln { model.pln.dims[0].0 as u128 } else { 0 };
     let gw = gate.map_or(0, |g| model.pln.dims[g].0 as u128);
     task("adjoints of the RLN and NM outputs", rows.saturating_mul(hw + gw));
-    // The products' thread-local scratch (scaled or transposed operands).
-    let widest_any = widest(&model.rln).max(widest(&model.pln)).max(widest(&model.nm));
-    task("scratch of the products", rows.saturating_mul(2 * widest_any));
+    task("scratch of the products", scratch(model, rows));
     e.add("every task's gradient and their sum", x((traj.p as u128 + 1).saturating_mul(all)));
-    // Vectors of buffers, rayon's bookkeeping, small vectors not counted above.
+    bookkeeping(&mut e);
+    e
+}
+
+/// What [`meta_loss`] allocates for `model` on `traj`'s shapes with
+/// `in_flight` tasks computed at once (an upper bound): per task the copy of
+/// its inputs where an RLN or NM reads them, those networks' forward over
+/// all S·Bi + Bo rows (a pre-activation and two layer outputs at a time;
+/// an output given back stays in the pool for the next of its width), one
+/// set of PLN activations for the larger batch, θ (and the raw inner
+/// gradient with a clamp or a learned β), and the products' scratch; every
+/// task's loss. Nothing grows with S but the RLN's and NM's rows.
+pub fn loss_estimate<F: Real>(model: &MetaModel<F>, traj: &Trajectory<F>, in_flight: usize) -> Estimate {
+    let b = std::mem::size_of::<F>() as u128;
+    let batch = traj.bi.max(traj.bo) as u128;
+    let rows = (traj.s as u128).saturating_mul(traj.bi as u128).saturating_add(traj.bo as u128);
+    let outer_only = !model.rln.is_empty() || !model.nm.is_empty();
+    // Per row of a stack's forward without `keep_all`: the pre-activation
+    // buffer, and per output width, one buffer (two where consecutive layers
+    // share it: both are alive at once).
+    let forward = |st: &Stack| -> u128 {
+        if st.is_empty() {
+            return 0;
+        }
+        let outs: Vec<usize> = st.dims.iter().map(|d| d.1).collect();
+        let mut widths = outs.clone();
+        widths.sort_unstable();
+        widths.dedup();
+        let twice = |w: usize| outs.windows(2).any(|p| p[0] == w && p[1] == w);
+        st.widest() as u128 + widths.iter().map(|&w| w as u128 * (1 + u128::from(twice(w)))).sum::<u128>()
+    };
+    let mut e = Estimate::new();
+    let mut task = |what: &str, n: u128| per_task_part(&mut e, what, n, b, in_flight);
+    task("inputs", if outer_only { rows.saturating_mul(traj.d as u128) } else { 0 });
+    task("RLN and NM forward", rows.saturating_mul(forward(&model.rln) + forward(&model.nm)));
+    task("PLN activations of one batch", batch.saturating_mul(acts_per_row(model, false)));
+    let keep_g = model.cfg.clamp > 0.0 || model.cfg.learn_lr;
+    task("θ", (1 + u128::from(keep_g)).saturating_mul(model.pln.params() as u128));
+    // Without an RLN or NM, no product has more rows than a batch.
+    task("scratch of the products", scratch(model, if outer_only { rows } else { batch }));
+    e.add("every task's loss", (traj.p as u128).saturating_mul(8));
+    bookkeeping(&mut e);
+    e
+}
+
+/// Per row, what `Acts::new` keeps for `model`'s PLN: layer inputs r
+/// (l > 0), the gated input x, a and da, dx where the input's adjoint is
+/// needed (`inputs`: also at layer 0), dr at the gate.
+fn acts_per_row<F: Real>(model: &MetaModel<F>, inputs: bool) -> u128 {
+    let gate = (!model.nm.is_empty()).then_some(model.cfg.gate_at);
+    let per_layer = |(l, &(i, o)): (usize, &(usize, usize))| {
+        let (i, o, gated, need) = (i as u128, o as u128, gate == Some(l), l > 0 || inputs);
+        i * (u128::from(l > 0) + u128::from(gated) + u128::from(need) + u128::from(gated && need)) + 2 * o
+    };
+    model.pln.dims.iter().enumerate().map(per_layer).sum()
+}
+
+/// Adds to `e` a part that every task in flight holds: `n` elements of `b`
+/// bytes, `in_flight` times.
+fn per_task_part(e: &mut Estimate, what: &str, n: u128, b: u128, in_flight: usize) {
+    e.add(format!("{what} ({in_flight} task(s) at once)"), n.saturating_mul(b).saturating_mul(in_flight as u128));
+}
+
+/// The products' thread-local scratch (scaled or transposed operands), in
+/// elements, for products over up to `rows` rows.
+fn scratch<F: Real>(model: &MetaModel<F>, rows: u128) -> u128 {
+    let widest_any = model.rln.widest().max(model.pln.widest()).max(model.nm.widest()) as u128;
+    rows.saturating_mul(2 * widest_any)
+}
+
+/// Vectors of buffers, rayon's bookkeeping, small vectors not counted above: 5%.
+fn bookkeeping(e: &mut Estimate) {
     let small = e.total() / 20;
     e.add("bookkeeping (5%)", small);
-    e
 }

@@ -53,7 +53,8 @@ use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
 
 use crate::error::{Error, Result, check_len};
 
-pub use engine::{check_grads, estimate, meta_grad};
+pub(crate) use engine::check_loss;
+pub use engine::{check_grads, estimate, loss_estimate, meta_grad, meta_loss};
 
 /// The scalar of a backend: `f64` (reference) or `f32` (CPU).
 pub trait Real:

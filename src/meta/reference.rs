@@ -511,3 +511,18 @@ pub fn meta_grad_f32(model: &MetaModel<f32>, traj: &Trajectory<f32>) -> Result<M
     super::check_grads(model, &g)?;
     Ok(g)
 }
+
+/// The meta-loss alone in f64 (see [`super::meta_loss`]): bit for bit the
+/// `loss` of [`meta_grad`].
+pub fn meta_loss(model: &MetaModel<f64>, traj: &Trajectory<f64>) -> Result<f64> {
+    super::meta_loss::<Reference>(model, traj)
+}
+
+/// [`meta_loss`] for an f32 model and trajectory: computed in f64 and
+/// refused where it does not fit f32, as [`meta_grad_f32`] refuses it; bit
+/// for bit the `loss` of [`meta_grad_f32`].
+pub fn meta_loss_f32(model: &MetaModel<f32>, traj: &Trajectory<f32>) -> Result<f64> {
+    let loss = meta_loss(&model.cast(), &traj.cast())?;
+    super::check_loss(model, loss)?;
+    Ok(loss)
+}
