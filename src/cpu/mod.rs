@@ -139,7 +139,7 @@ pub(crate) fn min_len(work: usize) -> usize {
 
 /// Whether a call through `cfg` on `batch` episodes of `steps` steps is so
 /// small that every parallel loop in it runs on the calling thread
-/// ([`min_len`]: none does more than `B·T·N·(I + X)` element operations). Such
+/// (see `min_len`: none does more than `B·T·N·(I + X)` element operations). Such
 /// a call never touches a thread pool, so it is run where it is made instead
 /// of being handed to one (the hand-off alone costs about 10 µs). The
 /// Python binding asks the same question before choosing its pool.
