@@ -254,6 +254,26 @@ fn bench_flags_that_would_panic_or_never_stop_are_refused() {
     }
 }
 
+/// `bench meta` times the meta-gradient and the meta-loss alone, each in a
+/// process of its own: the same loss, and the loss alone holds less memory.
+#[test]
+fn bench_meta_times_the_gradient_and_the_loss_alone() {
+    let o = Command::new(bin())
+        .args(["bench", "meta", "--no-peers", "--workload", "inner", "--json", "--min-seconds", "0"])
+        .args(["--min-reps", "1"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    let (grad, loss) = (&rows[0], &rows[1]);
+    assert_eq!((grad["impl"].as_str(), loss["impl"].as_str()), (Some("neuroplastic"), Some("neuroplastic-loss")));
+    assert_eq!(grad["loss"], loss["loss"], "{out}");
+    let peak = |r: &serde_json::Value| r["peak_rss_mib"].as_f64().unwrap();
+    assert!(peak(loss) < peak(grad), "{out}");
+}
+
 /// A missing or unreadable input is named with the flag that gave it.
 #[test]
 fn input_errors_name_their_flag() {

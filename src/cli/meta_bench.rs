@@ -84,6 +84,9 @@ pub struct Args {
     /// Run one workload here and print JSON (used by the parent).
     #[arg(long, hide = true)]
     child: bool,
+    /// With `--child`: time the meta-loss alone (`meta::meta_loss`).
+    #[arg(long, hide = true)]
+    loss_only: bool,
 }
 
 /// A model with PyTorch's `nn.Linear` initialisation (U(±1/√in)) and a
@@ -226,15 +229,17 @@ fn fma_peak() -> (f64, usize) {
 fn run_child(args: &Args, w: MetaWorkload) -> Result<String, Box<dyn std::error::Error>> {
     let (m, t) = make(w, 0);
     let mut times = Vec::new();
-    let g = cpu::meta_grad(&m, &t)?; // warm-up
-    std::hint::black_box(&g);
+    // The meta-gradient, or with --loss-only the meta-loss alone.
+    let once = || -> neuroplastic::Result<f64> {
+        if args.loss_only { cpu::meta_loss(&m, &t) } else { cpu::meta_grad(&m, &t).map(|g| g.loss) }
+    };
+    std::hint::black_box(once()?); // warm-up
     let start = Instant::now();
     let mut loss = 0.0;
     while times.len() < args.min_reps || start.elapsed().as_secs_f64() < args.min_seconds {
         let t0 = Instant::now();
-        let g = cpu::meta_grad(&m, &t)?;
+        loss = once()?;
         times.push(t0.elapsed().as_secs_f64());
-        loss = g.loss;
     }
     let peak = peak_rss_mib();
     let med = median(&mut times);
@@ -243,7 +248,8 @@ fn run_child(args: &Args, w: MetaWorkload) -> Result<String, Box<dyn std::error:
     let (peak_rate, lanes) = fma_peak();
     let peak_floor = (rln_flops(w) + pln_flops(w)) / peak_rate;
     Ok(format!(
-        "{{\"impl\":\"neuroplastic\",\"workload\":\"{}\",\"median_s\":{med},\"reps\":{},\"peak_rss_mib\":{peak},\"loss\":{loss},\"rln_gflop\":{},\"pln_gflop\":{},\"sgemm_gflops\":{},\"floor_s\":{floor},\"fma_gflops\":{},\"fma_lanes\":{lanes},\"peak_floor_s\":{peak_floor},\"threads\":{}}}",
+        "{{\"impl\":\"{}\",\"workload\":\"{}\",\"median_s\":{med},\"reps\":{},\"peak_rss_mib\":{peak},\"loss\":{loss},\"rln_gflop\":{},\"pln_gflop\":{},\"sgemm_gflops\":{},\"floor_s\":{floor},\"fma_gflops\":{},\"fma_lanes\":{lanes},\"peak_floor_s\":{peak_floor},\"threads\":{}}}",
+        if args.loss_only { "neuroplastic-loss" } else { "neuroplastic" },
         w.name(),
         times.len(),
         rln_flops(w) / 1e9,
@@ -280,17 +286,25 @@ pub fn run(args: Args) -> CliResult {
     }
     for w in list {
         let mut rows: Vec<serde_json::Value> = Vec::new();
-        let mut cmd = Command::new(&exe);
-        cmd.args(["bench", "meta", "--child", "--workload", w.name()]);
-        cmd.args(["--min-seconds", &args.min_seconds.to_string(), "--min-reps", &args.min_reps.to_string()]);
-        if let Some(n) = args.threads {
-            cmd.args(["--threads", &n.to_string()]);
-        }
-        let out = cmd.output()?;
-        if !out.status.success() {
-            return Err(format!("bench meta {}: {}", w.name(), String::from_utf8_lossy(&out.stderr).trim()).into());
-        }
-        rows.push(serde_json::from_str(String::from_utf8(out.stdout)?.trim())?);
+        // Ours in a process of its own (its peak is its own), then the loss alone in another.
+        let child = |loss_only: bool| -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+            let mut cmd = Command::new(&exe);
+            cmd.args(["bench", "meta", "--child", "--workload", w.name()]);
+            cmd.args(["--min-seconds", &args.min_seconds.to_string(), "--min-reps", &args.min_reps.to_string()]);
+            if let Some(n) = args.threads {
+                cmd.args(["--threads", &n.to_string()]);
+            }
+            if loss_only {
+                cmd.arg("--loss-only");
+            }
+            let out = cmd.output()?;
+            if !out.status.success() {
+                return Err(format!("bench meta {}: {}", w.name(), String::from_utf8_lossy(&out.stderr).trim()).into());
+            }
+            Ok(serde_json::from_str(String::from_utf8(out.stdout)?.trim())?)
+        };
+        rows.push(child(false)?);
+        let loss_only = child(true)?;
         if !args.no_peers {
             for script in ["meta_torch.py", "meta_jax.py"] {
                 let out = Command::new(&python)
@@ -336,7 +350,19 @@ pub fn run(args: Args) -> CliResult {
                 floor
             );
         }
-        if !args.json {
+        if args.json {
+            println!("{loss_only}");
+        } else {
+            println!(
+                "{:<6} {:<13} {:>10.1} {:>10.1}   (the meta-loss alone, meta::meta_loss: {:.2}× faster than the gradient; \
+                 same loss: {})",
+                w.name(),
+                "loss only",
+                1e3 * f(&loss_only, "median_s"),
+                f(&loss_only, "peak_rss_mib"),
+                f(&ours, "median_s") / f(&loss_only, "median_s"),
+                if f(&loss_only, "loss") == f(&ours, "loss") { "yes" } else { "NO" }
+            );
             println!(
                 "       RLN fwd+bwd {:.2} + PLN second order {:.2} GFLOP at {:.0} GFLOP/s SGEMM ({} threads) = floor {:.1} ms",
                 f(&ours, "rln_gflop"),
