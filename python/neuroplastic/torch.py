@@ -342,33 +342,74 @@ class RetroactivePlasticRNN(PlasticRNN):
     default_rule = "retroactive"
 
 
+def _transforms() -> list:
+    """The ``torch.func`` transforms running now (outermost first); empty
+    outside them or without functorch's interpreter stack."""
+    try:
+        return torch._C._functorch.get_interpreter_stack() or []
+    except AttributeError:
+        return []
+
+
+def _second_order_asked() -> bool:
+    """Whether the backward now running is asked for a graph of its own (a
+    second derivative): ``create_graph=True``, ``torch.func.grad`` nested
+    in another transform, or ``torch.func.vjp``'s function (it asks for a
+    graph, and cannot be told apart from ``create_graph=True``). A single
+    ``torch.func.grad`` (or ``jacrev``) level also runs backward in grad
+    mode, and is fine: nothing differentiates its result again."""
+    if not torch.is_grad_enabled():
+        return False
+    try:
+        stack = torch._C._functorch.get_interpreter_stack()
+    except AttributeError:  # a torch without functorch's interpreter stack
+        return True
+    # Plain autograd with create_graph=True (no transform), or more than one
+    # transform level (the outer one would differentiate this backward).
+    return not stack or len(stack) > 1
+
+
 class _MetaLoss(torch.autograd.Function):
     """The meta-loss through an inner SGD loop, its gradient computed in Rust
-    together with the loss (no tape through the inner steps)."""
+    together with the loss (no tape through the inner steps). Written with
+    ``setup_context`` so that ``torch.func.grad`` (``grad_and_value``,
+    ``jacrev``) goes through it too."""
 
     @staticmethod
-    def forward(ctx, names, trajectory, options, *params):
+    def forward(names, keys, options, *tensors):
+        # Here, under torch.func too, the tensors are plain: numpy can read them.
+        params, data = tensors[: len(names)], tensors[len(names) :]
         arrays = {name: _array(p) for name, p in zip(names, params)}
+        # Targets (class indices for xent) are handed over in the inputs' dtype.
+        trajectory = {k: _array(t.to(params[0].dtype)) for k, t in zip(keys, data)}
         loss, grads = _native.meta_grad(arrays, trajectory, **options)
-        # Saved as autograd saves tensors: freed after backward (unless the
-        # graph is retained), and a second backward is refused as usual.
-        ctx.save_for_backward(*(torch.from_numpy(grads[name]) for name in names))
-        return params[0].new_tensor(loss)
+        # The gradients are outputs too (not differentiable), so that
+        # setup_context can save them as autograd saves tensors: freed after
+        # backward unless the graph is retained; a second backward refused.
+        return (params[0].new_tensor(loss), *(torch.from_numpy(grads[name]) for name in names))
 
     @staticmethod
-    def backward(ctx, gloss):
+    def setup_context(ctx, inputs, output):
+        _, *grads = output
+        ctx.mark_non_differentiable(*grads)
+        ctx.save_for_backward(*grads)
+
+    @staticmethod
+    def backward(ctx, gloss, *_):
         # The gradient comes from the engine, not from a graph: to autograd it
         # would be a constant, and a second derivative through it silently
-        # zero. `create_graph=True` runs backward in grad mode: refuse it.
-        if torch.is_grad_enabled():
+        # zero. Refuse to build a graph of it.
+        if _second_order_asked():
             raise RuntimeError(
-                "neuroplastic.torch.meta_loss: its gradient cannot be differentiated again (backward or "
-                "autograd.grad with create_graph=True): the engine returns the exact meta-gradient, not a graph; "
-                "call backward without create_graph"
+                "neuroplastic.torch.meta_loss: its gradient cannot be differentiated again, and this backward "
+                "was asked for a graph (create_graph=True, nested torch.func transforms, or torch.func.vjp, which "
+                "builds one): the engine returns the exact meta-gradient, not a graph. Use backward() or "
+                "torch.autograd.grad without create_graph, or torch.func.grad / grad_and_value / jacrev"
             )
         need = ctx.needs_input_grad
         gparams = [gloss * g if need[3 + k] else None for k, g in enumerate(ctx.saved_tensors)]
-        return (None, None, None, *gparams)
+        # The trajectory's tensors are data: no gradient.
+        return (None, None, None, *gparams, *([None] * (len(need) - 3 - len(gparams))))
 
 
 def meta_loss(
@@ -406,6 +447,11 @@ def meta_loss(
 
     float32 CPU tensors run on the SIMD backend; ``backend="reference"``
     runs the f64 reference (float32 or float64 tensors).
+
+    ``torch.func.grad``, ``grad_and_value`` and ``jacrev`` of it work (one
+    level); what would differentiate its gradient again (``create_graph=True``,
+    nested transforms, ``torch.func.vjp``) is refused, and so is
+    ``torch.func.vmap`` (the tasks are batched along P already).
 
     When no gradient can be asked of the result (under ``torch.no_grad()``,
     or when no parameter requires one, as in a validation pass), only the
@@ -457,8 +503,6 @@ def meta_loss(
         raise RuntimeError(
             f"neuroplastic: the meta-gradient has no CUDA backend yet (tensors on {device}); use CPU tensors"
         )
-    # Targets (class indices for xent) are handed over in the inputs' dtype.
-    data = {k: _array(t.to(dtype)) for k, t in trajectory.items()}
     options = dict(
         inner_lr=inner_lr,
         loss=loss,
@@ -470,13 +514,23 @@ def meta_loss(
         threads=threads,
     )
     names = tuple(params)
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in params.values())):
+    batched = getattr(torch._C._functorch, "is_batchedtensor", lambda t: False)
+    if any(batched(t) for t in tensors):
+        raise RuntimeError(
+            "neuroplastic.torch.meta_loss does not run under torch.func.vmap: it is batched over tasks already; "
+            "stack the tasks along the trajectory's P dimension instead"
+        )
+    loss_only = not (torch.is_grad_enabled() and any(t.requires_grad for t in params.values()))
+    if loss_only and not _transforms():
         # No gradient can be asked of the result (torch.no_grad(), or nothing
         # requires one): the loss-only pass, bit for bit the same value, and a
         # tensor outside the graph, as any operation gives there.
         arrays = {name: _array(t) for name, t in params.items()}
+        # Targets (class indices for xent) are handed over in the inputs' dtype.
+        data = {k: _array(t.to(dtype)) for k, t in trajectory.items()}
         return next(iter(params.values())).new_tensor(_native.meta_loss(arrays, data, **options))
-    return _MetaLoss.apply(names, data, options, *params.values())
+    keys = tuple(trajectory)
+    return _MetaLoss.apply(names, keys, options, *params.values(), *trajectory.values())[0]
 
 
 def _linear_layers(net, name: str, relu_last: bool):

@@ -417,6 +417,58 @@ def test_torch_meta_loss_refuses_a_second_derivative():
     assert g.shape == params["pln.0.weight"].shape and g.abs().sum() > 0
 
 
+def test_torch_func_grad_goes_through_meta_loss():
+    torch = pytest.importorskip("torch")
+    from neuroplastic.torch import meta_loss
+
+    for name, kw, opts in CASES:
+        p, tr = random_case(13, dtype=np.float32, **kw)
+        traj = {k: torch.tensor(v) for k, v in tr.items()}
+        leaves = {k: torch.tensor(v, requires_grad=True) for k, v in p.items()}
+        meta_loss(leaves, traj, **opts).backward()
+        plain = {k: torch.tensor(v) for k, v in p.items()}
+
+        def f(q):
+            return meta_loss(q, traj, **opts)
+
+        g = torch.func.grad(f)(plain)
+        assert set(g) == set(p)
+        for k in p:
+            assert torch.equal(g[k], leaves[k].grad), f"{name}: {k}"
+        _, value = torch.func.grad_and_value(f)(plain)
+        assert value.item() == np.float32(npl.meta_grad(p, tr, **opts)[0]), name
+        # Over one tensor, the others held fixed.
+        one = "pln.0.bias"
+        g1 = torch.func.grad(lambda b: meta_loss({**plain, one: b}, traj, **opts))(plain[one])
+        assert torch.equal(g1, leaves[one].grad), name
+        # jacrev of a scalar is its gradient.
+        jac = torch.func.jacrev(f)(plain)
+        assert all(torch.equal(jac[k], leaves[k].grad) for k in p), name
+
+
+def test_torch_func_transforms_that_need_more_are_refused():
+    torch = pytest.importorskip("torch")
+    from neuroplastic.torch import meta_loss
+
+    p, tr = random_case(14, nm=False, learned=False, dtype=np.float32)
+    plain = {k: torch.tensor(v) for k, v in p.items()}
+    traj = {k: torch.tensor(v) for k, v in tr.items()}
+
+    def f(q):
+        return meta_loss(q, traj, inner_lr=0.3)
+
+    # A second derivative through the engine's gradient would be silently zero.
+    with pytest.raises(RuntimeError, match="cannot be differentiated again"):
+        torch.func.grad(lambda q: torch.func.grad(f)(q)["pln.0.bias"].sum())(plain)
+    # vjp builds a graph of the backward: refused the same way.
+    _, vjp = torch.func.vjp(f, plain)
+    with pytest.raises(RuntimeError, match="torch.func.vjp"):
+        vjp(torch.tensor(1.0))
+    # vmap: the tasks are batched along P already.
+    with pytest.raises(RuntimeError, match="vmap"):
+        torch.func.vmap(lambda b: f({**plain, "pln.0.bias": b}))(torch.zeros(2, *plain["pln.0.bias"].shape))
+
+
 # ------------------------------------------- what a break-it audit found
 
 
