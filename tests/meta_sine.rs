@@ -246,6 +246,22 @@ fn cli_trains_and_evaluates() {
     let mean = value(&both, "OML (2 models)");
     assert!((mean - (a + b) / 2.0).abs() <= 1.5e-3, "{mean} is not the mean of {a} and {b}:\n{both}");
     assert!(both.contains("| X |") && both.contains("over the models"), "{both}");
+    // A different network under the same NAME is not a replica, nor is a copy.
+    let o = Command::new(bin)
+        .args(["eval", "oml-sine", "--model", &format!("OML={}", p("oml.safetensors"))])
+        .args(["--model", &format!("OML={}", p("anml.safetensors"))])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("its network") && err.contains("own NAME"), "{err}");
+    std::fs::copy(p("oml.safetensors"), p("copy.safetensors")).unwrap();
+    let o = Command::new(bin)
+        .args(["eval", "oml-sine", "--model", &format!("OML={}", p("oml.safetensors"))])
+        .args(["--model", &format!("OML={}", p("copy.safetensors"))])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("a copy"), "{err}");
     // The same file twice under one NAME would count twice.
     let o = Command::new(bin)
         .args(["eval", "oml-sine", "--model", &format!("OML={}", p("oml.safetensors"))])

@@ -158,13 +158,18 @@ int main(void) {
     printf("neuroplastic %s: OML meta-gradient, RLN {3, 8, 8}, PLN {8, 8, 1}, beta %.2f, %zu parameters\n",
            np_version(), m.inner_lr, plen);
 
-    /* 1. The reference gradient against central differences of its loss.
-     * With ReLUs inside the PLN the inner gradients, hence the meta-loss,
-     * jump wherever a PLN pre-activation of an inner row crosses zero (by
-     * about 1e-3 here): a step of 1e-3 or 1e-4 straddles such a jump for
-     * many parameters. The loss is f64 inside, so a step of 1e-5 costs no
-     * accuracy (rounding about 1e-16 / 1e-5); the quotient uses the step the
-     * float parameter actually took. */
+    /* 1. The reference gradient against finite differences of its loss,
+     * for every parameter. With ReLUs inside the PLN the inner gradients,
+     * hence the meta-loss, jump wherever a PLN pre-activation of an inner row
+     * crosses zero (by about 1e-3 here), so the step is small: the loss is
+     * f64 inside, so a step of 1e-6 costs no accuracy (rounding about
+     * 1e-16 / 1e-6), and the quotients use the step the float parameter
+     * actually took. The central quotient is held to 1e-5. Where it misses
+     * because a jump or a ReLU's corner falls within the step (rare), the
+     * gradient must be the slope on one side (the one-sided quotient, held
+     * to 1e-3, its O(h) error) and the entry counts as a kink; a quarter of
+     * the entries at kinks fails the check (a gradient off by a small factor
+     * everywhere would pass one-sided checks). */
     Tasks t = tasks_new(P);
     draw_tasks(&t, &seed);
     double l0 = 0.0, lp = 0.0, lm = 0.0;
@@ -172,21 +177,14 @@ int main(void) {
     if (s != NP_OK) return fail("np_meta_grad (reference)", s);
     double gmax = 0.0;
     for (size_t k = 0; k < plen; k++) gmax = fmax(gmax, fabs(grad[k]));
-    const float h = 1e-5f;
+    const float h = 1e-6f;
     double worst_fd = 0.0;
+    size_t kinks = 0;
     for (size_t i = 0; i < nt; i++) {
-        /* Up to two entries per tensor: its largest gradient, and the next
-         * non-zero one after a pseudo-random start (a dead ReLU unit's
-         * entries are exactly zero on both sides: no test). */
-        size_t len = tensors[i].len, big = 0, npick = 1, pick[2];
-        const float *g = grad + tensors[i].off;
-        for (size_t k = 1; k < len; k++)
-            if (fabs(g[k]) > fabs(g[big])) big = k;
-        pick[0] = big;
-        for (size_t j = 0, k = (7 * i + 3) % len; j < len && npick < 2; j++, k = (k + 1) % len)
-            if (k != big && g[k] != 0.0f) pick[npick++] = k;
-        for (size_t j = 0; j < npick; j++) {
-            size_t k = tensors[i].off + pick[j];
+        double worst = 0.0;
+        size_t at = 0, tensor_kinks = 0;
+        for (size_t j = 0; j < tensors[i].len; j++) {
+            size_t k = tensors[i].off + j;
             float p0 = params[k];
             params[k] = p0 + h;
             double hp = (double)params[k] - p0;
@@ -196,14 +194,24 @@ int main(void) {
             if (s == NP_OK) s = meta(&m, NP_DEVICE_REFERENCE, params, plen, &t, &lm, gcpu);
             params[k] = p0;
             if (s != NP_OK) return fail("np_meta_grad (difference)", s);
-            double fd = (lp - lm) / (hp + hm);
             /* Relative to the entry, but not below 1e-2 of the largest. */
-            double err = fabs(fd - grad[k]) / fmax(fabs(grad[k]), 1e-2 * gmax);
-            worst_fd = fmax(worst_fd, err);
-            printf("  %-14s [%2zu] grad % .6e  fd % .6e  rel %.1e\n", tensors[i].name, pick[j], grad[k], fd, err);
+            double scale = fmax(fabs(grad[k]), 1e-2 * gmax);
+            double err = fabs((lp - lm) / (hp + hm) - grad[k]) / scale;
+            if (err > 1e-5) {
+                /* A kink within the step: the gradient is one side's slope. */
+                double e1 = fabs((lp - l0) / hp - grad[k]) / scale, e2 = fabs((l0 - lm) / hm - grad[k]) / scale;
+                err = 1e-2 * fmin(e1, e2); /* one-sided: 1e-3 counts as the central 1e-5 */
+                tensor_kinks++;
+            }
+            if (err > worst) worst = err, at = j;
         }
+        kinks += tensor_kinks;
+        worst_fd = fmax(worst_fd, worst);
+        printf("  %-14s %3zu entries, worst rel %.1e at [%zu], %zu at a kink\n", tensors[i].name, tensors[i].len, worst,
+               at, tensor_kinks);
     }
-    printf("reference vs finite differences: meta-loss %.6f, worst rel %.1e\n", l0, worst_fd);
+    printf("reference vs finite differences, all %zu parameters: meta-loss %.6f, worst rel %.1e, %zu at a kink\n",
+           plen, l0, worst_fd, kinks);
 
     /* 2. The f32 CPU backend against the f64 reference on the same tasks. */
     double lc = 0.0, worst_cpu = 0.0;
@@ -260,12 +268,13 @@ int main(void) {
     free(mom);
     free(vel);
     /* Tolerances. Finite differences: 1e-5, the reference gradient is
-     * rounded to float (6e-8) and the difference quotient is good to about
-     * 1e-10. CPU: f32 through five inner steps, seen at about 1e-7 of the
+     * rounded to float (6e-8) and the central quotient is good to about
+     * 1e-9 (one-sided ones, at a kink, to 1e-3); at most a quarter of the
+     * entries may sit at a kink. CPU: f32 through five inner steps, seen at about 1e-7 of the
      * largest gradient; held to 1e-4. Training: the held-out meta-loss must
      * fall below a quarter of its start (it falls to about an eighth; with
      * the gradient's sign flipped it rises). */
-    if (worst_fd > 1e-5 || worst_cpu > 1e-4 || loss_cpu > 1e-5 || !(after < 0.25 * before) || bad != NP_ERR_INVALID ||
+    if (worst_fd > 1e-5 || kinks * 4 > plen || worst_cpu > 1e-4 || loss_cpu > 1e-5 || !(after < 0.25 * before) || bad != NP_ERR_INVALID ||
         !named) {
         printf("FAILED\n");
         return 1;

@@ -54,8 +54,11 @@ fn compile_and_run(source: &Path, name: &str) -> String {
         lib.display()
     );
     let exe = std::env::temp_dir().join(format!("neuroplastic-{name}-{}", std::process::id()));
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let out = Command::new(&cc)
+    // $CC may carry flags ("gcc -fsanitize=address"), as make allows.
+    let cc = std::env::var("CC").ok().filter(|c| !c.trim().is_empty()).unwrap_or_else(|| "cc".into());
+    let mut words = cc.split_whitespace();
+    let out = Command::new(words.next().unwrap_or("cc"))
+        .args(words)
         .arg("-std=c99")
         .arg("-Wall")
         .arg("-Werror")
@@ -123,8 +126,15 @@ fn readme_c_snippets_run() {
         }
         let src = std::env::temp_dir().join(format!("neuroplastic-readme-{k}-{}.c", std::process::id()));
         std::fs::write(&src, body).unwrap();
+        // Removed even when the block fails to build or run.
+        struct Remove<'a>(&'a Path);
+        impl Drop for Remove<'_> {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(self.0);
+            }
+        }
+        let _remove = Remove(&src);
         let out = compile_and_run(&src, &format!("readme-{k}"));
-        let _ = std::fs::remove_file(&src);
         let expected = blocks.get(k + 1).filter(|(l, _)| *l == "text").map(|(_, b)| *b);
         let expected = expected.expect("each C block is followed by a text block with its output");
         assert_eq!(out.trim_end(), expected.trim_end(), "README C block {k}");

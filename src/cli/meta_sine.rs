@@ -400,7 +400,15 @@ fn t975(df: u64) -> f64 {
         12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
     ];
-    T.get((df.max(1) - 1) as usize).copied().unwrap_or(1.96)
+    match T.get((df.max(1) - 1) as usize) {
+        Some(&t) => t,
+        // Beyond the table, Cornish–Fisher: z + (z³ + z)/4ν + (5z⁵ + 16z³ + 3z)/96ν²
+        // (t(39) = 2.0227, t(100) = 1.9840; 1.96 at ν → ∞).
+        None => {
+            let (z, v) = (1.959964f64, df as f64);
+            z + (z.powi(3) + z) / (4.0 * v) + (5.0 * z.powi(5) + 16.0 * z.powi(3) + 3.0 * z) / (96.0 * v * v)
+        }
+    }
 }
 
 /// The arithmetic mean.
@@ -465,6 +473,56 @@ impl Group {
 /// f32 β, not its f64 widening `0.009999999776482582`).
 fn rate(m: &MetaModel<f32>) -> f32 {
     m.cfg.inner_lr as f32
+}
+
+/// The sizes of a model's stacks and its gate, in words.
+fn architecture(m: &MetaModel<f32>) -> String {
+    let widths = |st: &neuroplastic::meta::Stack| -> String {
+        match st.dims.first() {
+            None => "none".into(),
+            Some(&(i, _)) => std::iter::once(i)
+                .chain(st.dims.iter().map(|&(_, o)| o))
+                .map(|w| w.to_string())
+                .collect::<Vec<_>>()
+                .join("→"),
+        }
+    };
+    let gate = if m.nm.is_empty() { String::new() } else { format!(", gating PLN layer {}", m.cfg.gate_at) };
+    format!("RLN {}, PLN {}, NM {}{gate}", widths(&m.rln), widths(&m.pln), widths(&m.nm))
+}
+
+/// Refuses `e` as a replica of `first` (a model given under the same NAME)
+/// when it is a different network: other layer sizes, with or without a
+/// gate (OML against ANML), another gated layer, or — evaluated at the
+/// models' own rates — another β. Replicas of one method differ in their
+/// training seed only.
+fn replica_of(e: &Entry, first: &Entry, name: &str, own_rate: bool) -> Result<(), String> {
+    let (a, b) = (architecture(&e.model), architecture(&first.model));
+    let differs = if a != b {
+        Some(format!("its network ({a}) is not that of {} ({b})", first.what))
+    } else if own_rate && rate(&e.model) != rate(&first.model) {
+        Some(format!(
+            "its SGD rate β = {} is not that of {} ({}), and each model is evaluated at its own",
+            rate(&e.model),
+            first.what,
+            rate(&first.model)
+        ))
+    } else {
+        None
+    };
+    match differs {
+        Some(why) => Err(format!(
+            "{}: {why}; the models under one NAME (`{name}`) are replicas of one method, averaged into one row (e.g. \
+             the same training from other seeds): give this one its own NAME",
+            e.what
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Whether two models hold the same weights (one file copied to another).
+fn same_weights(a: &MetaModel<f32>, b: &MetaModel<f32>) -> bool {
+    a.rln_p == b.rln_p && a.theta0 == b.theta0 && a.nm_p == b.nm_p && a.inner_lr == b.inner_lr
 }
 
 /// Splits `--model NAME=PATH`. The name may hold '=' too ("OML (K=80)=m.safetensors"):
@@ -589,8 +647,31 @@ pub fn eval(a: EvalArgs) -> CliResult {
         check_model(&model, &what, a.lrs.is_empty())?;
         let entry = Entry { what, model };
         match groups.iter_mut().find(|g| g.name == name) {
-            Some(g) => g.members.push(entry),
+            Some(g) => {
+                replica_of(&entry, &g.members[0], &name, a.lrs.is_empty())?;
+                if let Some(twin) = g.members.iter().find(|e| same_weights(&e.model, &entry.model)) {
+                    return Err(format!(
+                        "{}: its weights are those of {} (a copy); the models under one NAME are replicas and are \
+                         averaged, so a copy would count twice",
+                        entry.what, twin.what
+                    )
+                    .into());
+                }
+                g.members.push(entry)
+            }
             None => groups.push(Group { name, members: vec![entry] }),
+        }
+    }
+    // Labels tell the rows apart ("a (2 models)" could also be a NAME).
+    for (k, g) in groups.iter().enumerate() {
+        if let Some(h) = groups[..k].iter().find(|h| h.label() == g.label()) {
+            return Err(format!(
+                "{} and {} would print as the same row `{}`; give them other NAMEs",
+                h.what(),
+                g.what(),
+                g.label()
+            )
+            .into());
         }
     }
     if a.scratch {
@@ -624,7 +705,14 @@ pub fn eval(a: EvalArgs) -> CliResult {
                 }
                 let err = mean(&errs);
                 if !err.is_finite() {
-                    eprintln!("{}: validation error {err} at lr {lr}{of} (diverged: not a candidate)", g.name);
+                    let who = match g.members.len() {
+                        1 => String::new(),
+                        _ => {
+                            let k = errs.iter().position(|e| !e.is_finite()).unwrap_or(0);
+                            format!("; {} gives {}", g.members[k].what, errs[k])
+                        }
+                    };
+                    eprintln!("{}: validation error {err} at lr {lr}{of} (diverged: not a candidate{who})", g.name);
                     continue;
                 }
                 eprintln!("{}: validation error {err:.3} at lr {lr}{of}", g.name);
@@ -770,4 +858,19 @@ fn plot(path: &Path, curves: &[(String, Vec<f64>)]) -> neuroplastic::Result<()> 
         root.present().map_err(|e| err(&e))?;
     }
     write_atomic(path, svg.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::t975;
+
+    #[test]
+    fn student_t_quantiles_hold_beyond_the_table() {
+        // The table, and Cornish–Fisher past it (tabulated values to 4 digits).
+        for (df, t) in
+            [(1, 12.706), (10, 2.228), (30, 2.042), (31, 2.0395), (39, 2.0227), (100, 1.9840), (1000, 1.9623)]
+        {
+            assert!((t975(df) - t).abs() < 5e-4, "t(0.975, {df}) = {} not {t}", t975(df));
+        }
+    }
 }

@@ -779,7 +779,7 @@ impl Pending {
             let q = p.episode();
             (0..p.b)
                 .into_par_iter()
-                .with_min_len(super::min_len(p.b * steps.len() * p.n * p.i))
+                .with_min_len(super::min_len(p.b.saturating_mul(steps.len()).saturating_mul(p.n).saturating_mul(p.i)))
                 .for_each(|b| range(&q, b, b + 1));
         } else {
             range(&p, 0, p.b);

@@ -106,7 +106,7 @@ pub(crate) fn run(
     };
     if p.grouped {
         let q = p.episode();
-        let min = crate::cpu::min_len(p.b * p.t * p.n * p.i);
+        let min = crate::cpu::min_len(p.b.saturating_mul(p.t).saturating_mul(p.n).saturating_mul(p.i));
         (0..p.b).into_par_iter().with_min_len(min).for_each(|b| range(&q, b, b + 1, b));
     } else {
         range(&p, 0, p.b, 0);
@@ -116,7 +116,7 @@ pub(crate) fn run(
         let n = p.n;
         if p.conn {
             let gal = &*gal;
-            let min = crate::cpu::min_len(p.b * ni);
+            let min = crate::cpu::min_len(p.b.saturating_mul(ni));
             out.params.alpha.par_chunks_mut(4096).with_min_len(min).enumerate().for_each(|(c, dst)| {
                 let o = c * 4096;
                 for b in 0..p.b {
