@@ -150,8 +150,9 @@ impl Truncation {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Options {
     /// Threads for the CPU backend: `None` uses rayon's global pool,
-    /// `Some(n)` a private pool of `n` threads. Results are bitwise the same
-    /// for any number of threads.
+    /// `Some(n)` a private pool of `n` threads (started again in a child
+    /// made by `fork`, where the parent's threads do not exist). Results are
+    /// bitwise the same for any number of threads.
     pub threads: Option<usize>,
     /// Trace checkpointing of the backward pass.
     pub checkpoint: Checkpoint,

@@ -140,13 +140,22 @@ def in_forked_child(fn, timeout=60):
     workers make them); its result. Fails if the child hangs."""
     import multiprocessing as mp
 
+    import queue
+
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     child = ctx.Process(target=lambda: q.put(fn()))
     child.start()
-    child.join(timeout)
+    # The result is read before the child is joined: a child exits only once
+    # what it put in the queue is through the pipe (64 KiB at a time).
+    missing = object()
+    try:
+        result = q.get(timeout=timeout)
+    except queue.Empty:
+        result = missing
+    child.join(5)
     alive = child.is_alive()
     if alive:
         child.kill()
-    assert not alive, "the forked child hung (in a thread pool inherited from the parent?)"
-    return q.get(timeout=5)
+    assert result is not missing and not alive, "the forked child hung (in a thread pool inherited from the parent?)"
+    return result

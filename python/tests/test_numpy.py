@@ -349,11 +349,16 @@ def test_kernels_release_the_gil(rng):
 def test_an_engine_works_in_a_forked_child():
     """After the parent ran an engine, a child made by `fork` (multiprocessing,
     DataLoader workers) computes with it instead of waiting forever on the
-    parent's pool threads, which the child does not have."""
-    cfg = npl.LayerConfig("hebb", 16, 4)
+    parent's pool threads, which the child does not have: the binding's pool
+    (threads=None) and an engine's private one (threads=n) alike. The call
+    is large enough to use a pool (small ones run on the calling thread)."""
+    cfg = npl.LayerConfig("hebb", 64, 8)
     rng = np.random.default_rng(0)
     p = random_params(cfg, rng)
-    x = rng.standard_normal((8, 20, 4)).astype(np.float32)
-    engine = npl.Engine(cfg, "cpu")
-    want = engine.forward(p, x)[0]
-    assert np.array_equal(in_forked_child(lambda: engine.forward(p, x)[0]), want)
+    x = rng.standard_normal((8, 40, 8)).astype(np.float32)
+    for threads in (None, 2):
+        engine = npl.Engine(cfg, "cpu", threads=threads)
+        want = engine.forward(p, x)[0]
+        assert np.array_equal(in_forked_child(lambda: engine.forward(p, x)[0]), want), threads
+        # The parent's pool still serves the parent.
+        assert np.array_equal(engine.forward(p, x)[0], want), threads

@@ -587,29 +587,54 @@ pub fn interval(cfg: &LayerConfig, params: &Params<f32>, checkpoint: Checkpoint,
 pub struct Cpu {
     /// A private pool of `options.threads` threads, or `None` for rayon's
     /// global pool.
-    pool: Option<rayon::ThreadPool>,
+    pool: Option<Private>,
     ws: Workspace,
+}
+
+/// A private pool and the process that started its threads. A child made by
+/// `fork` has none of them (only the forking thread is copied), so a call
+/// there would wait forever on the parent's: the child starts its own.
+struct Private {
+    pid: u32,
+    threads: usize,
+    pool: rayon::ThreadPool,
+}
+
+impl Private {
+    fn new(threads: usize) -> Result<Private> {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| Error::Config {
+            arg: "options.threads".into(),
+            message: format!("could not start a pool of {threads} threads: {e}"),
+        })?;
+        Ok(Private { pid: std::process::id(), threads, pool })
+    }
 }
 
 impl Cpu {
     /// Starts the backend for `opts` (a private pool when `opts.threads` is set).
     pub fn new(opts: &Options) -> Result<Cpu> {
         opts.validate()?;
-        let pool = match opts.threads {
-            Some(n) => Some(rayon::ThreadPoolBuilder::new().num_threads(n).build().map_err(|e| Error::Config {
-                arg: "options.threads".into(),
-                message: format!("could not start a pool of {n} threads: {e}"),
-            })?),
-            None => None,
-        };
+        let pool = opts.threads.map(Private::new).transpose()?;
         Ok(Cpu { pool, ws: Workspace::default() })
     }
 
     /// Runs `f` on the private pool, or where it is called when there is
-    /// none or the call is [`runs_inline`] (it would not use the pool).
-    fn run<R: Send>(pool: &Option<rayon::ThreadPool>, inline: bool, f: impl FnOnce() -> R + Send) -> R {
+    /// none or the call is [`runs_inline`] (it would not use the pool). In a
+    /// child made by `fork` since the pool was started, the pool is started
+    /// again first (the parent's threads do not exist there; its pool is
+    /// leaked, as dropping it would signal them).
+    fn run<R: Send>(pool: &mut Option<Private>, inline: bool, f: impl FnOnce() -> R + Send) -> R {
         match pool {
-            Some(p) if !inline => p.install(f),
+            Some(p) if !inline => {
+                if p.pid != std::process::id() {
+                    match Private::new(p.threads) {
+                        Ok(fresh) => std::mem::forget(std::mem::replace(p, fresh)),
+                        // No threads to be had here: better this thread alone than a wait forever.
+                        Err(_) => return f(),
+                    }
+                }
+                p.pool.install(f)
+            }
             _ => f(),
         }
     }
@@ -625,7 +650,7 @@ impl Cpu {
     ) -> Result<(Vec<f32>, State<f32>, Saved)> {
         let ws = &mut self.ws;
         let inline = runs_inline(cfg, inputs.batch, inputs.steps);
-        Self::run(&self.pool, inline, || plastic_fwd(cfg, params, inputs, init, opts, ws))
+        Self::run(&mut self.pool, inline, || plastic_fwd(cfg, params, inputs, init, opts, ws))
     }
 
     /// [`plastic_bwd`] on this backend's pool and workspace.
@@ -642,7 +667,7 @@ impl Cpu {
     ) -> Result<Gradients<f32>> {
         let ws = &mut self.ws;
         let inline = runs_inline(cfg, inputs.batch, inputs.steps);
-        Self::run(&self.pool, inline, || plastic_bwd(cfg, params, inputs, saved, dy, dlast, opts, ws))
+        Self::run(&mut self.pool, inline, || plastic_bwd(cfg, params, inputs, saved, dy, dlast, opts, ws))
     }
 }
 

@@ -111,7 +111,7 @@ impl Cpu {
     pub(crate) fn steps_step(&mut self, s: &mut Steps, cfg: &LayerConfig, params: &Params<f32>, x: &[f32]) {
         let ws = &mut self.ws;
         let inline = runs_inline(cfg, s.plan.b, 1);
-        Self::run(&self.pool, inline, || s.step(cfg, params, x, ws));
+        Self::run(&mut self.pool, inline, || s.step(cfg, params, x, ws));
     }
 
     /// Ends `s`: see [`Steps::finish`].
