@@ -358,15 +358,18 @@ def _second_order_asked() -> bool:
     graph, and cannot be told apart from ``create_graph=True``). A single
     ``torch.func.grad`` (or ``jacrev``) level also runs backward in grad
     mode, and is fine: nothing differentiates its result again."""
-    if not torch.is_grad_enabled():
-        return False
-    try:
-        stack = torch._C._functorch.get_interpreter_stack()
-    except AttributeError:  # a torch without functorch's interpreter stack
-        return True
-    # Plain autograd with create_graph=True (no transform), or more than one
-    # transform level (the outer one would differentiate this backward).
-    return not stack or len(stack) > 1
+    # Plain autograd with create_graph=True (no transform, or a torch without
+    # functorch's interpreter stack), or more than one transform level (the
+    # outer one would differentiate this backward).
+    return torch.is_grad_enabled() and len(_transforms()) != 1
+
+
+def _meta_arrays(names, params, keys, data):
+    """The numpy views the engine reads: parameters by name, and the
+    trajectory, its targets (class indices for xent) in the inputs' dtype."""
+    arrays = {name: _array(p) for name, p in zip(names, params)}
+    dtype = next(iter(params)).dtype
+    return arrays, {k: _array(t.to(dtype)) for k, t in zip(keys, data)}
 
 
 class _MetaLoss(torch.autograd.Function):
@@ -379,10 +382,7 @@ class _MetaLoss(torch.autograd.Function):
     def forward(names, keys, options, *tensors):
         # Here, under torch.func too, the tensors are plain: numpy can read them.
         params, data = tensors[: len(names)], tensors[len(names) :]
-        arrays = {name: _array(p) for name, p in zip(names, params)}
-        # Targets (class indices for xent) are handed over in the inputs' dtype.
-        trajectory = {k: _array(t.to(params[0].dtype)) for k, t in zip(keys, data)}
-        loss, grads = _native.meta_grad(arrays, trajectory, **options)
+        loss, grads = _native.meta_grad(*_meta_arrays(names, params, keys, data), **options)
         # The gradients are outputs too (not differentiable), so that
         # setup_context can save them as autograd saves tensors: freed after
         # backward unless the graph is retained; a second backward refused.
@@ -525,10 +525,8 @@ def meta_loss(
         # No gradient can be asked of the result (torch.no_grad(), or nothing
         # requires one): the loss-only pass, bit for bit the same value, and a
         # tensor outside the graph, as any operation gives there.
-        arrays = {name: _array(t) for name, t in params.items()}
-        # Targets (class indices for xent) are handed over in the inputs' dtype.
-        data = {k: _array(t.to(dtype)) for k, t in trajectory.items()}
-        return next(iter(params.values())).new_tensor(_native.meta_loss(arrays, data, **options))
+        arrays = _meta_arrays(names, params.values(), trajectory.keys(), trajectory.values())
+        return next(iter(params.values())).new_tensor(_native.meta_loss(*arrays, **options))
     keys = tuple(trajectory)
     return _MetaLoss.apply(names, keys, options, *params.values(), *trajectory.values())[0]
 

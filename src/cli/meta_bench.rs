@@ -243,20 +243,28 @@ fn run_child(args: &Args, w: MetaWorkload) -> Result<String, Box<dyn std::error:
     }
     let peak = peak_rss_mib();
     let med = median(&mut times);
+    let threads = rayon::current_num_threads();
+    if args.loss_only {
+        // The floors are the gradient's: measured once, in the gradient's child.
+        return Ok(format!(
+            "{{\"impl\":\"neuroplastic-loss\",\"workload\":\"{}\",\"median_s\":{med},\"reps\":{},\"peak_rss_mib\":{peak},\"loss\":{loss},\"threads\":{threads}}}",
+            w.name(),
+            times.len()
+        ));
+    }
     let rate = sgemm_rate();
     let floor = (rln_flops(w) + pln_flops(w)) / rate;
     let (peak_rate, lanes) = fma_peak();
     let peak_floor = (rln_flops(w) + pln_flops(w)) / peak_rate;
     Ok(format!(
-        "{{\"impl\":\"{}\",\"workload\":\"{}\",\"median_s\":{med},\"reps\":{},\"peak_rss_mib\":{peak},\"loss\":{loss},\"rln_gflop\":{},\"pln_gflop\":{},\"sgemm_gflops\":{},\"floor_s\":{floor},\"fma_gflops\":{},\"fma_lanes\":{lanes},\"peak_floor_s\":{peak_floor},\"threads\":{}}}",
-        if args.loss_only { "neuroplastic-loss" } else { "neuroplastic" },
+        "{{\"impl\":\"neuroplastic\",\"workload\":\"{}\",\"median_s\":{med},\"reps\":{},\"peak_rss_mib\":{peak},\"loss\":{loss},\"rln_gflop\":{},\"pln_gflop\":{},\"sgemm_gflops\":{},\"floor_s\":{floor},\"fma_gflops\":{},\"fma_lanes\":{lanes},\"peak_floor_s\":{peak_floor},\"threads\":{}}}",
         w.name(),
         times.len(),
         rln_flops(w) / 1e9,
         pln_flops(w) / 1e9,
         rate / 1e9,
         peak_rate / 1e9,
-        rayon::current_num_threads()
+        threads
     ))
 }
 

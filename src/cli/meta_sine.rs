@@ -457,15 +457,10 @@ impl Group {
         }
     }
 
-    /// The members' SGD rates, distinct, as the user would write them.
-    fn rates(&self) -> String {
-        let mut rates: Vec<f32> = Vec::new();
-        for e in &self.members {
-            if !rates.contains(&rate(&e.model)) {
-                rates.push(rate(&e.model));
-            }
-        }
-        rates.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
+    /// The row's SGD rate: one for all its models (replicas are refused at
+    /// other β's, and `--lrs` sets one rate per row).
+    fn rate(&self) -> f32 {
+        rate(&self.members[0].model)
     }
 }
 
@@ -784,7 +779,7 @@ pub fn eval(a: EvalArgs) -> CliResult {
     };
     for (k, g) in groups.iter().enumerate() {
         let means: Vec<Vec<f64>> = seq[k].iter().map(|m| m.iter().map(|v| mean(v)).collect()).collect();
-        md.push_str(&format!("| {} | {} | {} | {} |\n", g.label(), g.rates(), row(means), row(orc[k].clone())));
+        md.push_str(&format!("| {} | {} | {} | {} |\n", g.label(), g.rate(), row(means), row(orc[k].clone())));
     }
     let seeds = if a.seeds == 1 { "1 evaluation seed".to_string() } else { format!("{} evaluation seeds", a.seeds) };
     if groups.iter().any(|g| g.members.len() == 1) {
