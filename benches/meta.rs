@@ -26,6 +26,14 @@
 //! at 300 × 300 for R = 16, 64: `rdw/{R}x300x300/dense_rdw` against
 //! `rdw/{R}x300x300/sgemm` (two scaled `matrixmultiply::sgemm` calls).
 //!
+//! And an RLN layer's three products over a task's rows, 704 × 300 × 300
+//! (`sine`'s S·Bi + Bo rows), with the left factor a ReLU output or its
+//! adjoint (about half zeros: `relu`) or with no zeros (`dense`):
+//! `rln/{fwd,dw,dx}/{relu,dense}`, each through the CPU backend's dispatch
+//! (on AVX-512 builds the masked product for `relu`, `matrixmultiply` for
+//! `dense`, which counts the zeros and finds too few). Throughput counts
+//! the dense product's multiply-adds in both.
+//!
 //! Run: `cargo bench --bench meta` (filter e.g. `cargo bench --bench meta -- anml`).
 
 use std::hint::black_box;
@@ -197,6 +205,40 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// An RLN layer's forward, weight gradient and input adjoint over 704 rows,
+/// with a ReLU-sparse left factor and with a dense one.
+fn rln_products(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rln");
+    g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    let (r, i, j) = (704, 300, 300);
+    let mut seed = 11u64;
+    let w: Vec<f32> = (0..j * i).map(|_| lcg(&mut seed) / (i as f32).sqrt()).collect();
+    let b = vec![0.0f32; j];
+    g.throughput(Throughput::Elements((r * i * j) as u64));
+    for kind in ["relu", "dense"] {
+        // A ReLU output (about half zeros), or values kept away from zero.
+        let mut vals = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    let v = lcg(&mut seed);
+                    if kind == "relu" { v.max(0.0) } else { 0.5 + v.abs() }
+                })
+                .collect()
+        };
+        let (x, da) = (vals(r * i), vals(r * j));
+        let (mut y, mut dx, mut dw, mut db) =
+            (vec![0.0f32; r * j], vec![0.0f32; r * i], vec![0.0f32; j * i], vec![0.0f32; j]);
+        g.bench_function(format!("fwd/{kind}"), |bch| {
+            bch.iter(|| cpu::dense_fwd(black_box(&x), &w, &b, &mut y, r, i, j))
+        });
+        g.bench_function(format!("dw/{kind}"), |bch| {
+            bch.iter(|| cpu::dense_dw(black_box(&x), &da, &mut dw, &mut db, 1.0, r, i, j))
+        });
+        g.bench_function(format!("dx/{kind}"), |bch| bch.iter(|| cpu::dense_dx(&w, black_box(&da), &mut dx, r, i, j)));
+    }
+    g.finish();
+}
+
 /// `dw (j×i) += alpha · dyᵀ x` by `matrixmultiply::sgemm`, `dy: (r, j)`, `x: (r, i)`.
 fn sgemm_dw(x: &[f32], dy: &[f32], dw: &mut [f32], alpha: f32, r: usize, i: usize, j: usize) {
     assert!(x.len() >= r * i && dy.len() >= r * j && dw.len() >= j * i);
@@ -221,5 +263,5 @@ fn sgemm_dw(x: &[f32], dy: &[f32], dw: &mut [f32], alpha: f32, r: usize, i: usiz
     }
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, bench, rln_products);
 criterion_main!(benches);

@@ -339,6 +339,34 @@ fn cpu_matches_reference_at_wide_layers_and_few_rows() {
     }
 }
 
+/// The RLN's and NM's products over all of a task's rows skip the zeros of
+/// their ReLU-sparse left factor on AVX-512 builds (`meta::sparse`): with
+/// widths and rows past the few-row kernels' (≥ 97), the forward, the input
+/// adjoint and the weight gradient of every hidden layer go there, and the
+/// meta-gradient still agrees with the reference, first and second order.
+#[test]
+fn cpu_matches_reference_where_the_outer_networks_are_sparse() {
+    for (order, seed) in [(Order::Second, 31), (Order::First, 32)] {
+        let c = Case {
+            loss: Loss::Mse,
+            order,
+            truncate: 0,
+            clamp: 0.0,
+            learn_lr: false,
+            rln: true,
+            nm: true,
+            gate_at: 1,
+            pln_layers: 2,
+            p: 2,
+            s: 4,
+            bi: 24,
+            bo: 40,
+        };
+        let (m, t) = random_wide(&c, seed, 100);
+        cpu_vs_reference(&m, &t, &format!("sparse outer networks, {order:?}")).unwrap();
+    }
+}
+
 /// Same result, bit for bit, on 1 and 3 threads.
 #[test]
 fn cpu_is_deterministic_over_thread_counts() {

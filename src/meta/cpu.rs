@@ -2,8 +2,10 @@
 //! (same names, same argument order, same formulas: see there).
 //!
 //! Dense layers are matrix products. The large ones (an RLN over all rows of
-//! a task) go to `matrixmultiply::sgemm` (blocked, packed, AVX2/FMA/AVX-512
-//! micro-kernels chosen at run time). The few-row products of an inner loop
+//! a task) go, on AVX-512 builds and where their left operand is mostly
+//! zeros (a ReLU output or the adjoint below a ReLU), to the masked product
+//! of `sparse`, which skips the zeros; otherwise to `matrixmultiply::sgemm`
+//! (blocked, packed, AVX2/FMA/AVX-512 micro-kernels chosen at run time). The few-row products of an inner loop
 //! go to the unpacked kernels of `small`, where packing a whole weight
 //! matrix for 16 rows of work costs more than the product: `x · Wᵀ` as dot
 //! products of rows, and on AVX-512 builds `dy · W` and `dyᵀ · x` in
@@ -16,7 +18,7 @@
 
 use matrixmultiply::sgemm;
 
-use super::{Kernels, MetaGrads, MetaModel, Trajectory, small};
+use super::{Kernels, MetaGrads, MetaModel, Trajectory, small, sparse};
 use crate::error::Result;
 
 /// `c (m×n) = beta·c + alpha · a (m×k) · b (k×n)` with strides (row, column) for each.
@@ -50,6 +52,10 @@ fn gemm(
         && m.min(k) <= small::MAX_ROWS
         && small::gemm_bcast_narrow(m, k, n, alpha, a, (rsa, csa), b, rsb, beta, c)
     {
+        return;
+    }
+    // A large product whose left factor is mostly zeros (docs/meta.md §6).
+    if sparse::gemm(m, k, n, alpha, a, (rsa, csa), b, (rsb, csb), beta, c) {
         return;
     }
     // SAFETY: the asserts above bound every index sgemm forms from the

@@ -17,7 +17,7 @@
 use rayon::prelude::*;
 
 use super::pool::Buf;
-use super::{Kernels, Loss, MetaGrads, MetaModel, Order, Real, Stack, Trajectory};
+use super::{Kernels, Loss, MetaGrads, MetaModel, Order, Real, Stack, Trajectory, sparse};
 use crate::error::{Error, Result};
 use crate::limits::Estimate;
 
@@ -61,7 +61,8 @@ fn stack_fwd<K: Kernels>(
     let mut tmp = Buf::zeros(rows * st.widest());
     for (l, &(i, j)) in st.dims.iter().enumerate() {
         let (wr, br) = st.ranges(l);
-        let mut y = Buf::zeros(rows * j);
+        // Every element is written below (ReLU output, or bias then product).
+        let mut y = Buf::scratch(rows * j);
         let input = if l == 0 { x } else { &ys[l - 1][..] };
         if l + 1 < st.len() || relu_last {
             K::dense_fwd(input, &p[wr], &p[br], &mut tmp[..rows * j], rows, i, j);
@@ -1046,11 +1047,26 @@ fn per_task_part(e: &mut Estimate, what: &str, n: u128, b: u128, in_flight: usiz
     e.add(format!("{what} ({in_flight} task(s) at once)"), n.saturating_mul(b).saturating_mul(in_flight as u128));
 }
 
-/// The products' thread-local scratch (scaled or transposed operands), in
-/// elements, for products over up to `rows` rows.
+/// The products' scratch (scaled, transposed or padded operands, and the
+/// masked products' masks), in elements, for products over up to `rows`
+/// rows: the few-row kernels' copies, or the largest masked product's
+/// (forward, input adjoint or weight gradient of any layer over all rows),
+/// whichever is more (one product at a time per task).
 fn scratch<F: Real>(model: &MetaModel<F>, rows: u128) -> u128 {
     let widest_any = model.rln.widest().max(model.pln.widest()).max(model.nm.widest()) as u128;
-    rows.saturating_mul(2 * widest_any)
+    let r = usize::try_from(rows).unwrap_or(usize::MAX);
+    let masked = [&model.rln, &model.pln, &model.nm]
+        .iter()
+        .flat_map(|st| st.dims.iter())
+        .map(|&(i, j)| {
+            let fwd = sparse::scratch_words(r, i, j, false);
+            let dx = sparse::scratch_words(r, j, i, false);
+            let dw = sparse::scratch_words(j, r, i, true);
+            fwd.max(dx).max(dw)
+        })
+        .max()
+        .unwrap_or(0);
+    rows.saturating_mul(2 * widest_any).max(masked)
 }
 
 /// Vectors of buffers, rayon's bookkeeping, small vectors not counted above: 5%.

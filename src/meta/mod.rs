@@ -47,6 +47,7 @@ pub mod reference;
 #[cfg(feature = "train")]
 pub mod sine;
 mod small;
+mod sparse;
 
 use std::fmt::Debug;
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};

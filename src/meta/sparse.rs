@@ -1,0 +1,495 @@
+//! Products whose left operand is mostly zeros.
+//!
+//! In a ReLU network every hidden activation is zero wherever its unit is
+//! off, and so is the adjoint of every pre-activation (the ReLU's backward
+//! passes nothing there). The three products of an outer-only network's
+//! layer over all the task's rows (the RLN, `S·Bi + Bo` rows) each have such
+//! a factor on the left: the forward `x · Wᵀ` (x the previous layer's ReLU
+//! output), the input adjoint `da · W` and the weight gradient `daᵀ · x`. A
+//! dense GEMM multiplies every zero; at the usual half of the units off
+//! that is half its work. Here each row of the left operand is split into
+//! blocks of 64 columns, a bit mask marks the block's non-zeros, and only
+//! those rows of the right operand are added into the row of the result:
+//! `c[i, :] += Σ_{a[i,p] ≠ 0} a[i,p] · b[p, :]`.
+//!
+//! The right operand is copied first, scaled by the product's `alpha`,
+//! with rows padded to a multiple of 16 elements and starting on 64-byte
+//! boundaries: its vector loads are the inner loop's, and a load split
+//! across two cache lines costs two (unaligned, the product ran 1.4×
+//! slower). The loop order keeps that copy's block in L1: for each block
+//! of 64 of its rows, and each chunk of at most [`CV`] vectors of its
+//! columns (64 × 160 columns are 40 KiB), every row of the result passes,
+//! holding its chunk in registers while the set bits of its mask are
+//! walked. Rows of the result go in blocks of [`MB`] so that their part of
+//! the result stays in L2 next to all of the right operand; where that is
+//! too large for L2 (a weight gradient reduced over many rows), all rows
+//! go at once and each block of the right operand is read once. A result
+//! narrower than a multiple of the lane width ends in a vector shifted to
+//! end at the last column; it overlaps the vector before it, which sits in
+//! the same chunk, and both compute the overlapped columns from the same
+//! old values with the same sums, so either store is right.
+//!
+//! Each element of the result is its old value plus the products in
+//! increasing order of `p`, so results do not depend on threads; they
+//! differ from a dense GEMM's in rounding only (another summation order),
+//! and `0 · ∞` terms, which a dense product would turn into NaN, are
+//! skipped. A NaN in the left operand is not zero and is kept.
+//!
+//! [`gemm`] takes a product only where this pays: AVX-512 builds, at least
+//! [`MIN_ROWS`] rows and a reduced length of [`MIN_INNER`], and the left
+//! operand at most [`MAX_DENSITY`] non-zero, counted on it before the
+//! product (the masks are that count; a few percent of the product's time).
+
+#![allow(clippy::too_many_arguments)]
+
+#[cfg(not(target_feature = "avx512f"))]
+use wide::f32x8 as V;
+#[cfg(target_feature = "avx512f")]
+use wide::f32x16 as V;
+
+use super::pool::Buf;
+
+/// Lanes per vector.
+const L: usize = std::mem::size_of::<V>() / 4;
+/// Rows of the right operand per block: one `u64` mask per block of a row.
+const KB: usize = 64;
+/// Most vectors of result columns held in registers per chunk.
+const CV: usize = 10;
+/// Rows of the result per pass over the right operand: their block of the
+/// result and of the left operand stay in L2 while `b` streams through L1.
+const MB: usize = 64;
+/// Bytes of the right operand up to which it is kept in L2 across row
+/// blocks (half of a 1 MiB L2).
+const B_IN_L2: usize = 512 << 10;
+
+/// Whether the CPU backend sends products here: on AVX-512 builds. With
+/// eight-lane vectors (AVX2) the masked product of a half-zero operand
+/// measured at parity with `matrixmultiply` (BENCHMARKS.md §19), so the
+/// dense GEMM stays.
+pub(crate) const ENABLED: bool = cfg!(target_feature = "avx512f");
+
+/// Fraction of non-zeros in the left operand above which [`gemm`] leaves
+/// the product to the dense GEMM. At 704 × 300 × 300 on Zen 5
+/// (BENCHMARKS.md §19) the masked product, masks and copies included,
+/// takes 0.6× the dense one's time at half non-zeros, 0.93× at 80%, and
+/// is slower from about 85%.
+pub(crate) const MAX_DENSITY: f64 = 0.75;
+/// Smallest dimensions [`gemm`] takes: fewer rows or a shorter reduction
+/// and the masks cost more than the zeros save.
+const MIN_ROWS: usize = 32;
+const MIN_INNER: usize = 32;
+
+/// Where each row's non-zeros are: bit `t` of `masks[i·blocks + q]` is set
+/// where `a[i, 64q + t]` is not zero.
+struct Pattern {
+    masks: Vec<u64>,
+    blocks: usize,
+    nonzeros: usize,
+}
+
+/// The pattern of `a (m × k)` with row stride `rsa` (columns contiguous).
+fn pattern(a: &[f32], m: usize, k: usize, rsa: usize) -> Pattern {
+    let blocks = k.div_ceil(KB);
+    let mut masks = vec![0u64; m * blocks];
+    let mut nonzeros = 0usize;
+    let zero = V::ZERO;
+    for (i, out) in masks.chunks_exact_mut(blocks).enumerate() {
+        let row = &a[i * rsa..i * rsa + k];
+        for (q, mask) in out.iter_mut().enumerate() {
+            let blk = &row[q * KB..((q + 1) * KB).min(k)];
+            let mut bits = 0u64;
+            let mut vecs = blk.chunks_exact(L);
+            for (v, chunk) in vecs.by_ref().enumerate() {
+                let lanes: [f32; L] = chunk.try_into().expect("full vector");
+                // Lanes equal to zero (a NaN is not, so it is kept).
+                let eq = V::from(lanes).simd_eq(zero).to_bitmask() as u64;
+                bits |= (!eq & ((1u64 << L) - 1)) << (v * L);
+            }
+            let done = blk.len() / L * L;
+            for (t, &x) in vecs.remainder().iter().enumerate() {
+                bits |= u64::from(x != 0.0) << (done + t);
+            }
+            nonzeros += bits.count_ones() as usize;
+            *mask = bits;
+        }
+    }
+    Pattern { masks, blocks, nonzeros }
+}
+
+/// `c (m × n, row stride n) += a · b` over `a`'s non-zeros (`pat`);
+/// `a (m × k)` row stride `rsa`, columns contiguous; `b` the right operand
+/// as [`Padded`] makes it.
+fn product(m: usize, k: usize, n: usize, a: &[f32], rsa: usize, b: &Padded, pat: &Pattern, c: &mut [f32]) {
+    assert!(n >= L, "sparse product: at least one vector of columns");
+    assert!(m == 0 || (m - 1) * rsa + k <= a.len(), "sparse product: a too short");
+    assert!(b.rows == k && b.cols == n, "sparse product: b is {} × {}, not {k} × {n}", b.rows, b.cols);
+    assert!(m * n <= c.len(), "sparse product: c too short");
+    // Vectors of columns: full ones from 0, the last one ending at n (it
+    // overlaps the one before it where L does not divide n).
+    let vecs = n.div_ceil(L);
+    let chunks = vecs.div_ceil(CV);
+    // Rows per pass: a block of them while all of b fits in L2 next to it,
+    // else all rows (then each block of b is read from memory once).
+    let mb = if b.rows * b.stride * 4 <= B_IN_L2 { MB } else { m.max(1) };
+    for i0 in (0..m).step_by(mb) {
+        let rows_ = i0..(i0 + mb).min(m);
+        for q in 0..pat.blocks {
+            for ch in 0..chunks {
+                // Balanced chunks: with two vectors or more, each holds at least
+                // two, so the last vector shares its chunk with the one it
+                // overlaps, and both are loaded before either is stored.
+                let (v0, v1) = (ch * vecs / chunks, (ch + 1) * vecs / chunks);
+                let olast = if v1 == vecs { n - L } else { (v1 - 1) * L };
+                macro_rules! arms {
+                ($($nv:literal)*) => {
+                    match v1 - v0 {
+                        $($nv => rows::<$nv>(rows_.clone(), q, v0 * L, olast, a, rsa, b, pat, c, n),)*
+                        _ => unreachable!("chunks hold at most CV vectors"),
+                    }
+                };
+            }
+                arms!(1 2 3 4 5 6 7 8 9 10);
+            }
+        }
+    }
+}
+
+/// Every row of `c` for block `q` of `b`'s rows and `NV` vectors of
+/// columns: the first `NV − 1` from `o0`, the last at `olast`. Where the
+/// last overlaps the one before it, both hold the same sums of the same old
+/// values there, so the order of the stores does not matter.
+#[inline(always)]
+fn rows<const NV: usize>(
+    rows: std::ops::Range<usize>,
+    q: usize,
+    o0: usize,
+    olast: usize,
+    a: &[f32],
+    rsa: usize,
+    b: &Padded,
+    pat: &Pattern,
+    c: &mut [f32],
+    n: usize,
+) {
+    let off = |v: usize| if v + 1 < NV { o0 + v * L } else { olast };
+    assert!(off(0) + L <= n && olast + L <= n, "sparse product: columns inside c");
+    let (ap, bp, cp) = (a.as_ptr(), b.data().as_ptr(), c.as_mut_ptr());
+    let rsb = b.stride;
+    for i in rows {
+        let mut bits = pat.masks[i * pat.blocks + q];
+        if bits == 0 {
+            continue;
+        }
+        // SAFETY: `product` asserted m·n <= c.len(), and every offset is at
+        // most n − L (asserted above).
+        let crow = unsafe { cp.add(i * n) };
+        let mut acc: [V; NV] =
+            std::array::from_fn(|v| V::from(unsafe { crow.add(off(v)).cast::<[f32; L]>().read_unaligned() }));
+        while bits != 0 {
+            let p = q * KB + bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            // SAFETY: a set bit lies below k, and `product` asserted
+            // (m−1)·rsa + k <= a.len(); `Padded` holds k rows of `stride`
+            // ≥ n elements.
+            let s = V::splat(unsafe { *ap.add(i * rsa + p) });
+            let row = unsafe { bp.add(p * rsb) };
+            for (v, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: as above.
+                let bv = V::from(unsafe { row.add(off(v)).cast::<[f32; L]>().read_unaligned() });
+                *acc = s.mul_add(bv, *acc);
+            }
+        }
+        for (v, acc) in acc.iter().enumerate() {
+            // SAFETY: as for the loads.
+            unsafe { crow.add(off(v)).cast::<[f32; L]>().write_unaligned(acc.to_array()) };
+        }
+    }
+}
+
+/// A right operand `(rows × cols)` copied row-major with rows padded with
+/// zeros to a multiple of the lane width and starting on 64-byte
+/// boundaries, so no vector load splits a cache line.
+struct Padded {
+    buf: Buf<f32>,
+    start: usize,
+    rows: usize,
+    cols: usize,
+    stride: usize,
+}
+
+impl Padded {
+    /// `alpha · b`, `b (rows × cols)` with strides `(rs, cs)`, one of them 1.
+    fn new(b: &[f32], rows: usize, cols: usize, (rs, cs): (usize, usize), alpha: f32) -> Self {
+        let stride = cols.div_ceil(16) * 16;
+        let mut buf = Buf::<f32>::scratch(rows * stride + 16);
+        let start = buf.as_ptr().align_offset(64).min(16);
+        let data = &mut buf[start..start + rows * stride];
+        if cs == 1 {
+            for (r, out) in data.chunks_exact_mut(stride).enumerate() {
+                out[..cols].copy_from_slice(&b[r * rs..r * rs + cols]);
+                out[cols..].fill(0.0);
+            }
+        } else {
+            // Stored transposed, as (cols × rows) with row stride cs.
+            for out in data.chunks_exact_mut(stride) {
+                out[cols..].fill(0.0);
+            }
+            transpose_into(b, cols, rows, cs, data, stride);
+        }
+        if alpha != 1.0 {
+            data.iter_mut().for_each(|x| *x *= alpha);
+        }
+        Padded { buf, start, rows, cols, stride }
+    }
+
+    fn data(&self) -> &[f32] {
+        &self.buf[self.start..self.start + self.rows * self.stride]
+    }
+}
+
+/// `c (m × n) = beta·c + alpha · a (m × k) · b (k × n)`, strides (row,
+/// column) for `a` and `b`, `c` row-major: taken here, and `true` returned,
+/// where the build enables it ([`ENABLED`]), the product is large enough
+/// and `a` sparse enough (at most [`MAX_DENSITY`] non-zero); `false`, with
+/// nothing touched, otherwise. `a` with rows strided and columns
+/// contiguous is read as is; stored transposed (row stride 1) it is first
+/// copied row-major. `b` is always copied, padded and scaled by `alpha`.
+pub(crate) fn gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    sa: (usize, usize),
+    b: &[f32],
+    sb: (usize, usize),
+    beta: f32,
+    c: &mut [f32],
+) -> bool {
+    ENABLED && masked(m, k, n, alpha, a, sa, b, sb, beta, c)
+}
+
+/// Elements of scratch (in f32 words) that [`gemm`] allocates for an
+/// `m × k × n` product: the padded copy of the right factor, the row-major
+/// copy of a left factor stored transposed, and the masks (two words each).
+pub(crate) fn scratch_words(m: usize, k: usize, n: usize, a_transposed: bool) -> u128 {
+    let (m, k, n) = (m as u128, k as u128, n as u128);
+    let padded = k.saturating_mul(n.div_ceil(16) * 16).saturating_add(16);
+    let copy = if a_transposed { m.saturating_mul(k) } else { 0 };
+    let masks = m.saturating_mul(k.div_ceil(KB as u128)).saturating_mul(2);
+    padded.saturating_add(copy).saturating_add(masks)
+}
+
+/// [`gemm`] on every build (what the tests check).
+fn masked(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    (rsb, csb): (usize, usize),
+    beta: f32,
+    c: &mut [f32],
+) -> bool {
+    if m < MIN_ROWS || k < MIN_INNER || n < L || (csa != 1 && rsa != 1) || (csb != 1 && rsb != 1) {
+        return false;
+    }
+    // The left operand row-major (a copy when it is stored transposed).
+    let at;
+    let (a, rsa) = if csa == 1 {
+        (a, rsa)
+    } else {
+        if sparsity_of_transposed(a, m, k, csa) > MAX_DENSITY {
+            return false;
+        }
+        at = transpose(a, m, k, csa);
+        (&at[..], k)
+    };
+    let pat = pattern(a, m, k, rsa);
+    if pat.nonzeros as f64 > MAX_DENSITY * (m * k) as f64 {
+        return false;
+    }
+    let b = Padded::new(b, k, n, (rsb, csb), alpha);
+    match beta {
+        0.0 => c[..m * n].fill(0.0),
+        1.0 => {}
+        _ => c[..m * n].iter_mut().for_each(|x| *x *= beta),
+    }
+    product(m, k, n, a, rsa, &b, &pat, c);
+    true
+}
+
+/// Non-zero fraction of `s (rows × cols)` stored with row stride `rs`,
+/// columns contiguous: the check made before transposing.
+fn sparsity_of_transposed(s: &[f32], cols: usize, rows: usize, rs: usize) -> f64 {
+    let nz: usize = (0..rows).map(|r| s[r * rs..r * rs + cols].iter().filter(|&&x| x != 0.0).count()).sum();
+    nz as f64 / (rows * cols).max(1) as f64
+}
+
+/// The `cols × rows` row-major transpose of `s (rows × cols)` stored with
+/// row stride `rs` (columns contiguous).
+fn transpose(s: &[f32], cols: usize, rows: usize, rs: usize) -> Buf<f32> {
+    let mut t = Buf::scratch(cols * rows);
+    transpose_into(s, rows, cols, rs, &mut t, rows);
+    t
+}
+
+/// `d[c·ds + r] = s[r·rs + c]` for `r < rows`, `c < cols`: 8 × 8 tiles
+/// transposed in registers, the edges element by element.
+fn transpose_into(s: &[f32], rows: usize, cols: usize, rs: usize, d: &mut [f32], ds: usize) {
+    use wide::f32x8;
+    assert!(rows == 0 || cols == 0 || ((rows - 1) * rs + cols <= s.len() && (cols - 1) * ds + rows <= d.len()));
+    let (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
+    for r0 in (0..r8).step_by(8) {
+        for c0 in (0..c8).step_by(8) {
+            let tile: [f32x8; 8] = std::array::from_fn(|q| {
+                let at = (r0 + q) * rs + c0;
+                f32x8::from(<[f32; 8]>::try_from(&s[at..at + 8]).expect("eight lanes"))
+            });
+            for (q, v) in f32x8::transpose(tile).iter().enumerate() {
+                let at = (c0 + q) * ds + r0;
+                d[at..at + 8].copy_from_slice(&v.to_array());
+            }
+        }
+        for r in r0..r0 + 8 {
+            for c in c8..cols {
+                d[c * ds + r] = s[r * rs + c];
+            }
+        }
+    }
+    for r in r8..rows {
+        for c in 0..cols {
+            d[c * ds + r] = s[r * rs + c];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(s: &mut u64) -> f32 {
+        *s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// A matrix with about `density` non-zeros (uniform values in ±1).
+    fn sparse(s: &mut u64, n: usize, density: f32) -> Vec<f32> {
+        (0..n).map(|_| if lcg(s).abs() < density { lcg(s) } else { 0.0 }).collect()
+    }
+
+    /// `beta·c + alpha·a·b` in f64, strides as `gemm` takes them.
+    fn naive(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f32,
+        a: &[f32],
+        (rsa, csa): (usize, usize),
+        b: &[f32],
+        (rsb, csb): (usize, usize),
+        beta: f32,
+        c: &[f32],
+    ) -> Vec<f64> {
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let dot: f64 = (0..k).map(|p| a[i * rsa + p * csa] as f64 * b[p * rsb + j * csb] as f64).sum();
+                out[i * n + j] = beta as f64 * c[i * n + j] as f64 + alpha as f64 * dot;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_the_dense_product_in_every_layout_and_width() {
+        let mut s = 7u64;
+        // Widths below, at and around multiples of the lane width and of
+        // the chunk; reductions across block edges.
+        for &(m, k, n) in
+            &[(40, 64, 16), (33, 65, 17), (50, 130, 300), (64, 200, 31), (37, 96, 129), (40, 33, 8 * L + 5)]
+        {
+            for &(ta, tb) in &[(false, false), (true, false), (false, true), (true, true)] {
+                for &(alpha, beta) in &[(1.0f32, 1.0f32), (-0.5, 0.0), (2.0, 0.25)] {
+                    let a = sparse(&mut s, m * k, 0.4);
+                    let b: Vec<f32> = (0..k * n).map(|_| lcg(&mut s)).collect();
+                    let c0: Vec<f32> = (0..m * n).map(|_| lcg(&mut s)).collect();
+                    let sa = if ta { (1, m) } else { (k, 1) };
+                    let sb = if tb { (1, k) } else { (n, 1) };
+                    let want = naive(m, k, n, alpha, &a, sa, &b, sb, beta, &c0);
+                    let mut c = c0.clone();
+                    assert!(masked(m, k, n, alpha, &a, sa, &b, sb, beta, &mut c), "{m}x{k}x{n} taken");
+                    for (idx, (&g, &w)) in c.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                            "{m}x{k}x{n} ta {ta} tb {tb} α {alpha} β {beta} at {idx}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn leaves_dense_or_small_products_untouched() {
+        let mut s = 3u64;
+        let (m, k, n) = (64, 64, 64);
+        let dense: Vec<f32> = (0..m * k).map(|_| lcg(&mut s) + 2.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|_| lcg(&mut s)).collect();
+        let mut c = vec![1.5f32; m * n];
+        assert!(!masked(m, k, n, 1.0, &dense, (k, 1), &b, (n, 1), 0.0, &mut c));
+        assert!(!masked(m, k, n, 1.0, &dense, (1, m), &b, (n, 1), 0.0, &mut c));
+        let few = sparse(&mut s, 8 * k, 0.3);
+        assert!(!masked(8, k, n, 1.0, &few, (k, 1), &b, (n, 1), 0.0, &mut c));
+        assert!(c.iter().all(|&x| x == 1.5), "a refused product writes nothing");
+    }
+
+    #[test]
+    fn a_nan_on_the_left_reaches_its_row_and_zeros_skip_infinities() {
+        let (m, k, n) = (32, 64, 32);
+        let mut a = vec![0.0f32; m * k];
+        a[5 * k + 3] = f32::NAN;
+        a[7 * k + 9] = 1.0;
+        let mut b = vec![1.0f32; k * n];
+        b[10 * n..11 * n].fill(f32::INFINITY);
+        let mut c = vec![0.0f32; m * n];
+        assert!(masked(m, k, n, 1.0, &a, (k, 1), &b, (n, 1), 0.0, &mut c));
+        assert!(c[5 * n..6 * n].iter().all(|x| x.is_nan()), "the NaN's row");
+        assert!(c[7 * n..8 * n].iter().all(|&x| x == 1.0), "a plain row");
+        assert!(c.iter().enumerate().all(|(e, x)| e / n == 5 || x.is_finite()), "no 0·∞ terms");
+    }
+
+    #[test]
+    fn the_scratch_count_covers_what_a_product_allocates() {
+        // The pool hands out buffers of exactly the requested capacity, so
+        // the largest product's buffers are what `scratch_words` counts.
+        let (m, k, n) = (45, 130, 37);
+        let b = vec![1.0f32; k * n];
+        let padded = Padded::new(&b, k, n, (n, 1), 1.0);
+        let pat = pattern(&vec![1.0f32; m * k], m, k, k);
+        let words = padded.buf.len() + m * k + pat.masks.len() * 2;
+        assert_eq!(scratch_words(m, k, n, true), words as u128);
+    }
+
+    #[test]
+    fn the_mask_marks_exactly_the_non_zeros() {
+        let mut s = 11u64;
+        let (m, k, rsa) = (5, 150, 160);
+        let a = sparse(&mut s, m * rsa, 0.5);
+        let pat = pattern(&a, m, k, rsa);
+        let mut count = 0;
+        for i in 0..m {
+            for p in 0..k {
+                let bit = pat.masks[i * pat.blocks + p / KB] >> (p % KB) & 1 == 1;
+                assert_eq!(bit, a[i * rsa + p] != 0.0, "row {i} column {p}");
+                count += usize::from(bit);
+            }
+            for p in k..pat.blocks * KB {
+                assert_eq!(pat.masks[i * pat.blocks + p / KB] >> (p % KB) & 1, 0, "no bit past k");
+            }
+        }
+        assert_eq!(pat.nonzeros, count);
+    }
+}
