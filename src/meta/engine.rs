@@ -1058,12 +1058,7 @@ fn scratch<F: Real>(model: &MetaModel<F>, rows: u128) -> u128 {
     let masked = [&model.rln, &model.pln, &model.nm]
         .iter()
         .flat_map(|st| st.dims.iter())
-        .map(|&(i, j)| {
-            let fwd = sparse::scratch_words(r, i, j, false);
-            let dx = sparse::scratch_words(r, j, i, false);
-            let dw = sparse::scratch_words(j, r, i, true);
-            fwd.max(dx).max(dw)
-        })
+        .map(|&(i, j)| sparse::layer_scratch(r, i, j))
         .max()
         .unwrap_or(0);
     rows.saturating_mul(2 * widest_any).max(masked)

@@ -237,6 +237,8 @@ pub fn parameter_counts(c: &SineConfig, method: Method) -> [u128; 3] {
 /// - `R · (L + 5) · w`, and as much again for ANML's NM: the outer-only
 ///   networks' activations over every row (kept for their backward), their
 ///   backward's three scratch rows and the adjoints of their output;
+/// - about `2 · R · w` (`sparse::layer_scratch`): the scratch of the
+///   RLN's masked products, copies of one product's factors at a time;
 /// - `((S′ + 2) · Bi + Bo) · (4 · Σ inputs + 2 · Σ outputs)` over the PLN's
 ///   layers: each differentiated inner step keeps its activations, inputs
 ///   and adjoints for the reverse sweep (plus the shared set of the steps
@@ -279,6 +281,9 @@ pub fn training_memory(c: &SineConfig, method: Method) -> Estimate {
         ),
         f(mul(mul(rows, mul(l.saturating_add(5), w)), outer_nets)),
     );
+    let r = usize::try_from(rows).unwrap_or(usize::MAX);
+    let masked = super::sparse::layer_scratch(r, c.width, c.width);
+    e.add(format!("the masked products' scratch over {rows} rows (copies of a layer's factors)"), f(masked));
     let kept = mul(sd.saturating_add(2), bi).saturating_add(bo);
     e.add(format!("the PLN's activations of {sd} differentiated inner steps, {kept} rows"), f(mul(kept, per_row)));
     let copies = sd.div_ceil(seg).saturating_add(seg).saturating_add(2);

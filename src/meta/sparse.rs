@@ -280,6 +280,17 @@ pub(crate) fn scratch_words(m: usize, k: usize, n: usize, a_transposed: bool) ->
     padded.saturating_add(copy).saturating_add(masks)
 }
 
+/// The most scratch (f32 words) one product of a dense layer `i → j` over
+/// `rows` rows takes here: its forward (`rows × i × j`), input adjoint
+/// (`rows × j × i`) or weight gradient (`j × rows × i`, the adjoint
+/// transposed first), whichever is largest.
+pub(crate) fn layer_scratch(rows: usize, i: usize, j: usize) -> u128 {
+    let fwd = scratch_words(rows, i, j, false);
+    let dx = scratch_words(rows, j, i, false);
+    let dw = scratch_words(j, rows, i, true);
+    fwd.max(dx).max(dw)
+}
+
 /// [`gemm`] on every build (what the tests check).
 fn masked(
     m: usize,
