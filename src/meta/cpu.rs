@@ -2,7 +2,7 @@
 //! (same names, same argument order, same formulas: see there).
 //!
 //! Dense layers are matrix products. The large ones (an RLN over all rows of
-//! a task) go, on AVX-512 builds and where their left operand is mostly
+//! a task) go, on AVX-512 and AVX2 + FMA builds and where their left operand is mostly
 //! zeros (a ReLU output or the adjoint below a ReLU), to the masked product
 //! of `sparse`, which skips the zeros; otherwise to `matrixmultiply::sgemm`
 //! (blocked, packed, AVX2/FMA/AVX-512 micro-kernels chosen at run time). The few-row products of an inner loop

@@ -35,7 +35,8 @@
 //! and `0 · ∞` terms, which a dense product would turn into NaN, are
 //! skipped. A NaN in the left operand is not zero and is kept.
 //!
-//! [`gemm`] takes a product only where this pays: AVX-512 builds, at least
+//! [`gemm`] takes a product only where this pays: AVX-512 or AVX2 + FMA
+//! builds ([`ENABLED`]), at least
 //! [`MIN_ROWS`] rows and a reduced length of [`MIN_INNER`], and the left
 //! operand at most [`MAX_DENSITY`] non-zero, counted on it before the
 //! product (the masks are that count; a few percent of the product's time).
@@ -62,11 +63,15 @@ const MB: usize = 64;
 /// blocks (half of a 1 MiB L2).
 const B_IN_L2: usize = 512 << 10;
 
-/// Whether the CPU backend sends products here: on AVX-512 builds. With
-/// eight-lane vectors (AVX2) the masked product of a half-zero operand
-/// measured at parity with `matrixmultiply` (BENCHMARKS.md §19), so the
-/// dense GEMM stays.
-pub(crate) const ENABLED: bool = cfg!(target_feature = "avx512f");
+/// Whether the CPU backend sends products here: on builds for AVX-512, or
+/// for AVX2 with FMA (eight-lane vectors). Not on older targets, where
+/// `wide` emulates the vectors. At half zeros and 704 × 300 × 300 the
+/// masked product takes 0.6–0.7× `matrixmultiply`'s time with the same
+/// vector width (BENCHMARKS.md §19: AVX-512 on both sides, or AVX2 on both
+/// sides), and about the same time when an AVX2 build runs on an AVX-512
+/// CPU (where `matrixmultiply` picks its AVX-512 kernel at run time).
+pub(crate) const ENABLED: bool =
+    cfg!(any(target_feature = "avx512f", all(target_feature = "avx2", target_feature = "fma")));
 
 /// Fraction of non-zeros in the left operand above which [`gemm`] leaves
 /// the product to the dense GEMM. At 704 × 300 × 300 on Zen 5
