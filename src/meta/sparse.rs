@@ -448,6 +448,34 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, failure_persistence: None, ..Default::default() })]
+
+        /// Random shapes, densities (up to the dispatch's limit), strides
+        /// with slack, layouts and scales against the f64 product.
+        #[test]
+        fn matches_the_dense_product_on_random_shapes(
+            m in 32usize..90, k in 32usize..200, n in L..180, pad in 0usize..5,
+            density in 0.0f32..0.65, ta: bool, tb: bool, seed: u64,
+            alpha in proptest::prop_oneof![proptest::strategy::Just(1.0f32), -2.0f32..2.0],
+            beta in proptest::prop_oneof![proptest::strategy::Just(0.0f32), proptest::strategy::Just(1.0f32), -1.0f32..1.0],
+        ) {
+            let mut s = seed | 1;
+            // Row strides with `pad` unused elements after each row.
+            let (sa, alen) = if ta { ((1, m + pad), k * (m + pad)) } else { ((k + pad, 1), m * (k + pad)) };
+            let (sb, blen) = if tb { ((1, k + pad), n * (k + pad)) } else { ((n + pad, 1), k * (n + pad)) };
+            let a = sparse(&mut s, alen, density);
+            let b: Vec<f32> = (0..blen).map(|_| lcg(&mut s)).collect();
+            let c0: Vec<f32> = (0..m * n).map(|_| lcg(&mut s)).collect();
+            let want = naive(m, k, n, alpha, &a, sa, &b, sb, beta, &c0);
+            let mut c = c0.clone();
+            proptest::prop_assert!(masked(m, k, n, alpha, &a, sa, &b, sb, beta, &mut c), "taken");
+            for (idx, (&g, &w)) in c.iter().zip(&want).enumerate() {
+                proptest::prop_assert!((g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()), "at {}: {} vs {}", idx, g, w);
+            }
+        }
+    }
+
     #[test]
     fn leaves_dense_or_small_products_untouched() {
         let mut s = 3u64;
