@@ -146,13 +146,13 @@ fn product(m: usize, k: usize, n: usize, a: &[f32], rsa: usize, b: &Padded, pat:
                 let (v0, v1) = (ch * vecs / chunks, (ch + 1) * vecs / chunks);
                 let olast = if v1 == vecs { n - L } else { (v1 - 1) * L };
                 macro_rules! arms {
-                ($($nv:literal)*) => {
-                    match v1 - v0 {
-                        $($nv => rows::<$nv>(rows_.clone(), q, v0 * L, olast, a, rsa, b, pat, c, n),)*
-                        _ => unreachable!("chunks hold at most CV vectors"),
-                    }
-                };
-            }
+                    ($($nv:literal)*) => {
+                        match v1 - v0 {
+                            $($nv => rows::<$nv>(rows_.clone(), q, v0 * L, olast, a, rsa, b, pat, c, n),)*
+                            _ => unreachable!("chunks hold at most CV vectors"),
+                        }
+                    };
+                }
                 arms!(1 2 3 4 5 6 7 8 9 10);
             }
         }
@@ -317,7 +317,7 @@ fn masked(
     let (a, rsa) = if csa == 1 {
         (a, rsa)
     } else {
-        if sparsity_of_transposed(a, m, k, csa) > MAX_DENSITY {
+        if density_of(a, m, k, csa) > MAX_DENSITY {
             return false;
         }
         at = transpose(a, m, k, csa);
@@ -338,8 +338,9 @@ fn masked(
 }
 
 /// Non-zero fraction of `s (rows × cols)` stored with row stride `rs`,
-/// columns contiguous: the check made before transposing.
-fn sparsity_of_transposed(s: &[f32], cols: usize, rows: usize, rs: usize) -> f64 {
+/// columns contiguous: the check made before a transposed left factor is
+/// copied.
+fn density_of(s: &[f32], cols: usize, rows: usize, rs: usize) -> f64 {
     let nz: usize = (0..rows).map(|r| s[r * rs..r * rs + cols].iter().filter(|&&x| x != 0.0).count()).sum();
     nz as f64 / (rows * cols).max(1) as f64
 }
