@@ -10,8 +10,8 @@ mod meta_support;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use meta_support::{Case, random_wide};
-use neuroplastic::meta::{Loss, Order, cpu, estimate, loss_estimate, pool};
+use meta_support::{Case, Rng, init, random_wide};
+use neuroplastic::meta::{Loss, MetaConfig, MetaModel, Order, Trajectory, cpu, estimate, loss_estimate, pool};
 
 struct Counting;
 
@@ -85,4 +85,44 @@ fn the_memory_estimate_bounds_the_allocations_closely() {
         });
         assert_eq!(loss.to_bits(), want.to_bits(), "{what}: meta_loss ≠ meta_grad's loss");
     }
+
+    // An RLN whose hidden layers all differ in width, over enough rows that
+    // every hidden layer's products are masked ones (`meta::sparse`, on
+    // AVX2 and AVX-512 builds): their scratch differs in size from layer to
+    // layer, and must not pile up (pooled, it did: 0.8× the peak).
+    let mut rng = Rng::new(5);
+    let rln = [3, 96, 112, 128, 100, 160, 81];
+    let cfg = MetaConfig { inner_lr: 0.3, ..MetaConfig::default() };
+    let mut m = MetaModel::<f64>::zeros(cfg, 3, &rln, &[81, 20, 2], &[]);
+    m.rln_p = init(&m.rln, &mut rng);
+    m.theta0 = init(&m.pln, &mut rng);
+    let (p, s, bi, bo) = (1, 60, 16, 64);
+    let t = Trajectory {
+        p,
+        s,
+        bi,
+        bo,
+        d: 3,
+        ycols: 2,
+        inner_x: rng.vec(p * s * bi * 3, -1.5, 1.5),
+        inner_y: rng.vec(p * s * bi * 2, -1.5, 1.5),
+        outer_x: rng.vec(p * bo * 3, -1.5, 1.5),
+        outer_y: rng.vec(p * bo * 2, -1.5, 1.5),
+    };
+    let (m, t) = (m.cast::<f32>(), t.cast::<f32>());
+    let pool1 = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    pool1.install(|| {
+        pool::release();
+        let est = estimate(&m, &t, 1).total() as f64;
+        let before = NOW.load(Ordering::SeqCst);
+        PEAK.store(before, Ordering::SeqCst);
+        drop(cpu::meta_grad(&m, &t).unwrap());
+        let peak = (PEAK.load(Ordering::SeqCst) - before) as f64;
+        println!("RLN of distinct widths: allocated at most {peak:.0} bytes, estimated {est:.0} ({:.2}×)", est / peak);
+        assert!(peak <= est, "RLN of distinct widths: allocated {peak} bytes, more than the estimate {est}");
+        assert!(
+            est <= 2.5 * peak,
+            "RLN of distinct widths: the estimate {est} is far above the {peak} bytes allocated"
+        );
+    });
 }

@@ -32,8 +32,10 @@
 //! Each element of the result is its old value plus the products in
 //! increasing order of `p`, so results do not depend on threads; they
 //! differ from a dense GEMM's in rounding only (another summation order),
-//! and `0 · ∞` terms, which a dense product would turn into NaN, are
-//! skipped. A NaN in the left operand is not zero and is kept.
+//! and terms with a zero on the left are skipped, so a NaN or an infinity
+//! on the right reaches only the rows that multiply it by a non-zero (a
+//! dense product spreads it to every row). A NaN on the left is not zero
+//! and is kept.
 //!
 //! [`gemm`] takes a product only where this pays: AVX-512 or AVX2 + FMA
 //! builds ([`ENABLED`]), at least
@@ -47,8 +49,6 @@
 use wide::f32x8 as V;
 #[cfg(target_feature = "avx512f")]
 use wide::f32x16 as V;
-
-use super::pool::Buf;
 
 /// Lanes per vector.
 const L: usize = std::mem::size_of::<V>() / 4;
@@ -186,7 +186,8 @@ fn rows<const NV: usize>(
             continue;
         }
         // SAFETY: `product` asserted m·n <= c.len(), and every offset is at
-        // most n − L (asserted above).
+        // most n − L: the first and the last are asserted above, and the
+        // ones between lie between them.
         let crow = unsafe { cp.add(i * n) };
         let mut acc: [V; NV] =
             std::array::from_fn(|v| V::from(unsafe { crow.add(off(v)).cast::<[f32; L]>().read_unaligned() }));
@@ -215,7 +216,7 @@ fn rows<const NV: usize>(
 /// zeros to a multiple of the lane width and starting on 64-byte
 /// boundaries, so no vector load splits a cache line.
 struct Padded {
-    buf: Buf<f32>,
+    buf: Vec<f32>,
     start: usize,
     rows: usize,
     cols: usize,
@@ -226,21 +227,27 @@ impl Padded {
     /// `alpha · b`, `b (rows × cols)` with strides `(rs, cs)`, one of them 1.
     fn new(b: &[f32], rows: usize, cols: usize, (rs, cs): (usize, usize), alpha: f32) -> Self {
         let stride = cols.div_ceil(16) * 16;
-        let mut buf = Buf::<f32>::scratch(rows * stride + 16);
-        let start = buf.as_ptr().align_offset(64).min(16);
-        let data = &mut buf[start..start + rows * stride];
+        let len = rows * stride + 16;
+        let mut buf: Vec<f32>;
+        let start;
         if cs == 1 {
-            for (r, out) in data.chunks_exact_mut(stride).enumerate() {
-                out[..cols].copy_from_slice(&b[r * rs..r * rs + cols]);
-                out[cols..].fill(0.0);
+            // Written once, row by row, after `start` elements that align
+            // the first row (the allocation does not move within capacity).
+            buf = Vec::with_capacity(len);
+            start = buf.as_ptr().align_offset(64).min(16);
+            buf.resize(start, 0.0);
+            for r in 0..rows {
+                buf.extend_from_slice(&b[r * rs..r * rs + cols]);
+                buf.resize(buf.len() + stride - cols, 0.0);
             }
+            buf.resize(len, 0.0);
         } else {
             // Stored transposed, as (cols × rows) with row stride cs.
-            for out in data.chunks_exact_mut(stride) {
-                out[cols..].fill(0.0);
-            }
-            transpose_into(b, cols, rows, cs, data, stride);
+            buf = vec![0.0; len];
+            start = buf.as_ptr().align_offset(64).min(16);
+            transpose_into(b, cols, rows, cs, &mut buf[start..start + rows * stride], stride);
         }
+        let data = &mut buf[start..start + rows * stride];
         if alpha != 1.0 {
             data.iter_mut().for_each(|x| *x *= alpha);
         }
@@ -277,6 +284,10 @@ pub(crate) fn gemm(
 /// Elements of scratch (in f32 words) that [`gemm`] allocates for an
 /// `m × k × n` product: the padded copy of the right factor, the row-major
 /// copy of a left factor stored transposed, and the masks (two words each).
+/// They are plain allocations, freed when the product ends: the buffer
+/// pool (`pool::Buf`) keeps every size it is given, and these sizes differ
+/// from layer to layer, so pooled they would all stay (one product's worth
+/// each) and the estimate's "one product at a time" would not hold.
 pub(crate) fn scratch_words(m: usize, k: usize, n: usize, a_transposed: bool) -> u128 {
     let (m, k, n) = (m as u128, k as u128, n as u128);
     let padded = k.saturating_mul(n.div_ceil(16) * 16).saturating_add(16);
@@ -347,8 +358,8 @@ fn density_of(s: &[f32], cols: usize, rows: usize, rs: usize) -> f64 {
 
 /// The `cols × rows` row-major transpose of `s (rows × cols)` stored with
 /// row stride `rs` (columns contiguous).
-fn transpose(s: &[f32], cols: usize, rows: usize, rs: usize) -> Buf<f32> {
-    let mut t = Buf::scratch(cols * rows);
+fn transpose(s: &[f32], cols: usize, rows: usize, rs: usize) -> Vec<f32> {
+    let mut t = vec![0.0; cols * rows];
     transpose_into(s, rows, cols, rs, &mut t, rows);
     t
 }
@@ -508,14 +519,20 @@ mod tests {
 
     #[test]
     fn the_scratch_count_covers_what_a_product_allocates() {
-        // The pool hands out buffers of exactly the requested capacity, so
-        // the largest product's buffers are what `scratch_words` counts.
+        // Exact-size allocations, freed when the product ends: the largest
+        // product's are what `scratch_words` counts (both layouts of b).
         let (m, k, n) = (45, 130, 37);
         let b = vec![1.0f32; k * n];
-        let padded = Padded::new(&b, k, n, (n, 1), 1.0);
         let pat = pattern(&vec![1.0f32; m * k], m, k, k);
-        let words = padded.buf.len() + m * k + pat.masks.len() * 2;
-        assert_eq!(scratch_words(m, k, n, true), words as u128);
+        for sb in [(n, 1), (1, k)] {
+            let padded = Padded::new(&b, k, n, sb, 1.0);
+            assert_eq!(padded.buf.capacity(), padded.buf.len());
+            // The left factor stored transposed, (k × m), copied row-major.
+            let at = transpose(&vec![1.0f32; k * m], m, k, m);
+            assert_eq!(at.len(), m * k);
+            let words = padded.buf.capacity() + at.capacity() + pat.masks.capacity() * 2;
+            assert_eq!(scratch_words(m, k, n, true), words as u128, "b strides {sb:?}");
+        }
     }
 
     #[test]

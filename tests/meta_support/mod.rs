@@ -53,7 +53,7 @@ impl Case {
     }
 }
 
-fn init(st: &Stack, rng: &mut Rng) -> Vec<f64> {
+pub fn init(st: &Stack, rng: &mut Rng) -> Vec<f64> {
     let mut v = Vec::with_capacity(st.params());
     for &(i, o) in &st.dims {
         let a = 1.6 / (i as f64).sqrt();
