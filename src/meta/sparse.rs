@@ -24,6 +24,9 @@
 //! the result stays in L2 next to all of the right operand; where that is
 //! too large for L2 (a weight gradient reduced over many rows), all rows
 //! go at once and each block of the right operand is read once. A result
+//! A reduction longer than [`KS`] (a weight gradient over a long
+//! trajectory's rows) goes in slabs of that many, so the copies stay a
+//! slab's size and do not grow with the rows. A result
 //! narrower than a multiple of the lane width ends in a vector shifted to
 //! end at the last column; it overlaps the vector before it, which sits in
 //! the same chunk, and both compute the overlapped columns from the same
@@ -59,6 +62,11 @@ const CV: usize = 10;
 /// Rows of the result per pass over the right operand: their block of the
 /// result and of the left operand stay in L2 while `b` streams through L1.
 const MB: usize = 64;
+/// Longest reduction done in one pass; longer ones (a weight gradient over
+/// a long trajectory's rows) go in slabs of this many, so the copies of the
+/// factors stay a slab's size (16 mask blocks).
+const KS: usize = 1024;
+const _: () = assert!(KS.is_multiple_of(KB));
 /// Bytes of the right operand up to which it is kept in L2 across row
 /// blocks (half of a 1 MiB L2).
 const B_IN_L2: usize = 512 << 10;
@@ -289,7 +297,8 @@ pub(crate) fn gemm(
 /// from layer to layer, so pooled they would all stay (one product's worth
 /// each) and the estimate's "one product at a time" would not hold.
 pub(crate) fn scratch_words(m: usize, k: usize, n: usize, a_transposed: bool) -> u128 {
-    let (m, k, n) = (m as u128, k as u128, n as u128);
+    // A longer reduction goes in slabs of KS, one slab's copies at a time.
+    let (m, k, n) = (m as u128, k.min(KS) as u128, n as u128);
     let padded = k.saturating_mul(n.div_ceil(16) * 16).saturating_add(16);
     let copy = if a_transposed { m.saturating_mul(k) } else { 0 };
     let masks = m.saturating_mul(k.div_ceil(KB as u128)).saturating_mul(2);
@@ -323,29 +332,59 @@ fn masked(
     if m < MIN_ROWS || k < MIN_INNER || n < L || (csa != 1 && rsa != 1) || (csb != 1 && rsb != 1) {
         return false;
     }
-    // The left operand row-major (a copy when it is stored transposed).
-    let at;
-    let (a, rsa) = if csa == 1 {
-        (a, rsa)
-    } else {
-        if density_of(a, m, k, csa) > MAX_DENSITY {
+    if k <= KS {
+        // The left operand row-major (a copy when it is stored transposed).
+        let at;
+        let (a, rsa) = if csa == 1 {
+            (a, rsa)
+        } else {
+            if density_of(a, m, k, csa) > MAX_DENSITY {
+                return false;
+            }
+            at = transpose(a, m, k, csa);
+            (&at[..], k)
+        };
+        let pat = pattern(a, m, k, rsa);
+        if pat.nonzeros as f64 > MAX_DENSITY * (m * k) as f64 {
             return false;
         }
-        at = transpose(a, m, k, csa);
-        (&at[..], k)
-    };
-    let pat = pattern(a, m, k, rsa);
-    if pat.nonzeros as f64 > MAX_DENSITY * (m * k) as f64 {
+        let b = Padded::new(b, k, n, (rsb, csb), alpha);
+        scale(beta, &mut c[..m * n]);
+        product(m, k, n, a, rsa, &b, &pat, c);
+        return true;
+    }
+    // A long reduction (a weight gradient over many rows) in slabs of KS:
+    // the copies are a slab's, and each element still adds its products in
+    // increasing order of the summed index, as in one pass.
+    let density = if csa == 1 { density_of(a, k, m, rsa) } else { density_of(a, m, k, csa) };
+    if density > MAX_DENSITY {
         return false;
     }
-    let b = Padded::new(b, k, n, (rsb, csb), alpha);
-    match beta {
-        0.0 => c[..m * n].fill(0.0),
-        1.0 => {}
-        _ => c[..m * n].iter_mut().for_each(|x| *x *= beta),
+    scale(beta, &mut c[..m * n]);
+    for p0 in (0..k).step_by(KS) {
+        let ks = KS.min(k - p0);
+        let at;
+        let (slab, rs) = if csa == 1 {
+            (&a[p0..], rsa)
+        } else {
+            at = transpose(&a[p0 * csa..], m, ks, csa);
+            (&at[..], ks)
+        };
+        let pat = pattern(slab, m, ks, rs);
+        let bs = if csb == 1 { &b[p0 * rsb..] } else { &b[p0..] };
+        let bp = Padded::new(bs, ks, n, (rsb, csb), alpha);
+        product(m, ks, n, slab, rs, &bp, &pat, c);
     }
-    product(m, k, n, a, rsa, &b, &pat, c);
     true
+}
+
+/// `c = beta · c` (0: zeros, whatever c held; 1: nothing).
+fn scale(beta: f32, c: &mut [f32]) {
+    match beta {
+        0.0 => c.fill(0.0),
+        1.0 => {}
+        _ => c.iter_mut().for_each(|x| *x *= beta),
+    }
 }
 
 /// Non-zero fraction of `s (rows × cols)` stored with row stride `rs`,
@@ -408,7 +447,9 @@ mod tests {
         (0..n).map(|_| if lcg(s).abs() < density { lcg(s) } else { 0.0 }).collect()
     }
 
-    /// `beta·c + alpha·a·b` in f64, strides as `gemm` takes them.
+    /// `beta·c + alpha·a·b` in f64, strides as `gemm` takes them, and each
+    /// element's scale `|beta·c| + |alpha|·Σ|a·b|` (f32 rounding grows with
+    /// it, not with the possibly cancelled result).
     fn naive(
         m: usize,
         k: usize,
@@ -420,12 +461,14 @@ mod tests {
         (rsb, csb): (usize, usize),
         beta: f32,
         c: &[f32],
-    ) -> Vec<f64> {
-        let mut out = vec![0.0; m * n];
+    ) -> Vec<(f64, f64)> {
+        let mut out = vec![(0.0, 0.0); m * n];
         for i in 0..m {
             for j in 0..n {
-                let dot: f64 = (0..k).map(|p| a[i * rsa + p * csa] as f64 * b[p * rsb + j * csb] as f64).sum();
-                out[i * n + j] = beta as f64 * c[i * n + j] as f64 + alpha as f64 * dot;
+                let terms = (0..k).map(|p| a[i * rsa + p * csa] as f64 * b[p * rsb + j * csb] as f64);
+                let (dot, abs) = terms.fold((0.0, 0.0), |(d, s), t| (d + t, s + t.abs()));
+                let old = beta as f64 * c[i * n + j] as f64;
+                out[i * n + j] = (old + alpha as f64 * dot, old.abs() + (alpha as f64).abs() * abs);
             }
         }
         out
@@ -435,10 +478,18 @@ mod tests {
     fn matches_the_dense_product_in_every_layout_and_width() {
         let mut s = 7u64;
         // Widths below, at and around multiples of the lane width and of
-        // the chunk; reductions across block edges.
-        for &(m, k, n) in
-            &[(40, 64, 16), (33, 65, 17), (50, 130, 300), (64, 200, 31), (37, 96, 129), (40, 33, 8 * L + 5)]
-        {
+        // the chunk; reductions across block edges, and (the last two)
+        // longer than KS = 1024, so in slabs.
+        for &(m, k, n) in &[
+            (40, 64, 16),
+            (33, 65, 17),
+            (50, 130, 300),
+            (64, 200, 31),
+            (37, 96, 129),
+            (40, 33, 8 * L + 5),
+            (40, 1100, 33),
+            (33, 2049, 17),
+        ] {
             for &(ta, tb) in &[(false, false), (true, false), (false, true), (true, true)] {
                 for &(alpha, beta) in &[(1.0f32, 1.0f32), (-0.5, 0.0), (2.0, 0.25)] {
                     let a = sparse(&mut s, m * k, 0.4);
@@ -449,9 +500,9 @@ mod tests {
                     let want = naive(m, k, n, alpha, &a, sa, &b, sb, beta, &c0);
                     let mut c = c0.clone();
                     assert!(masked(m, k, n, alpha, &a, sa, &b, sb, beta, &mut c), "{m}x{k}x{n} taken");
-                    for (idx, (&g, &w)) in c.iter().zip(&want).enumerate() {
+                    for (idx, (&g, &(w, scale))) in c.iter().zip(&want).enumerate() {
                         assert!(
-                            (g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                            (g as f64 - w).abs() <= 1e-5 * (1.0 + scale),
                             "{m}x{k}x{n} ta {ta} tb {tb} α {alpha} β {beta} at {idx}: {g} vs {w}"
                         );
                     }
@@ -482,8 +533,8 @@ mod tests {
             let want = naive(m, k, n, alpha, &a, sa, &b, sb, beta, &c0);
             let mut c = c0.clone();
             proptest::prop_assert!(masked(m, k, n, alpha, &a, sa, &b, sb, beta, &mut c), "taken");
-            for (idx, (&g, &w)) in c.iter().zip(&want).enumerate() {
-                proptest::prop_assert!((g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()), "at {}: {} vs {}", idx, g, w);
+            for (idx, (&g, &(w, scale))) in c.iter().zip(&want).enumerate() {
+                proptest::prop_assert!((g as f64 - w).abs() <= 1e-5 * (1.0 + scale), "at {}: {} vs {}", idx, g, w);
             }
         }
     }
