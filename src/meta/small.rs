@@ -396,11 +396,7 @@ pub(crate) fn gemm_xwt_short(x: &[f32], w: &[f32], y: &mut [f32], r: usize, i: u
         if buf.len() < i * j {
             buf.resize(i * j, 0.0);
         }
-        for (q, row) in w[..j * i].chunks_exact(i).enumerate() {
-            for (p, &v) in row.iter().enumerate() {
-                buf[p * j + q] = v;
-            }
-        }
+        super::sparse::transpose_into(w, j, i, i, buf, j);
         gemm_bcast(r, i, j, 1.0, x, (i, 1), buf, j, 1.0, y);
     });
 }

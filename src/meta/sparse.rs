@@ -332,37 +332,23 @@ fn masked(
     if m < MIN_ROWS || k < MIN_INNER || n < L || (csa != 1 && rsa != 1) || (csb != 1 && rsb != 1) {
         return false;
     }
-    if k <= KS {
-        // The left operand row-major (a copy when it is stored transposed).
-        let at;
-        let (a, rsa) = if csa == 1 {
-            (a, rsa)
-        } else {
-            if density_of(a, m, k, csa) > MAX_DENSITY {
-                return false;
-            }
-            at = transpose(a, m, k, csa);
-            (&at[..], k)
-        };
-        let pat = pattern(a, m, k, rsa);
-        if pat.nonzeros as f64 > MAX_DENSITY * (m * k) as f64 {
+    // Sparse enough? A row-major left factor short enough for one pass is
+    // counted by its pattern below, before anything is written; otherwise
+    // it is counted first, as it is stored.
+    let counted_by_pattern = csa == 1 && k <= KS;
+    if !counted_by_pattern {
+        let density = if csa == 1 { density_of(a, k, m, rsa) } else { density_of(a, m, k, csa) };
+        if density > MAX_DENSITY {
             return false;
         }
-        let b = Padded::new(b, k, n, (rsb, csb), alpha);
-        scale(beta, &mut c[..m * n]);
-        product(m, k, n, a, rsa, &b, &pat, c);
-        return true;
     }
-    // A long reduction (a weight gradient over many rows) in slabs of KS:
-    // the copies are a slab's, and each element still adds its products in
-    // increasing order of the summed index, as in one pass.
-    let density = if csa == 1 { density_of(a, k, m, rsa) } else { density_of(a, m, k, csa) };
-    if density > MAX_DENSITY {
-        return false;
-    }
-    scale(beta, &mut c[..m * n]);
+    // A reduction longer than KS (a weight gradient over many rows) in
+    // slabs: the copies are a slab's, and each element still adds its
+    // products in increasing order of the summed index, as in one pass.
     for p0 in (0..k).step_by(KS) {
         let ks = KS.min(k - p0);
+        // The slab of the left operand row-major (a copy when it is stored
+        // transposed).
         let at;
         let (slab, rs) = if csa == 1 {
             (&a[p0..], rsa)
@@ -371,6 +357,12 @@ fn masked(
             (&at[..], ks)
         };
         let pat = pattern(slab, m, ks, rs);
+        if counted_by_pattern && pat.nonzeros as f64 > MAX_DENSITY * (m * k) as f64 {
+            return false;
+        }
+        if p0 == 0 {
+            scale(beta, &mut c[..m * n]);
+        }
         let bs = if csb == 1 { &b[p0 * rsb..] } else { &b[p0..] };
         let bp = Padded::new(bs, ks, n, (rsb, csb), alpha);
         product(m, ks, n, slab, rs, &bp, &pat, c);
@@ -388,8 +380,8 @@ fn scale(beta: f32, c: &mut [f32]) {
 }
 
 /// Non-zero fraction of `s (rows × cols)` stored with row stride `rs`,
-/// columns contiguous: the check made before a transposed left factor is
-/// copied.
+/// columns contiguous: the check made before a left factor is copied
+/// transposed or cut into slabs.
 fn density_of(s: &[f32], cols: usize, rows: usize, rs: usize) -> f64 {
     let nz: usize = (0..rows).map(|r| s[r * rs..r * rs + cols].iter().filter(|&&x| x != 0.0).count()).sum();
     nz as f64 / (rows * cols).max(1) as f64
@@ -405,7 +397,7 @@ fn transpose(s: &[f32], cols: usize, rows: usize, rs: usize) -> Vec<f32> {
 
 /// `d[c·ds + r] = s[r·rs + c]` for `r < rows`, `c < cols`: 8 × 8 tiles
 /// transposed in registers, the edges element by element.
-fn transpose_into(s: &[f32], rows: usize, cols: usize, rs: usize, d: &mut [f32], ds: usize) {
+pub(crate) fn transpose_into(s: &[f32], rows: usize, cols: usize, rs: usize, d: &mut [f32], ds: usize) {
     use wide::f32x8;
     assert!(rows == 0 || cols == 0 || ((rows - 1) * rs + cols <= s.len() && (cols - 1) * ds + rows <= d.len()));
     let (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
