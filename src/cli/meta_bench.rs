@@ -19,7 +19,7 @@
 //! implementation of the dense products can beat. Both count the products
 //! dense; where a factor is a ReLU output or the adjoint below a ReLU,
 //! about half its entries are zero, and the CPU backend's masked products
-//! (AVX-512 builds, the RLN over all rows) skip them, so the fraction of a
+//! (AVX2 and AVX-512 builds, the RLN over all rows) skip them, so the fraction of a
 //! floor reached can pass 100%.
 //!
 //! A subcommand of `bench` (see [`super::bench::BenchArgs`]); its options

@@ -237,8 +237,9 @@ pub fn parameter_counts(c: &SineConfig, method: Method) -> [u128; 3] {
 /// - `R · (L + 5) · w`, and as much again for ANML's NM: the outer-only
 ///   networks' activations over every row (kept for their backward), their
 ///   backward's three scratch rows and the adjoints of their output;
-/// - about `2 · R · w` (`sparse::layer_scratch`): the scratch of the
-///   RLN's masked products, copies of one product's factors at a time;
+/// - about `2 · min(R, 1024) · w` (`sparse::layer_scratch`): the scratch
+///   of the RLN's masked products, copies of one product's factors (one
+///   slab of a long reduction) at a time;
 /// - `((S′ + 2) · Bi + Bo) · (4 · Σ inputs + 2 · Σ outputs)` over the PLN's
 ///   layers: each differentiated inner step keeps its activations, inputs
 ///   and adjoints for the reverse sweep (plus the shared set of the steps
