@@ -80,6 +80,46 @@ fn gemm(
     }
 }
 
+/// Whether [`gemm`] reaches the masked product (which then counts the
+/// zeros) for an `m × k × n` product with these strides: no few-row kernel
+/// of `small` takes it first (the checks in [`gemm`]'s order).
+fn reaches_sparse(m: usize, k: usize, n: usize, rsa: usize, csb: usize) -> bool {
+    !broadcast_form(m, k, n, csb)
+        && !(small::BCAST && csb == 1 && m.min(k) <= small::MAX_ROWS && rsa == 1 && m >= small::MIN_COLS)
+}
+
+/// Dense forward and the ReLU after it, `y = relu(x Wᵀ + b)` (see
+/// [`Kernels::dense_relu_fwd`]): one pass of the masked product where it
+/// takes the product (bias as the start, ReLU before the store), else
+/// [`dense_fwd`] and the ReLU.
+pub fn dense_relu_fwd(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], r: usize, i: usize, j: usize) {
+    let (start, end) = (sparse::Start::Bias(&b[..j]), sparse::End::Relu);
+    // Only past the few-row kernels does `gemm_xwt` call `gemm`.
+    if r > small::MAX_ROWS
+        && reaches_sparse(r, i, j, i, i)
+        && sparse::gemm_with(r, i, j, 1.0, x, (i, 1), w, (1, i), start, end, y)
+    {
+        return;
+    }
+    dense_fwd(x, w, b, y, r, i, j);
+    y[..r * j].iter_mut().for_each(|v| *v = v.max(0.0));
+}
+
+/// Dense input adjoint through the ReLU below it, `dx = (dy W) ⊙ 1[h > 0]`
+/// (see [`Kernels::dense_dx_relu`]): one pass of the masked product where
+/// it takes the product (the mask applied before the store), else
+/// [`dense_dx`] and the mask.
+pub fn dense_dx_relu(w: &[f32], dy: &[f32], h: &[f32], dx: &mut [f32], r: usize, i: usize, j: usize) {
+    let (start, end) = (sparse::Start::Zero, sparse::End::Mask(&h[..r * i], i));
+    if reaches_sparse(r, j, i, j, 1) && sparse::gemm_with(r, j, i, 1.0, dy, (j, 1), w, (i, 1), start, end, dx) {
+        return;
+    }
+    dense_dx(w, dy, dx, r, i, j);
+    for (d, &h) in dx[..r * i].iter_mut().zip(&h[..r * i]) {
+        *d = if h > 0.0 { *d } else { 0.0 };
+    }
+}
+
 /// Whether [`gemm`] gives an `m × k × n` product with `b`'s column stride
 /// `csb` to the broadcast kernel: AVX-512 builds, `b` rows contiguous, one
 /// side of at most `MAX_ROWS` rows, at least `MIN_COLS` columns.
@@ -509,6 +549,12 @@ impl Kernels for Cpu {
     fn relu_fwd(a: &[f32], y: &mut [f32]) {
         relu_fwd(a, y)
     }
+    fn dense_relu_fwd(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], r: usize, i: usize, j: usize) {
+        dense_relu_fwd(x, w, b, y, r, i, j)
+    }
+    fn dense_dx_relu(w: &[f32], dy: &[f32], h: &[f32], dx: &mut [f32], r: usize, i: usize, j: usize) {
+        dense_dx_relu(w, dy, h, dx, r, i, j)
+    }
     fn relu_bwd(a: &[f32], dy: &[f32], da: &mut [f32]) {
         relu_bwd(a, dy, da)
     }
@@ -594,6 +640,49 @@ mod tests {
             assert_eq!(bits(&w1), bits(&w2), "weights, ({r},{i},{j})");
             assert_eq!(bits(&b1), bits(&b2), "biases, ({r},{i},{j})");
             assert_ne!(bits(&w1), bits(&w0), "the step moved nothing, ({r},{i},{j})");
+        }
+    }
+
+    /// The forward with its ReLU, and the input adjoint with the ReLU's
+    /// backward, in one pass (the masked product's start and end, where it
+    /// takes the product) equal the separate passes bit for bit: the same
+    /// terms in the same order from the same start. Shapes for the masked
+    /// product (many rows, a ReLU-sparse left factor), for the few-row
+    /// kernels, for a dense left factor (the packed SGEMM) and for a
+    /// reduction longer than one slab.
+    #[test]
+    fn fused_relu_passes_equal_the_separate_ones() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for &(r, i, j, sparse_in) in
+            &[(200, 120, 130, true), (16, 300, 300, true), (200, 120, 130, false), (64, 40, 1100, true)]
+        {
+            let val = |q: usize, d: f32| ((q * 37 % 101) as f32 - 50.0) / d;
+            // A ReLU output (about half zeros, a NaN's place kept as zero by
+            // the ReLU) or a dense input.
+            let x: Vec<f32> =
+                (0..r * i).map(|q| if sparse_in { val(q, 25.0).max(0.0) } else { val(q, 25.0) + 3.0 }).collect();
+            let w: Vec<f32> = (0..j * i).map(|q| val(q + 3, 17.0)).collect();
+            let b: Vec<f32> = (0..j).map(|q| val(q + 5, 13.0)).collect();
+            let mut sep = vec![0.0; r * j];
+            dense_fwd(&x, &w, &b, &mut sep, r, i, j);
+            let mut want = vec![0.0; r * j];
+            relu_fwd(&sep, &mut want);
+            let mut got = vec![f32::NAN; r * j];
+            dense_relu_fwd(&x, &w, &b, &mut got, r, i, j);
+            assert_eq!(bits(&got), bits(&want), "forward, ({r},{i},{j})");
+            assert!(want.iter().any(|&v| v > 0.0) && want.contains(&0.0), "a ReLU with both sides, ({r},{i},{j})");
+
+            // dy: the adjoint below the layer's own ReLU (zeros where its
+            // output is); h = x, the ReLU output feeding the layer.
+            let dy: Vec<f32> =
+                want.iter().enumerate().map(|(q, &y)| if y > 0.0 { val(q + 7, 31.0) } else { 0.0 }).collect();
+            let mut sep = vec![0.0; r * i];
+            dense_dx(&w, &dy, &mut sep, r, i, j);
+            let mut want = vec![0.0; r * i];
+            relu_bwd(&x, &sep, &mut want);
+            let mut got = vec![f32::NAN; r * i];
+            dense_dx_relu(&w, &dy, &x, &mut got, r, i, j);
+            assert_eq!(bits(&got), bits(&want), "input adjoint, ({r},{i},{j})");
         }
     }
 }

@@ -17,7 +17,7 @@
 use rayon::prelude::*;
 
 use super::pool::Buf;
-use super::{Kernels, Loss, MetaGrads, MetaModel, Order, Real, Stack, Trajectory, sparse};
+use super::{Kernels, Loss, MetaGrads, MetaModel, Order, Real, Stack, Trajectory, small, sparse};
 use crate::error::{Error, Result};
 use crate::limits::Estimate;
 
@@ -58,15 +58,13 @@ fn stack_fwd<K: Kernels>(
     keep_all: bool,
 ) -> Vec<Buf<F<K>>> {
     let mut ys: Vec<Buf<F<K>>> = Vec::with_capacity(st.len());
-    let mut tmp = Buf::zeros(rows * st.widest());
     for (l, &(i, j)) in st.dims.iter().enumerate() {
         let (wr, br) = st.ranges(l);
-        // Every element is written below (ReLU output, or bias then product).
+        // Every element is written below (bias, product and ReLU).
         let mut y = Buf::scratch(rows * j);
         let input = if l == 0 { x } else { &ys[l - 1][..] };
         if l + 1 < st.len() || relu_last {
-            K::dense_fwd(input, &p[wr], &p[br], &mut tmp[..rows * j], rows, i, j);
-            K::relu_fwd(&tmp[..rows * j], &mut y);
+            K::dense_relu_fwd(input, &p[wr], &p[br], &mut y, rows, i, j);
         } else {
             K::dense_fwd(input, &p[wr], &p[br], &mut y, rows, i, j);
         }
@@ -94,26 +92,27 @@ fn stack_bwd<K: Kernels>(
 ) {
     let n = rows - r0;
     let w = st.widest();
-    let mut cur = Buf::zeros(n * w);
-    let mut next = Buf::zeros(n * w);
-    let mut da = Buf::zeros(n * w);
-    let jl = st.out().unwrap_or(0);
-    cur[..n * jl].copy_from_slice(dout);
+    // The adjoint of the current layer's pre-activation, and the one below
+    // it being written (every layer below the top one has a ReLU, whose
+    // backward the input adjoint's product applies as it stores).
+    let mut da = Buf::scratch(n * w);
+    let mut next = Buf::scratch(n * w);
+    let Some(jl) = st.out() else { return };
+    if relu_last {
+        K::relu_bwd(&ys[st.len() - 1][r0 * jl..rows * jl], dout, &mut da[..n * jl]);
+    } else {
+        da[..n * jl].copy_from_slice(dout);
+    }
     for l in (0..st.len()).rev() {
         let (i, j) = st.dims[l];
         let (wr, br) = st.ranges(l);
-        if l + 1 < st.len() || relu_last {
-            K::relu_bwd(&ys[l][r0 * j..rows * j], &cur[..n * j], &mut da[..n * j]);
-        } else {
-            da[..n * j].copy_from_slice(&cur[..n * j]);
-        }
         let input = if l == 0 { &x[r0 * i..rows * i] } else { &ys[l - 1][r0 * i..rows * i] };
         let (gw, gb) = grad.split_at_mut(br.start);
         K::dense_dw(input, &da[..n * j], &mut gw[wr.clone()], &mut gb[..j], F::<K>::ONE, n, i, j);
         if l > 0 {
-            K::dense_dx(&p[wr], &da[..n * j], &mut next[..n * i], n, i, j);
+            K::dense_dx_relu(&p[wr], &da[..n * j], input, &mut next[..n * i], n, i, j);
+            std::mem::swap(&mut da, &mut next);
         }
-        std::mem::swap(&mut cur, &mut next);
     }
 }
 
@@ -958,9 +957,9 @@ pub fn estimate<F: Real>(model: &MetaModel<F>, traj: &Trajectory<F>, in_flight: 
     let mut task = |what: &str, n: u128| per_task_part(&mut e, what, n, b, in_flight);
     task("inputs", rows.saturating_mul(traj.d as u128));
     // The outer-only stacks: activations over every row, and their
-    // backward's three buffers over the rows that receive an adjoint.
+    // backward's two buffers over the rows that receive an adjoint.
     let adj_rows = if k0 == traj.s { bo } else { rows - (k0 as u128) * bi };
-    let outer_only = |st: &Stack| rows.saturating_mul(widths(st)) + adj_rows.saturating_mul(3 * widest(st));
+    let outer_only = |st: &Stack| rows.saturating_mul(widths(st)) + adj_rows.saturating_mul(2 * widest(st));
     task("RLN activations", outer_only(&model.rln));
     task("NM activations", outer_only(&model.nm));
     let kept = span.saturating_add(1).saturating_mul(bi).saturating_add(bo);
@@ -982,7 +981,7 @@ pub fn estimate<F: Real>(model: &MetaModel<F>, traj: &Trajectory<F>, in_flight: 
     let hw = if has_rln { model.pln.dims[0].0 as u128 } else { 0 };
     let gw = gate.map_or(0, |g| model.pln.dims[g].0 as u128);
     task("adjoints of the RLN and NM outputs", rows.saturating_mul(hw + gw));
-    task("scratch of the products", scratch(model, rows));
+    task("scratch of the products", scratch(model, rows, bi.max(bo), span > 0));
     e.add("every task's gradient and their sum", x((traj.p as u128 + 1).saturating_mul(all)));
     bookkeeping(&mut e);
     e
@@ -1023,7 +1022,7 @@ pub fn loss_estimate<F: Real>(model: &MetaModel<F>, traj: &Trajectory<F>, in_fli
     let keep_g = model.cfg.clamp > 0.0 || model.cfg.learn_lr;
     task("θ", (1 + u128::from(keep_g)).saturating_mul(model.pln.params() as u128));
     // Without an RLN or NM, no product has more rows than a batch.
-    task("scratch of the products", scratch(model, if outer_only { rows } else { batch }));
+    task("scratch of the products", scratch(model, if outer_only { rows } else { batch }, batch, false));
     e.add("every task's loss", (traj.p as u128).saturating_mul(8));
     bookkeeping(&mut e);
     e
@@ -1049,19 +1048,22 @@ fn per_task_part(e: &mut Estimate, what: &str, n: u128, b: u128, in_flight: usiz
 
 /// The products' scratch (scaled, transposed or padded operands, and the
 /// masked products' masks), in elements, for products over up to `rows`
-/// rows: the few-row kernels' copies, or the largest masked product's
-/// (forward, input adjoint or weight gradient of any layer over all rows),
-/// whichever is more (one product at a time per task).
-fn scratch<F: Real>(model: &MetaModel<F>, rows: u128) -> u128 {
-    let widest_any = model.rln.widest().max(model.pln.widest()).max(model.nm.widest()) as u128;
+/// rows and PLN batches of up to `batch` rows (`r_pass`: with the R-pass's
+/// two-pair products). The few-row kernels' thread-local copies stay
+/// allocated, so they add to the largest masked product's scratch (one
+/// product at a time per task, freed when it ends):
+/// - `alpha · a` (`small::bcast`), made only for the PLN's scaled products
+///   (its SGD steps and R-products; the outer-only networks' products have
+///   alpha 1): one or two pairs of a PLN layer's width × a batch's rows;
+/// - a layer's weights or weight gradient transposed, only for a layer
+///   whose input is narrower than `small::MIN_INNER`.
+fn scratch<F: Real>(model: &MetaModel<F>, rows: u128, batch: u128, r_pass: bool) -> u128 {
     let r = usize::try_from(rows).unwrap_or(usize::MAX);
-    let masked = [&model.rln, &model.pln, &model.nm]
-        .iter()
-        .flat_map(|st| st.dims.iter())
-        .map(|&(i, j)| sparse::layer_scratch(r, i, j))
-        .max()
-        .unwrap_or(0);
-    rows.saturating_mul(2 * widest_any).max(masked)
+    let dims = || [&model.rln, &model.pln, &model.nm].into_iter().flat_map(|st| st.dims.iter().copied());
+    let masked = dims().map(|(i, j)| sparse::layer_scratch(r, i, j)).max().unwrap_or(0);
+    let scaled = (1 + u128::from(r_pass)) * (model.pln.widest() as u128).saturating_mul(batch);
+    let narrow = dims().filter(|&(i, _)| i < small::MIN_INNER).map(|(i, j)| (i * j) as u128).max().unwrap_or(0);
+    scaled.saturating_add(narrow).saturating_add(masked)
 }
 
 /// Vectors of buffers, rayon's bookkeeping, small vectors not counted above: 5%.

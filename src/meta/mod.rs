@@ -208,6 +208,29 @@ pub trait Kernels {
     );
     fn relu_fwd(a: &[Self::F], y: &mut [Self::F]);
     fn relu_bwd(a: &[Self::F], dy: &[Self::F], da: &mut [Self::F]);
+    /// A dense layer and the ReLU after it, `y = relu(x Wᵀ + b)`:
+    /// [`dense_fwd`](Self::dense_fwd) then the ReLU in place, unless the
+    /// backend does both in one pass (the same values).
+    ///
+    /// `x: (R, I)  w: (J, I)  b: (J)  y: (R, J)`
+    fn dense_relu_fwd(x: &[Self::F], w: &[Self::F], b: &[Self::F], y: &mut [Self::F], r: usize, i: usize, j: usize) {
+        Self::dense_fwd(x, w, b, y, r, i, j);
+        for v in &mut y[..r * j] {
+            *v = if *v > Self::F::ZERO { *v } else { Self::F::ZERO };
+        }
+    }
+    /// A dense layer's input adjoint through the ReLU below it, `dx = (dy W)
+    /// ⊙ 1[h > 0]` with `h` the ReLU's output (the layer's input):
+    /// [`dense_dx`](Self::dense_dx) then the mask in place, unless the
+    /// backend does both in one pass (the same values).
+    ///
+    /// `w: (J, I)  dy: (R, J)  h, dx: (R, I)`
+    fn dense_dx_relu(w: &[Self::F], dy: &[Self::F], h: &[Self::F], dx: &mut [Self::F], r: usize, i: usize, j: usize) {
+        Self::dense_dx(w, dy, dx, r, i, j);
+        for (d, &h) in dx[..r * i].iter_mut().zip(&h[..r * i]) {
+            *d = if h > Self::F::ZERO { *d } else { Self::F::ZERO };
+        }
+    }
     fn relu_rfwd(a: &[Self::F], ra: &[Self::F], ry: &mut [Self::F]);
     fn relu_rbwd(a: &[Self::F], rdy: &[Self::F], rda: &mut [Self::F]);
     fn gate_fwd(r: &[Self::F], g: &[Self::F], z: &mut [Self::F]);

@@ -234,12 +234,15 @@ pub fn parameter_counts(c: &SineConfig, method: Method) -> [u128; 3] {
 ///   allocator keeps between them (a width-2000 run with `--save-every`
 ///   peaked at 16.5 copies of its parameters, 4 of them its PLN's θ's);
 /// - `R · (D + 1) + R · D`: the trajectory and the task's copy of its inputs;
-/// - `R · (L + 5) · w`, and as much again for ANML's NM: the outer-only
+/// - `R · (L + 4) · w`, and as much again for ANML's NM: the outer-only
 ///   networks' activations over every row (kept for their backward), their
-///   backward's three scratch rows and the adjoints of their output;
+///   backward's two scratch rows and the adjoints of their output;
 /// - about `2 · min(R, 1024) · w` (`sparse::layer_scratch`): the scratch
 ///   of the RLN's masked products, copies of one product's factors (one
 ///   slab of a long reduction) at a time;
+/// - `2 · max(Bi, Bo) · w + D · w`: the few-row kernels' scratch, kept by
+///   the thread (the PLN's scaled products over a batch, two pairs in the
+///   R-pass, and the first layer's weights transposed);
 /// - `((S′ + 2) · Bi + Bo) · (4 · Σ inputs + 2 · Σ outputs)` over the PLN's
 ///   layers: each differentiated inner step keeps its activations, inputs
 ///   and adjoints for the reverse sweep (plus the shared set of the steps
@@ -280,11 +283,13 @@ pub fn training_memory(c: &SineConfig, method: Method) -> Estimate {
             if outer_nets == 2 { " and NM's" } else { "" },
             c.rln_layers
         ),
-        f(mul(mul(rows, mul(l.saturating_add(5), w)), outer_nets)),
+        f(mul(mul(rows, mul(l.saturating_add(4), w)), outer_nets)),
     );
     let r = usize::try_from(rows).unwrap_or(usize::MAX);
     let masked = super::sparse::layer_scratch(r, c.width, c.width);
     e.add(format!("the masked products' scratch over {rows} rows (copies of a layer's factors)"), f(masked));
+    let few = mul(mul(2, bi.max(bo)), w).saturating_add(mul(d, w));
+    e.add("the few-row kernels' scratch (a batch's scaled rows, weights transposed)", f(few));
     let kept = mul(sd.saturating_add(2), bi).saturating_add(bo);
     e.add(format!("the PLN's activations of {sd} differentiated inner steps, {kept} rows"), f(mul(kept, per_row)));
     let copies = sd.div_ceil(seg).saturating_add(seg).saturating_add(2);

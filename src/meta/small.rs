@@ -341,6 +341,12 @@ fn bcast(
     })
 }
 
+// Both grow to the largest size a thread has needed and stay allocated for
+// the thread's life (`meta::estimate` counts them on top of any product's
+// own scratch): `ASCALED` only for products with alpha ≠ 1 (the PLN's SGD
+// steps and R-products, over a batch's rows), `SCRATCH` only for a layer
+// whose input is narrower than `MIN_INNER` (its weights, or its weight
+// gradient, transposed).
 thread_local! {
     /// `alpha · a` for [`bcast`] (grows to the largest seen, then is reused).
     static ASCALED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };

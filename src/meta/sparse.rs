@@ -129,14 +129,53 @@ fn pattern(a: &[f32], m: usize, k: usize, rsa: usize) -> Pattern {
     Pattern { masks, blocks, nonzeros }
 }
 
+/// How each element of the result starts: its old value, zero, or the
+/// bias of its column (`c[i, j] = bias[j]`, a dense layer's forward).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Start<'a> {
+    Old,
+    Zero,
+    Bias(&'a [f32]),
+}
+
+/// What is done to each element of the result after its last term: nothing,
+/// a ReLU (`max(c, 0)`, a NaN becoming 0 as `f32::max` makes it), or a mask
+/// (`c[i, j]` kept where `h[i·rs + j] > 0`, zero elsewhere: the ReLU's
+/// backward, `h` the ReLU's output with row stride `rs`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum End<'a> {
+    Plain,
+    Relu,
+    Mask(&'a [f32], usize),
+}
+
 /// `c (m × n, row stride n) += a · b` over `a`'s non-zeros (`pat`);
 /// `a (m × k)` row stride `rsa`, columns contiguous; `b` the right operand
-/// as [`Padded`] makes it.
-fn product(m: usize, k: usize, n: usize, a: &[f32], rsa: usize, b: &Padded, pat: &Pattern, c: &mut [f32]) {
+/// as [`Padded`] makes it. `start` replaces the old values of `c` (this
+/// call's reduction being the first part of the product's) and `end` is
+/// applied after the last term (this call's reduction being the last part).
+fn product(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    rsa: usize,
+    b: &Padded,
+    pat: &Pattern,
+    start: Start,
+    end: End,
+    c: &mut [f32],
+) {
     assert!(n >= L, "sparse product: at least one vector of columns");
     assert!(m == 0 || (m - 1) * rsa + k <= a.len(), "sparse product: a too short");
     assert!(b.rows == k && b.cols == n, "sparse product: b is {} × {}, not {k} × {n}", b.rows, b.cols);
     assert!(m * n <= c.len(), "sparse product: c too short");
+    if let Start::Bias(bias) = start {
+        assert!(bias.len() >= n, "sparse product: bias shorter than a row");
+    }
+    if let End::Mask(h, rs) = end {
+        assert!(rs >= n && (m == 0 || (m - 1) * rs + n <= h.len()), "sparse product: mask too short");
+    }
     // Vectors of columns: full ones from 0, the last one ending at n (it
     // overlaps the one before it where L does not divide n).
     let vecs = n.div_ceil(L);
@@ -147,6 +186,8 @@ fn product(m: usize, k: usize, n: usize, a: &[f32], rsa: usize, b: &Padded, pat:
     for i0 in (0..m).step_by(mb) {
         let rows_ = i0..(i0 + mb).min(m);
         for q in 0..pat.blocks {
+            // The start on the first block of b's rows, the end on the last.
+            let ends = (if q == 0 { start } else { Start::Old }, if q + 1 == pat.blocks { end } else { End::Plain });
             for ch in 0..chunks {
                 // Balanced chunks: with two vectors or more, each holds at least
                 // two, so the last vector shares its chunk with the one it
@@ -156,7 +197,7 @@ fn product(m: usize, k: usize, n: usize, a: &[f32], rsa: usize, b: &Padded, pat:
                 macro_rules! arms {
                     ($($nv:literal)*) => {
                         match v1 - v0 {
-                            $($nv => rows::<$nv>(rows_.clone(), q, v0 * L, olast, a, rsa, b, pat, c, n),)*
+                            $($nv => rows::<$nv>(rows_.clone(), q, v0 * L, olast, a, rsa, b, pat, ends, c, n),)*
                             _ => unreachable!("chunks hold at most CV vectors"),
                         }
                     };
@@ -181,6 +222,7 @@ fn rows<const NV: usize>(
     rsa: usize,
     b: &Padded,
     pat: &Pattern,
+    (start, end): (Start, End),
     c: &mut [f32],
     n: usize,
 ) {
@@ -188,17 +230,22 @@ fn rows<const NV: usize>(
     assert!(off(0) + L <= n && olast + L <= n, "sparse product: columns inside c");
     let (ap, bp, cp) = (a.as_ptr(), b.data().as_ptr(), c.as_mut_ptr());
     let rsb = b.stride;
+    let plain = matches!((start, end), (Start::Old, End::Plain));
     for i in rows {
         let mut bits = pat.masks[i * pat.blocks + q];
-        if bits == 0 {
+        if bits == 0 && plain {
             continue;
         }
         // SAFETY: `product` asserted m·n <= c.len(), and every offset is at
         // most n − L: the first and the last are asserted above, and the
         // ones between lie between them.
         let crow = unsafe { cp.add(i * n) };
-        let mut acc: [V; NV] =
-            std::array::from_fn(|v| V::from(unsafe { crow.add(off(v)).cast::<[f32; L]>().read_unaligned() }));
+        let mut acc: [V; NV] = std::array::from_fn(|v| match start {
+            Start::Old => V::from(unsafe { crow.add(off(v)).cast::<[f32; L]>().read_unaligned() }),
+            Start::Zero => V::ZERO,
+            // `product` asserted the bias holds n >= off(v) + L elements.
+            Start::Bias(bias) => V::from(<[f32; L]>::try_from(&bias[off(v)..off(v) + L]).expect("full vector")),
+        });
         while bits != 0 {
             let p = q * KB + bits.trailing_zeros() as usize;
             bits &= bits - 1;
@@ -211,6 +258,18 @@ fn rows<const NV: usize>(
                 // SAFETY: as above.
                 let bv = V::from(unsafe { row.add(off(v)).cast::<[f32; L]>().read_unaligned() });
                 *acc = s.mul_add(bv, *acc);
+            }
+        }
+        match end {
+            End::Plain => {}
+            End::Relu => acc.iter_mut().for_each(|a| *a = a.max(V::ZERO)),
+            End::Mask(h, rs) => {
+                for (v, a) in acc.iter_mut().enumerate() {
+                    // `product` asserted (m−1)·rs + n <= h.len().
+                    let at = i * rs + off(v);
+                    let hv = V::from(<[f32; L]>::try_from(&h[at..at + L]).expect("full vector"));
+                    *a = *a & hv.simd_gt(V::ZERO);
+                }
             }
         }
         for (v, acc) in acc.iter().enumerate() {
@@ -286,7 +345,28 @@ pub(crate) fn gemm(
     beta: f32,
     c: &mut [f32],
 ) -> bool {
-    ENABLED && masked(m, k, n, alpha, a, sa, b, sb, beta, c)
+    ENABLED && masked(m, k, n, alpha, a, sa, b, sb, beta, Start::Old, End::Plain, c)
+}
+
+/// [`gemm`] with `c`'s elements started by `start` (instead of `beta·c`)
+/// and finished by `end`: `c = end(start + alpha · a · b)`, one pass over
+/// `c` for a dense layer's forward with its bias and ReLU, or for an input
+/// adjoint with the ReLU's backward below it. The same conditions as
+/// [`gemm`]: `false`, with nothing touched, where the product is not taken.
+pub(crate) fn gemm_with(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    sa: (usize, usize),
+    b: &[f32],
+    sb: (usize, usize),
+    start: Start,
+    end: End,
+    c: &mut [f32],
+) -> bool {
+    ENABLED && masked(m, k, n, alpha, a, sa, b, sb, 1.0, start, end, c)
 }
 
 /// Elements of scratch (in f32 words) that [`gemm`] allocates for an
@@ -327,6 +407,8 @@ fn masked(
     b: &[f32],
     (rsb, csb): (usize, usize),
     beta: f32,
+    start: Start,
+    end: End,
     c: &mut [f32],
 ) -> bool {
     if m < MIN_ROWS || k < MIN_INNER || n < L || (csa != 1 && rsa != 1) || (csb != 1 && rsb != 1) {
@@ -360,23 +442,25 @@ fn masked(
         if counted_by_pattern && pat.nonzeros as f64 > MAX_DENSITY * (m * k) as f64 {
             return false;
         }
-        if p0 == 0 {
-            scale(beta, &mut c[..m * n]);
-        }
+        // beta·c as the first slab's start: zero for beta 0 (whatever c
+        // held), the old values scaled in place otherwise.
+        let first = match start {
+            _ if p0 > 0 => Start::Old,
+            Start::Old if beta == 0.0 => Start::Zero,
+            Start::Old => {
+                if beta != 1.0 {
+                    c[..m * n].iter_mut().for_each(|x| *x *= beta);
+                }
+                Start::Old
+            }
+            other => other,
+        };
+        let last = if p0 + ks == k { end } else { End::Plain };
         let bs = if csb == 1 { &b[p0 * rsb..] } else { &b[p0..] };
         let bp = Padded::new(bs, ks, n, (rsb, csb), alpha);
-        product(m, ks, n, slab, rs, &bp, &pat, c);
+        product(m, ks, n, slab, rs, &bp, &pat, first, last, c);
     }
     true
-}
-
-/// `c = beta · c` (0: zeros, whatever c held; 1: nothing).
-fn scale(beta: f32, c: &mut [f32]) {
-    match beta {
-        0.0 => c.fill(0.0),
-        1.0 => {}
-        _ => c.iter_mut().for_each(|x| *x *= beta),
-    }
 }
 
 /// Non-zero fraction of `s (rows × cols)` stored with row stride `rs`,
@@ -491,7 +575,10 @@ mod tests {
                     let sb = if tb { (1, k) } else { (n, 1) };
                     let want = naive(m, k, n, alpha, &a, sa, &b, sb, beta, &c0);
                     let mut c = c0.clone();
-                    assert!(masked(m, k, n, alpha, &a, sa, &b, sb, beta, &mut c), "{m}x{k}x{n} taken");
+                    assert!(
+                        masked(m, k, n, alpha, &a, sa, &b, sb, beta, Start::Old, End::Plain, &mut c),
+                        "{m}x{k}x{n} taken"
+                    );
                     for (idx, (&g, &(w, scale))) in c.iter().zip(&want).enumerate() {
                         assert!(
                             (g as f64 - w).abs() <= 1e-5 * (1.0 + scale),
@@ -524,9 +611,49 @@ mod tests {
             let c0: Vec<f32> = (0..m * n).map(|_| lcg(&mut s)).collect();
             let want = naive(m, k, n, alpha, &a, sa, &b, sb, beta, &c0);
             let mut c = c0.clone();
-            proptest::prop_assert!(masked(m, k, n, alpha, &a, sa, &b, sb, beta, &mut c), "taken");
+            proptest::prop_assert!(masked(m, k, n, alpha, &a, sa, &b, sb, beta, Start::Old, End::Plain, &mut c), "taken");
             for (idx, (&g, &(w, scale))) in c.iter().zip(&want).enumerate() {
                 proptest::prop_assert!((g as f64 - w).abs() <= 1e-5 * (1.0 + scale), "at {}: {} vs {}", idx, g, w);
+            }
+        }
+    }
+
+    /// Each start (zero whatever `c` held, a bias per column) with each end
+    /// (ReLU, mask by `h > 0`) against the f64 product, one pass and in
+    /// slabs (k past KS): the start replaces `c` before the first term and
+    /// the end applies after the last, on every element, rows without a
+    /// non-zero included.
+    #[test]
+    fn starts_and_ends_apply_once_to_every_element() {
+        let mut s = 13u64;
+        for &(m, k, n) in &[(40, 64, 16), (37, 130, 8 * L + 5), (33, 1100, 40)] {
+            let mut a = sparse(&mut s, m * k, 0.4);
+            // Two rows with no non-zero at all.
+            a[..k].fill(0.0);
+            a[5 * k..6 * k].fill(0.0);
+            let b: Vec<f32> = (0..k * n).map(|_| lcg(&mut s)).collect();
+            let bias: Vec<f32> = (0..n).map(|_| lcg(&mut s)).collect();
+            let mut h = sparse(&mut s, m * (n + 3), 0.5);
+            h[7] = f32::NAN;
+            let dense = naive(m, k, n, 1.0, &a, (k, 1), &b, (n, 1), 0.0, &vec![0.0; m * n]);
+            for bias_start in [false, true] {
+                for relu in [false, true] {
+                    let start = if bias_start { Start::Bias(&bias) } else { Start::Zero };
+                    let end = if relu { End::Relu } else { End::Mask(&h, n + 3) };
+                    let mut c = vec![f32::NAN; m * n];
+                    assert!(masked(m, k, n, 1.0, &a, (k, 1), &b, (n, 1), 1.0, start, end, &mut c));
+                    for (e, (&g, &(dot, scale))) in c.iter().zip(&dense).enumerate() {
+                        let (i, j) = (e / n, e % n);
+                        let pre = dot + if bias_start { bias[j] as f64 } else { 0.0 };
+                        let keep = if relu { pre > 0.0 } else { h[i * (n + 3) + j] > 0.0 };
+                        let want = if keep { pre } else { 0.0 };
+                        let tol = 1e-5 * (1.0 + scale + pre.abs());
+                        assert!(
+                            (g as f64 - want).abs() <= tol && (keep || g == 0.0),
+                            "{m}x{k}x{n} bias {bias_start} relu {relu} at ({i}, {j}): {g} vs {want}"
+                        );
+                    }
+                }
             }
         }
     }
@@ -538,10 +665,10 @@ mod tests {
         let dense: Vec<f32> = (0..m * k).map(|_| lcg(&mut s) + 2.0).collect();
         let b: Vec<f32> = (0..k * n).map(|_| lcg(&mut s)).collect();
         let mut c = vec![1.5f32; m * n];
-        assert!(!masked(m, k, n, 1.0, &dense, (k, 1), &b, (n, 1), 0.0, &mut c));
-        assert!(!masked(m, k, n, 1.0, &dense, (1, m), &b, (n, 1), 0.0, &mut c));
+        assert!(!masked(m, k, n, 1.0, &dense, (k, 1), &b, (n, 1), 0.0, Start::Old, End::Plain, &mut c));
+        assert!(!masked(m, k, n, 1.0, &dense, (1, m), &b, (n, 1), 0.0, Start::Old, End::Plain, &mut c));
         let few = sparse(&mut s, 8 * k, 0.3);
-        assert!(!masked(8, k, n, 1.0, &few, (k, 1), &b, (n, 1), 0.0, &mut c));
+        assert!(!masked(8, k, n, 1.0, &few, (k, 1), &b, (n, 1), 0.0, Start::Old, End::Plain, &mut c));
         assert!(c.iter().all(|&x| x == 1.5), "a refused product writes nothing");
     }
 
@@ -554,7 +681,7 @@ mod tests {
         let mut b = vec![1.0f32; k * n];
         b[10 * n..11 * n].fill(f32::INFINITY);
         let mut c = vec![0.0f32; m * n];
-        assert!(masked(m, k, n, 1.0, &a, (k, 1), &b, (n, 1), 0.0, &mut c));
+        assert!(masked(m, k, n, 1.0, &a, (k, 1), &b, (n, 1), 0.0, Start::Old, End::Plain, &mut c));
         assert!(c[5 * n..6 * n].iter().all(|x| x.is_nan()), "the NaN's row");
         assert!(c[7 * n..8 * n].iter().all(|&x| x == 1.0), "a plain row");
         assert!(c.iter().enumerate().all(|(e, x)| e / n == 5 || x.is_finite()), "no 0·∞ terms");
