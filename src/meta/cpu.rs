@@ -84,8 +84,8 @@ fn gemm(
 /// zeros) for an `m × k × n` product with these strides: no few-row kernel
 /// of `small` takes it first (the checks in [`gemm`]'s order).
 fn reaches_sparse(m: usize, k: usize, n: usize, rsa: usize, csb: usize) -> bool {
-    !broadcast_form(m, k, n, csb)
-        && !(small::BCAST && csb == 1 && m.min(k) <= small::MAX_ROWS && rsa == 1 && m >= small::MIN_COLS)
+    let narrow = small::BCAST && csb == 1 && m.min(k) <= small::MAX_ROWS && rsa == 1 && m >= small::MIN_COLS;
+    !(broadcast_form(m, k, n, csb) || narrow)
 }
 
 /// Dense forward and the ReLU after it, `y = relu(x Wᵀ + b)` (see

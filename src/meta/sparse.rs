@@ -268,7 +268,7 @@ fn rows<const NV: usize>(
                     // `product` asserted (m−1)·rs + n <= h.len().
                     let at = i * rs + off(v);
                     let hv = V::from(<[f32; L]>::try_from(&h[at..at + L]).expect("full vector"));
-                    *a = *a & hv.simd_gt(V::ZERO);
+                    *a &= hv.simd_gt(V::ZERO);
                 }
             }
         }
