@@ -47,11 +47,7 @@ fn gemm(
         small::gemm_bcast(m, k, n, alpha, a, (rsa, csa), b, rsb, beta, c);
         return;
     }
-    if small::BCAST
-        && csb == 1
-        && m.min(k) <= small::MAX_ROWS
-        && small::gemm_bcast_narrow(m, k, n, alpha, a, (rsa, csa), b, rsb, beta, c)
-    {
+    if narrow_form(m, k, rsa, csb) && small::gemm_bcast_narrow(m, k, n, alpha, a, (rsa, csa), b, rsb, beta, c) {
         return;
     }
     // A large product whose left factor is mostly zeros (docs/meta.md §6).
@@ -82,10 +78,9 @@ fn gemm(
 
 /// Whether [`gemm`] reaches the masked product (which then counts the
 /// zeros) for an `m × k × n` product with these strides: no few-row kernel
-/// of `small` takes it first (the checks in [`gemm`]'s order).
+/// of `small` takes it first.
 fn reaches_sparse(m: usize, k: usize, n: usize, rsa: usize, csb: usize) -> bool {
-    let narrow = small::BCAST && csb == 1 && m.min(k) <= small::MAX_ROWS && rsa == 1 && m >= small::MIN_COLS;
-    !(broadcast_form(m, k, n, csb) || narrow)
+    !(broadcast_form(m, k, n, csb) || narrow_form(m, k, rsa, csb))
 }
 
 /// Dense forward and the ReLU after it, `y = relu(x Wᵀ + b)` (see
@@ -125,6 +120,15 @@ pub fn dense_dx_relu(w: &[f32], dy: &[f32], h: &[f32], dx: &mut [f32], r: usize,
 /// side of at most `MAX_ROWS` rows, at least `MIN_COLS` columns.
 fn broadcast_form(m: usize, k: usize, n: usize, csb: usize) -> bool {
     small::BCAST && csb == 1 && m.min(k) <= small::MAX_ROWS && n >= small::MIN_COLS
+}
+
+/// Whether [`gemm`] gives a product that [`broadcast_form`] did not take
+/// to `small::gemm_bcast_narrow` (the broadcast kernel on the transposed
+/// product), one with fewer than `MIN_COLS` columns: AVX-512 builds, `b` rows contiguous, one side of at most
+/// `MAX_ROWS` rows, `a`'s columns contiguous along `m` and `m` at least
+/// `MIN_COLS` (what that function itself requires).
+fn narrow_form(m: usize, k: usize, rsa: usize, csb: usize) -> bool {
+    small::BCAST && csb == 1 && m.min(k) <= small::MAX_ROWS && rsa == 1 && m >= small::MIN_COLS
 }
 
 /// `db += alpha · Σ_rows dy`, row by row (as the reference adds them).
