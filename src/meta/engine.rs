@@ -1061,8 +1061,12 @@ fn scratch<F: Real>(model: &MetaModel<F>, rows: u128, batch: u128, r_pass: bool)
     let r = usize::try_from(rows).unwrap_or(usize::MAX);
     let dims = || [&model.rln, &model.pln, &model.nm].into_iter().flat_map(|st| st.dims.iter().copied());
     let masked = dims().map(|(i, j)| sparse::layer_scratch(r, i, j)).max().unwrap_or(0);
-    let scaled = (1 + u128::from(r_pass)) * (model.pln.widest() as u128).saturating_mul(batch);
-    let narrow = dims().filter(|&(i, _)| i < small::MIN_INNER).map(|(i, j)| (i * j) as u128).max().unwrap_or(0);
+    let scaled = (1 + u128::from(r_pass)).saturating_mul((model.pln.widest() as u128).saturating_mul(batch));
+    let narrow = dims()
+        .filter(|&(i, _)| i < small::MIN_INNER)
+        .map(|(i, j)| (i as u128).saturating_mul(j as u128))
+        .max()
+        .unwrap_or(0);
     scaled.saturating_add(narrow).saturating_add(masked)
 }
 

@@ -396,7 +396,9 @@ pub(crate) fn layer_scratch(rows: usize, i: usize, j: usize) -> u128 {
     fwd.max(dx).max(dw)
 }
 
-/// [`gemm`] on every build (what the tests check).
+/// [`gemm`] and [`gemm_with`] on every build (what the tests check):
+/// `beta` scales the old values only where `start` is [`Start::Old`]
+/// (`gemm_with` passes 1).
 fn masked(
     m: usize,
     k: usize,
